@@ -1,0 +1,47 @@
+# One entry point for set-up, tests and demos. Every target installs what it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WEIGHTS_STAMP := $(VENV)/.weights
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+# Network rule: DDS traffic of everything started from here stays on loopback.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm16mb.xml
+export PYOPENGL_PLATFORM ?= osmesa
+
+.PHONY: setup test lint bench demo train-demo clean
+
+setup: $(STAMP) $(WEIGHTS_STAMP) $(SYSDEPS_STAMP)
+
+# Debian's OSMesa for headless rendering of the simulated garden.
+$(SYSDEPS_STAMP): | $(STAMP)
+	@if ! ldconfig -p | grep -q libOSMesa; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null) \
+	  || { echo "install Debian's libosmesa6 (needed for the simulated garden)"; exit 1; }; fi
+	@touch $@
+
+$(STAMP): requirements.txt requirements-post.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-post.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(WEIGHTS_STAMP): $(STAMP) vpr_ros/weights.py
+	$(PY) -m vpr_ros.weights
+	@touch $@
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/bench_core.py
+	$(PY) bench/bench_map.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,44 @@
+"""ament_python package: vpr_ros (node + core) and vpr_ros.training (from ./training)."""
+from glob import glob
+
+from setuptools import setup
+
+package_name = 'vpr_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=[
+        package_name,
+        f'{package_name}.sim',
+        f'{package_name}.training',
+    ],
+    # The top-level training/ directory is installed as vpr_ros.training, so nothing named
+    # plain `training` lands in site-packages.
+    package_dir={f'{package_name}.training': 'training'},
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
+        (f'share/{package_name}', ['package.xml']),
+        (f'share/{package_name}/launch', glob('launch/*.launch.py')),
+        (f'share/{package_name}/config', glob('config/*.yaml') + glob('config/*.xml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='vpr_ros developers',
+    maintainer_email='vpr_ros@example.org',
+    description='Visual place recognition and loop-closure candidates for ROS 2, trained with GCL.',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'vpr_node = vpr_ros.node:main',
+            'vpr-play = vpr_ros.bag_player:main',
+            'vpr-sim = vpr_ros.sim.cli:main',
+            'vpr-extract-bag = vpr_ros.training.extract_bag:main',
+            'vpr-labels = vpr_ros.training.labels:main',
+            'vpr-train = vpr_ros.training.train:main',
+            'vpr-eval = vpr_ros.training.evaluate:main',
+            'vpr-export = vpr_ros.training.export:main',
+        ],
+    },
+)

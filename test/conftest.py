@@ -1,0 +1,31 @@
+"""Session-wide fixtures: DDS stays on loopback and uses a random domain for each test session.
+
+Set here, before anything imports rclpy, so tests, the node processes they start and any child
+process inherit it. Nothing in a developer's shell is needed.
+"""
+import os
+import random
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), 'shared')
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      os.path.join(REPO, 'config', 'fastdds_shm16mb.xml'))
+os.environ.setdefault('PYOPENGL_PLATFORM', 'osmesa')
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> str:
+    return REPO
+
+
+@pytest.fixture(scope='session')
+def corridor_dir() -> str:
+    path = os.path.join(SHARED, 'data', 'corridor')
+    if not os.path.isdir(path):
+        pytest.skip('../shared/data/corridor is not beside this checkout')
+    return path

@@ -1,0 +1,1 @@
+"""Training: graded labels from poses, GCL training, evaluation and export."""

@@ -1,0 +1,1 @@
+"""A seeded, deterministic simulated garden rendered from 6DOF poses."""
