@@ -1,0 +1,63 @@
+"""vpr-play publishes a bag's messages over real DDS to a subscriber in another process."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import get_typestore, Stores
+from sensor_msgs.msg import Image
+
+pytestmark = pytest.mark.ros
+
+
+def write_image_bag(path: str, n: int, storage: StoragePlugin) -> None:
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    image_t = typestore.types['sensor_msgs/msg/Image']
+    header_t = typestore.types['std_msgs/msg/Header']
+    time_t = typestore.types['builtin_interfaces/msg/Time']
+    with Writer(path, version=9, storage_plugin=storage) as writer:
+        conn = writer.add_connection('/camera/image_raw', image_t.__msgtype__, typestore=typestore)
+        for i in range(n):
+            stamp_ns = 1_000_000_000 + i * 50_000_000
+            data = np.full((48, 64, 3), i, np.uint8)
+            msg = image_t(header=header_t(stamp=time_t(sec=stamp_ns // 10**9,
+                                                       nanosec=stamp_ns % 10**9),
+                                          frame_id='cam'),
+                          height=48, width=64, encoding='rgb8', is_bigendian=0, step=64 * 3,
+                          data=data.reshape(-1))
+            writer.write(conn, stamp_ns, bytes(typestore.serialize_cdr(msg, image_t.__msgtype__)))
+
+
+@pytest.mark.parametrize('storage', [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
+def test_play_delivers_every_message_in_order(tmp_path, storage) -> None:
+    bag = str(tmp_path / 'bag')
+    write_image_bag(bag, 20, storage)
+    rclpy.init()
+    try:
+        node = rclpy.create_node('bag_player_test')
+        got: list[tuple[int, int]] = []
+        node.create_subscription(Image, '/play_test/image',
+                                 lambda m: got.append((m.header.stamp.nanosec, m.data[0])),
+                                 qos_profile_sensor_data)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'vpr_ros.bag_player', bag, '--rate', '4',
+             '--remap', '/camera/image_raw:=/play_test/image'],
+            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and proc.poll() is None:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        drain_until = time.monotonic() + 2.0
+        while time.monotonic() < drain_until and len(got) < 20:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        out = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, out
+        assert '/camera/image_raw: 20 messages' in out
+        assert [v for _, v in got] == list(range(20)), out
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()
