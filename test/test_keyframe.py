@@ -1,0 +1,72 @@
+"""KeyframePolicy: each criterion fires on its own, can be switched off, and time going back."""
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vpr_ros.keyframe import KeyframePolicy
+from vpr_ros.pose_buffer import Pose
+
+S = 1_000_000_000
+
+
+def _pose(t: int, x: float = 0.0, yaw: float = 0.0, roll: float = 0.0) -> Pose:
+    q = Rotation.from_euler('ZYX', [yaw, 0.0, roll], degrees=True).as_quat()
+    return Pose(t, [x, 0.0, 0.0], q)
+
+
+def test_first_then_distance_angle_interval() -> None:
+    pol = KeyframePolicy(min_distance_m=1.0, min_angle_deg=15.0, max_interval_s=5.0)
+    d = pol.decide(0, _pose(0))
+    assert d.is_keyframe and d.reason == 'first'
+    assert pol.decide(0, _pose(0)).is_keyframe  # decide does not mutate
+    pol.accept(0, _pose(0))
+    assert not pol.decide(S, _pose(S, x=0.9)).is_keyframe
+    assert pol.decide(S, _pose(S, x=1.0)).reason == 'distance'
+    assert not pol.decide(S, _pose(S, yaw=14.0)).is_keyframe
+    assert pol.decide(S, _pose(S, yaw=-16.0)).reason == 'angle'
+    # full 3D angle: a roll counts too
+    assert pol.decide(S, _pose(S, roll=20.0)).reason == 'angle'
+    assert pol.decide(5 * S, _pose(5 * S)).reason == 'interval'
+    assert not pol.decide(4 * S, _pose(4 * S)).is_keyframe
+    pol.accept(S, _pose(S, x=1.0))
+    assert pol.last_stamp_ns == S
+    assert not pol.decide(2 * S, _pose(2 * S, x=1.5)).is_keyframe
+    assert pol.decide(2 * S, _pose(2 * S, x=2.0)).reason == 'distance'
+
+
+def test_without_pose_time_and_novelty() -> None:
+    pol = KeyframePolicy(novelty_threshold=0.85, max_interval_s=5.0)
+    pol.accept(0, None)
+    assert not pol.decide(S, None, 0.9).is_keyframe
+    assert not pol.decide(S, None, None).is_keyframe
+    assert pol.decide(S, None, 0.5).reason == 'novelty'
+    assert pol.decide(6 * S, None, 0.99).reason == 'interval'
+    # pose now but none at the last keyframe: distance unknown, novelty still works
+    assert pol.decide(S, _pose(S, x=10.0), 0.5).reason == 'novelty'
+
+
+def test_disabled_criteria() -> None:
+    pol = KeyframePolicy(min_distance_m=0, min_angle_deg=None, max_interval_s=-1,
+                         novelty_threshold=None)
+    pol.accept(0, _pose(0))
+    assert not pol.decide(100 * S, _pose(100 * S, x=50.0, yaw=90.0), 0.0).is_keyframe
+    only_time = KeyframePolicy(min_distance_m=None, min_angle_deg=0, max_interval_s=2.0)
+    only_time.accept(0, _pose(0))
+    assert not only_time.decide(S, _pose(S, x=9.0)).is_keyframe
+    assert only_time.decide(2 * S, _pose(2 * S)).is_keyframe
+
+
+def test_stamps_going_backwards_and_reset() -> None:
+    pol = KeyframePolicy(max_interval_s=5.0, reset_back_s=1.0)
+    pol.accept(100 * S, _pose(100 * S))
+    # small jitter back: no time elapsed, no crash, other criteria still apply
+    j = pol.decide(100 * S - S // 2, _pose(0))
+    assert not j.is_keyframe
+    assert pol.decide(100 * S - S // 2, _pose(0, x=3.0)).reason == 'distance'
+    # a big jump back (bag restarted): new sequence
+    assert pol.decide(10 * S, _pose(10 * S)).reason == 'time_reset'
+    pol.accept(10 * S, _pose(10 * S))
+    assert not pol.decide(11 * S, _pose(11 * S)).is_keyframe
+    pol.reset()
+    assert pol.last_pose is None
+    assert pol.decide(11 * S, _pose(11 * S)).reason == 'first'
+    assert np.isclose(KeyframePolicy().min_distance_m, 1.0)

@@ -1,0 +1,103 @@
+"""
+When a frame becomes a keyframe (added to the map), shared by the node and bag extraction.
+
+Adding every frame would fill the map with near-duplicates that crowd the top-k and slow the
+search; adding too few leaves places unseen. With a pose, a frame is a keyframe once the robot
+moved or turned enough, or enough time passed. Without a pose only time and visual novelty (the
+similarity of this frame's descriptor to the last keyframe's) are left. `decide` does not change
+state, so a caller can ask and then `accept` only when the keyframe was really stored.
+"""
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+from vpr_ros.pose_buffer import Pose
+
+REASON_FIRST = 'first'
+REASON_TIME_RESET = 'time_reset'
+REASON_DISTANCE = 'distance'
+REASON_ANGLE = 'angle'
+REASON_INTERVAL = 'interval'
+REASON_NOVELTY = 'novelty'
+REASON_NONE = 'none'
+
+
+@dataclass(frozen=True)
+class KeyframeDecision:
+    """Whether a frame is a keyframe, and the criterion that made it one (for logs/diagnostics)."""
+
+    is_keyframe: bool
+    reason: str
+
+
+def _enabled(x: float | None) -> bool:
+    return x is not None and x > 0
+
+
+class KeyframePolicy:
+    """
+    Distance / angle / interval / novelty keyframe criteria; any threshold ≤ 0 or None is off.
+
+    Stamps going backwards: a jump back of more than `reset_back_s` (a bag restarting, sim time
+    reset) starts a new sequence, so the frame is a keyframe with reason 'time_reset'. A smaller
+    step back (jitter) counts as no time elapsed: the time criterion is not met, the others apply.
+    """
+
+    def __init__(self, min_distance_m: float | None = 1.0, min_angle_deg: float | None = 15.0,
+                 max_interval_s: float | None = 5.0, novelty_threshold: float | None = 0.85,
+                 reset_back_s: float = 1.0) -> None:
+        self.min_distance_m = min_distance_m
+        self.min_angle_deg = min_angle_deg
+        self.max_interval_s = max_interval_s
+        self.novelty_threshold = novelty_threshold
+        self.reset_back_ns = int(max(reset_back_s, 0.0) * 1e9)
+        self._last_stamp_ns: int | None = None
+        self._last_pose: Pose | None = None
+
+    @property
+    def last_stamp_ns(self) -> int | None:
+        """Stamp of the last accepted keyframe (None before the first)."""
+        return self._last_stamp_ns
+
+    @property
+    def last_pose(self) -> Pose | None:
+        """Pose of the last accepted keyframe (None before the first or when it had no pose)."""
+        return self._last_pose
+
+    def reset(self) -> None:
+        """Forget the last keyframe, so the next frame is a keyframe (e.g. after a map reset)."""
+        self._last_stamp_ns = None
+        self._last_pose = None
+
+    def decide(self, stamp_ns: int, pose: Pose | None,
+               similarity_to_last: float | None = None) -> KeyframeDecision:
+        """Whether the frame at stamp_ns should be a keyframe; does not change the policy."""
+        if self._last_stamp_ns is None:
+            return KeyframeDecision(True, REASON_FIRST)
+        dt_ns = int(stamp_ns) - self._last_stamp_ns
+        if dt_ns < -self.reset_back_ns:
+            return KeyframeDecision(True, REASON_TIME_RESET)
+        dt_s = max(dt_ns, 0) / 1e9
+        with_pose = pose is not None and self._last_pose is not None
+        if with_pose:
+            if _enabled(self.min_distance_m):
+                moved = float(np.linalg.norm(pose.position - self._last_pose.position))
+                if moved >= self.min_distance_m:
+                    return KeyframeDecision(True, REASON_DISTANCE)
+            if _enabled(self.min_angle_deg):
+                rel = self._last_pose.rotation.inv() * pose.rotation
+                if math.degrees(rel.magnitude()) >= self.min_angle_deg:
+                    return KeyframeDecision(True, REASON_ANGLE)
+        if _enabled(self.max_interval_s) and dt_s >= self.max_interval_s:
+            return KeyframeDecision(True, REASON_INTERVAL)
+        if (not with_pose and _enabled(self.novelty_threshold)
+                and similarity_to_last is not None
+                and float(similarity_to_last) < self.novelty_threshold):
+            return KeyframeDecision(True, REASON_NOVELTY)
+        return KeyframeDecision(False, REASON_NONE)
+
+    def accept(self, stamp_ns: int, pose: Pose | None) -> None:
+        """Record the frame just stored as the last keyframe."""
+        self._last_stamp_ns = int(stamp_ns)
+        self._last_pose = pose
