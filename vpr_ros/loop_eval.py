@@ -1,0 +1,185 @@
+"""
+Score published loop closures against ground-truth poses, and draw the report a person reads.
+
+A candidate (query stamp, match stamp) is correct when the two cameras' 2D field-of-view overlap
+ψ (vpr_ros.fov, the same definition training uses) exceeds 0.5 at their ground-truth poses. A
+query *could* close a loop when some earlier frame, outside the exclusion window, has ψ > 0.5
+with it: recall is counted over those queries.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from vpr_ros.fov import (
+    DEFAULT_FOV_DEG,
+    DEFAULT_RADIUS_M,
+    enclosing_circle,
+    fov_overlap_many,
+    yaw_from_quaternion,
+)
+from vpr_ros.pose_buffer import PoseBuffer
+from vpr_ros.training.metrics import average_precision, precision_recall_curve
+
+
+@dataclass
+class LoopEvaluation:
+    """Everything the demo prints, writes as JSON and plots."""
+
+    n_queries: int
+    n_possible: int
+    n_published: int
+    n_best_correct: int
+    precision_best: float
+    precision_all: float
+    recall: float
+    average_precision: float
+    pr_precision: list = field(default_factory=list)
+    pr_recall: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class GroundTruth:
+    """Ground-truth trajectory, interpolated at any stamp with the node's own pose buffer."""
+
+    def __init__(self, stamps_ns: np.ndarray, poses: np.ndarray, max_gap_s: float = 2.0) -> None:
+        order = np.argsort(stamps_ns)
+        self.stamps_ns = np.asarray(stamps_ns, dtype=np.int64)[order]
+        self.poses = np.asarray(poses, dtype=np.float64)[order]
+        self._buffer = PoseBuffer(max_gap_s=max_gap_s, capacity=len(order) + 1)
+        for stamp, pose in zip(self.stamps_ns, self.poses):
+            self._buffer.add(int(stamp), pose[:3], pose[3:])
+
+    def at(self, stamps_ns: np.ndarray) -> np.ndarray:
+        """(N, 7) poses at the stamps; rows of NaN where the trajectory does not cover a stamp."""
+        out = np.full((len(stamps_ns), 7), np.nan)
+        for k, stamp in enumerate(stamps_ns):
+            pose = self._buffer.pose_at(int(stamp))
+            if pose is not None:
+                out[k] = pose.vector()
+        return out
+
+
+def pair_psi(gt: GroundTruth, query_ns: np.ndarray, match_ns: np.ndarray,
+             fov_deg: float = DEFAULT_FOV_DEG, radius: float = DEFAULT_RADIUS_M) -> np.ndarray:
+    """ψ(query, match) at ground truth; NaN where either stamp has no ground truth."""
+    if len(query_ns) == 0:
+        return np.zeros(0)
+    q, m = gt.at(query_ns), gt.at(match_ns)
+    ok = ~(np.isnan(q).any(1) | np.isnan(m).any(1))
+    psi = np.full(len(query_ns), np.nan)
+    if ok.any():
+        psi[ok] = fov_overlap_many(q[ok, :2], yaw_from_quaternion(q[ok, 3:]),
+                                   m[ok, :2], yaw_from_quaternion(m[ok, 3:]), fov_deg, radius)
+    return psi
+
+
+def possible_loops(gt: GroundTruth, query_ns: np.ndarray, exclusion_s: float,
+                   fov_deg: float = DEFAULT_FOV_DEG, radius: float = DEFAULT_RADIUS_M,
+                   threshold: float = 0.5) -> np.ndarray:
+    """Whether each query has an earlier ground-truth frame outside the window with ψ > τ."""
+    q = gt.at(query_ns)
+    result = np.zeros(len(query_ns), dtype=bool)
+    offset, rho = enclosing_circle(fov_deg, radius)
+    yaw_ref = yaw_from_quaternion(gt.poses[:, 3:])
+    centres = gt.poses[:, :2] + offset * np.stack([np.cos(yaw_ref), np.sin(yaw_ref)], 1)
+    tree = cKDTree(centres)
+    for k, stamp in enumerate(query_ns):
+        if np.isnan(q[k]).any():
+            continue
+        yaw = yaw_from_quaternion(q[k, 3:])
+        centre = q[k, :2] + offset * np.array([np.cos(yaw), np.sin(yaw)])
+        near = np.asarray(tree.query_ball_point(centre, 2 * rho), dtype=int)
+        near = near[gt.stamps_ns[near] < stamp - int(exclusion_s * 1e9)]
+        if len(near) == 0:
+            continue
+        psi = fov_overlap_many(np.repeat(q[k:k + 1, :2], len(near), 0), np.full(len(near), yaw),
+                               gt.poses[near, :2], yaw_ref[near], fov_deg, radius)
+        result[k] = bool((psi > threshold).any())
+    return result
+
+
+def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, exclusion_s: float,
+                   threshold: float = 0.5, fov_deg: float = DEFAULT_FOV_DEG,
+                   radius: float = DEFAULT_RADIUS_M) -> tuple[LoopEvaluation, np.ndarray]:
+    """
+    Score the rows published on /vpr/matches against ground truth.
+
+    `rows` is (R, 5): query_stamp_s, match_stamp_s, score, match_id, query_id, rows of one query
+    best first. Returns the evaluation and ψ of every row.
+    """
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    to_ns = np.vectorize(lambda s: int(round(s * 1e9)), otypes=[np.int64])
+    psi = pair_psi(gt, to_ns(rows[:, 0]) if len(rows) else np.zeros(0, np.int64),
+                   to_ns(rows[:, 1]) if len(rows) else np.zeros(0, np.int64), fov_deg, radius)
+    correct = np.nan_to_num(psi, nan=0.0) > threshold
+    possible = possible_loops(gt, np.asarray(query_ns, dtype=np.int64), exclusion_s, fov_deg,
+                              radius, threshold)
+    # The best row of each query is the first one published for that query stamp.
+    _, first = np.unique(rows[:, 0], return_index=True)
+    best_correct = correct[first]
+    query_stamps_s = np.asarray(query_ns, dtype=np.float64) / 1e9
+    hit_stamps = set(np.round(rows[first][best_correct, 0], 6))
+    recalled = np.array([round(s, 6) in hit_stamps for s in query_stamps_s]) & possible
+    n_possible = int(possible.sum())
+    pr_p, pr_r = ([], [])
+    ap = float('nan')
+    if len(first) and n_possible:
+        # PR over the published best candidates, recall relative to every possible loop.
+        prec, rec, _ = precision_recall_curve(rows[first, 2], best_correct)
+        scale = best_correct.sum() / n_possible
+        pr_p, pr_r = prec.tolist(), (np.asarray(rec) * scale).tolist()
+        ap = average_precision(rows[first, 2], best_correct) * float(scale)
+    evaluation = LoopEvaluation(
+        n_queries=len(query_ns), n_possible=n_possible, n_published=len(first),
+        n_best_correct=int(best_correct.sum()),
+        precision_best=float(best_correct.mean()) if len(first) else float('nan'),
+        precision_all=float(correct.mean()) if len(rows) else float('nan'),
+        recall=float(recalled.sum() / n_possible) if n_possible else float('nan'),
+        average_precision=ap, pr_precision=pr_p, pr_recall=pr_r)
+    return evaluation, psi
+
+
+def plot_report(path: str, gt: GroundTruth, keyframe_xy: np.ndarray, rows: np.ndarray,
+                psi: np.ndarray, evaluation: LoopEvaluation, title: str = 'vpr_ros demo',
+                threshold: float = 0.5) -> None:
+    """Trajectory with keyframes and true/false loop closures, beside the PR curve."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    fig, (ax, ax_pr) = plt.subplots(1, 2, figsize=(14, 6.5),
+                                    gridspec_kw={'width_ratios': [1.3, 1]})
+    ax.plot(gt.poses[:, 0], gt.poses[:, 1], '-', color='0.75', lw=1, label='trajectory')
+    if len(keyframe_xy):
+        ax.plot(keyframe_xy[:, 0], keyframe_xy[:, 1], '.', color='tab:blue', ms=4,
+                label=f'keyframes ({len(keyframe_xy)})')
+    _, first = np.unique(rows[:, 0], return_index=True) if len(rows) else ([], [])
+    to_ns = np.vectorize(lambda s: int(round(s * 1e9)), otypes=[np.int64])
+    if len(first):
+        q, m = gt.at(to_ns(rows[first, 0])), gt.at(to_ns(rows[first, 1]))
+        good = np.nan_to_num(psi[first], nan=0.0) > threshold
+        for sel, colour, name in ((good, 'tab:green', 'true'), (~good, 'tab:red', 'false')):
+            for a, b in zip(q[sel], m[sel]):
+                ax.plot([a[0], b[0]], [a[1], b[1]], '-', color=colour, lw=1.2, alpha=0.8)
+            ax.plot([], [], '-', color=colour, label=f'{name} loop closures ({int(sel.sum())})')
+    ax.set_aspect('equal')
+    ax.set_xlabel('x [m]')
+    ax.set_ylabel('y [m]')
+    ax.set_title(title)
+    ax.legend(loc='best', fontsize=8)
+    if evaluation.pr_recall:
+        ax_pr.plot(evaluation.pr_recall, evaluation.pr_precision, '-', color='tab:purple')
+    ax_pr.set_xlim(0, 1)
+    ax_pr.set_ylim(0, 1.02)
+    ax_pr.set_xlabel('recall (of queries that could close a loop)')
+    ax_pr.set_ylabel('precision (best candidate per query)')
+    ax_pr.set_title(f'P={evaluation.precision_best:.2f} R={evaluation.recall:.2f} '
+                    f'AP={evaluation.average_precision:.2f}')
+    ax_pr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
