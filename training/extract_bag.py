@@ -1,0 +1,282 @@
+"""
+``vpr-extract-bag``: turn a recorded bag into a TB-Places-style training/evaluation folder.
+
+Robots record images and odometry as bags, while training and ``vpr-eval`` read TB-Places-style
+folders (images + a JSON index of 7-vector poses). This tool bridges the two with the same pose
+interpolation (:class:`vpr_ros.pose_buffer.PoseBuffer`) and keyframe sampling
+(:class:`vpr_ros.keyframe.KeyframePolicy`) the live node uses, so a map built offline matches what
+the node would have stored. rosbag2 (sqlite3, mcap) and ROS 1 bags are read through
+``rosbags.highlevel.AnyReader``; images are decoded with ``rosbags-image``.
+
+Nothing in a bag may crash the extraction: undecodable images, NaN poses, frames outside the
+pose range or across a pose gap are dropped and counted per reason in the summary.
+"""
+import argparse
+from collections import Counter
+import json
+import os
+from pathlib import Path
+import sys
+import time
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+from rosbags.highlevel import AnyReader
+from rosbags.image import compressed_image_to_cvimage, image_to_cvimage
+from rosbags.typesys import get_typestore, Stores
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+from vpr_ros.training.dataset import write_index
+
+from vpr_ros.keyframe import KeyframePolicy
+from vpr_ros.pose_buffer import Pose, PoseBuffer
+
+IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
+POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'nav_msgs/msg/Odometry',
+              'geometry_msgs/msg/PoseWithCovarianceStamped')
+_MONO = {'mono8', 'mono16', '8UC1', '16UC1', '8SC1', '16SC1'}
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _pose_of(msg) -> tuple[np.ndarray, np.ndarray]:
+    """(position, quaternion xyzw) of a PoseStamped / Odometry / PoseWithCovarianceStamped."""
+    pose = msg.pose
+    if hasattr(pose, 'pose'):  # Odometry and PoseWithCovarianceStamped wrap a covariance
+        pose = pose.pose
+    p, q = pose.position, pose.orientation
+    return (np.array([p.x, p.y, p.z], dtype=np.float64),
+            np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
+
+
+def _decode(msg, kind: str) -> np.ndarray:
+    """
+    Image as an OpenCV array (BGR for colour, native depth for mono), or raise ValueError.
+
+    rosbags-image asserts on a failed JPEG decode (and returns None under ``python -O``), and
+    raw buffers that are too short raise TypeError; all become one ValueError here.
+    """
+    try:
+        if kind == 'compressed':
+            img = compressed_image_to_cvimage(msg)
+        else:
+            enc = msg.encoding
+            img = image_to_cvimage(msg, None if enc in _MONO else 'bgr8')
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a dropped frame
+        name = type(exc).__name__
+        if name == 'ImageFormatError':
+            raise ValueError(f'unsupported_encoding: {exc}') from exc
+        raise ValueError(f'decode_error: {name} {exc}') from exc
+    if img is None or img.size == 0:
+        raise ValueError('decode_error: empty image')
+    return np.ascontiguousarray(img)
+
+
+def _auto_topic(connections, wanted: Sequence[str], given: Optional[str], what: str):
+    """Pick the topic's connections; without a name, the single topic of a wanted type."""
+    if given:
+        conns = [c for c in connections if c.topic == given]
+        if not conns:
+            raise SystemExit(f'{what} topic {given!r} not in the bag; topics: '
+                             f'{sorted({c.topic for c in connections})}')
+        if conns[0].msgtype not in wanted:
+            raise SystemExit(f'{what} topic {given!r} has type {conns[0].msgtype}, '
+                             f'expected one of {list(wanted)}')
+        return conns
+    topics = sorted({c.topic for c in connections if c.msgtype in wanted})
+    if len(topics) != 1:
+        raise SystemExit(f'cannot choose the {what} topic automatically among {topics}; '
+                         f'pass --{what}-topic')
+    return [c for c in connections if c.topic == topics[0]]
+
+
+def compose_extrinsic(position: np.ndarray, quaternion: np.ndarray,
+                      extrinsic: Optional[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Camera pose = base pose ∘ extrinsic (camera in base frame), so the index holds camera poses.
+
+    ψ labels and evaluation need where the *camera* looked, not where the base was.
+    """
+    if extrinsic is None:
+        return position, quaternion
+    e = np.asarray(extrinsic, dtype=np.float64)
+    r_base = Rotation.from_quat(quaternion)
+    r_cam = r_base * Rotation.from_quat(e[3:7])
+    return position + r_base.apply(e[:3]), r_cam.as_quat()
+
+
+def extract(bag: str, out_dir: str, image_topic: Optional[str] = None,
+            pose_topic: Optional[str] = None, max_gap_s: float = 0.5,
+            min_distance_m: float = 0.5, min_angle_deg: float = 15.0,
+            max_interval_s: float = 5.0, all_frames: bool = False,
+            extrinsic: Optional[Sequence[float]] = None, image_format: str = 'png',
+            jpeg_quality: int = 95, progress: bool = True) -> dict:
+    """
+    Extract keyframes with interpolated camera poses from ``bag`` into ``out_dir``.
+
+    Poses are read first (a bag orders by receive time, and images may arrive before the pose
+    that brackets them), then every image is posed at its ``header.stamp``. Returns the summary:
+    counts kept and dropped per reason, also written to ``out_dir/extract_summary.json``.
+    """
+    t0 = time.monotonic()
+    image_format = image_format.lower().lstrip('.')
+    if image_format not in ('png', 'jpg', 'jpeg'):
+        raise ValueError(f'image_format must be png or jpg, not {image_format!r}')
+    ext = 'png' if image_format == 'png' else 'jpg'
+    if extrinsic is not None and len(extrinsic) != 7:
+        raise ValueError('extrinsic needs 7 numbers: tx ty tz qx qy qz qw')
+    if extrinsic is not None and not np.all(np.isfinite(extrinsic)) or (
+            extrinsic is not None and np.linalg.norm(extrinsic[3:]) < 1e-9):
+        raise ValueError('extrinsic must be finite with a non-zero quaternion')
+
+    dropped: Counter = Counter()
+    pose_dropped: Counter = Counter()
+    out = Path(out_dir)
+    (out / 'images').mkdir(parents=True, exist_ok=True)
+    im_paths: list[str] = []
+    poses: list[list[float]] = []
+    stamps: list[int] = []
+
+    with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
+        img_conns = _auto_topic(reader.connections, tuple(IMAGE_TYPES), image_topic, 'image')
+        pose_conns = _auto_topic(reader.connections, POSE_TYPES, pose_topic, 'pose')
+        kind = IMAGE_TYPES[img_conns[0].msgtype]
+
+        # Pass 1: poses, sorted by header stamp, into a buffer large enough for all of them.
+        raw_poses = []
+        for conn, _, data in reader.messages(connections=pose_conns):
+            try:
+                msg = reader.deserialize(data, conn.msgtype)
+                raw_poses.append((_stamp_ns(msg.header.stamp), *_pose_of(msg)))
+            except Exception:  # noqa: BLE001 - a corrupt message is a dropped pose
+                pose_dropped['deserialize_error'] += 1
+        raw_poses.sort(key=lambda p: p[0])
+        buffer = PoseBuffer(max_gap_s=max_gap_s, capacity=max(len(raw_poses), 2) + 1)
+        n_poses_used = sum(bool(buffer.add(st, pos, quat)) for st, pos, quat in raw_poses)
+        for key in ('nan_pose', 'zero_quaternion', 'duplicate', 'out_of_order'):
+            if buffer.counters.get(key):
+                pose_dropped[key] += buffer.counters[key]
+
+        # Pass 2: images.
+        policy = KeyframePolicy(min_distance_m=min_distance_m, min_angle_deg=min_angle_deg,
+                                max_interval_s=max_interval_s, novelty_threshold=None)
+        total = sum(c.msgcount for c in img_conns)
+        bar = tqdm(reader.messages(connections=img_conns), total=total, unit='img',
+                   desc='extract', disable=not progress)
+        n_images = 0
+        for conn, _, data in bar:
+            n_images += 1
+            try:
+                msg = reader.deserialize(data, conn.msgtype)
+            except Exception:  # noqa: BLE001
+                dropped['deserialize_error'] += 1
+                continue
+            stamp = _stamp_ns(msg.header.stamp)
+            before = dict(buffer.counters)
+            pose = buffer.pose_at(stamp)
+            if pose is None:
+                gap = buffer.counters.get('gap', 0) > before.get('gap', 0)
+                dropped['pose_gap' if gap else 'outside_pose_range'] += 1
+                continue
+            position, quaternion = compose_extrinsic(np.asarray(pose.position),
+                                                     np.asarray(pose.quaternion), extrinsic)
+            if not all_frames:
+                decision = policy.decide(stamp, Pose(stamp, position, quaternion),
+                                         None)
+                if not decision.is_keyframe:
+                    dropped['not_keyframe'] += 1
+                    continue
+            try:
+                img = _decode(msg, kind)
+            except ValueError as exc:
+                reason = str(exc).split(':', 1)[0]
+                dropped[reason] += 1
+                continue
+            name = f'{len(im_paths):06d}.{ext}'
+            if ext == 'jpg' and img.dtype != np.uint8:
+                img = (img >> 8).astype(np.uint8)
+            params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext == 'jpg' else []
+            if not cv2.imwrite(str(out / 'images' / name), img, params):
+                dropped['write_error'] += 1
+                continue
+            if not all_frames:
+                policy.accept(stamp, Pose(stamp, position, quaternion))
+            im_paths.append(name)
+            poses.append([*map(float, position), *map(float, quaternion)])
+            stamps.append(stamp)
+        bar.close()
+        topics = {'image': img_conns[0].topic, 'image_type': img_conns[0].msgtype,
+                  'pose': pose_conns[0].topic, 'pose_type': pose_conns[0].msgtype}
+
+    index_path = str(out / 'index.json')
+    write_index(index_path, 'images/', im_paths,
+                np.asarray(poses, dtype=np.float64).reshape(-1, 7))
+    summary = {
+        'bag': str(bag), 'out_dir': str(out), 'index': index_path, **topics,
+        'images_read': n_images, 'kept': len(im_paths),
+        'dropped': dict(sorted(dropped.items())), 'dropped_total': int(sum(dropped.values())),
+        'poses_read': len(raw_poses), 'poses_used': n_poses_used,
+        'poses_dropped': dict(sorted(pose_dropped.items())),
+        'stamps_ns': stamps, 'all_frames': all_frames, 'extrinsic': list(extrinsic or []),
+        'seconds': round(time.monotonic() - t0, 3),
+    }
+    with open(out / 'extract_summary.json', 'w') as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Human summary so a user sees at once why frames went missing."""
+    lines = [f'{s["bag"]}: {s["images_read"]} images on {s["image"]} ({s["image_type"]}), '
+             f'{s["poses_read"]} poses on {s["pose"]} ({s["pose_type"]})',
+             f'kept {s["kept"]} frames -> {s["index"]}',
+             f'dropped {s["dropped_total"]} frames:']
+    lines += [f'  {k:<22} {v}' for k, v in s['dropped'].items()] or ['  (none)']
+    if s['poses_dropped']:
+        lines.append('dropped poses:')
+        lines += [f'  {k:<22} {v}' for k, v in s['poses_dropped'].items()]
+    return '\n'.join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='vpr-extract-bag', description=__doc__.split('\n')[0])
+    p.add_argument('bag', help='rosbag2 folder (sqlite3 or mcap) or ROS 1 .bag file')
+    p.add_argument('--out', required=True, help='output folder (images/ + index.json)')
+    p.add_argument('--image-topic', help='Image or CompressedImage topic (auto if only one)')
+    p.add_argument('--pose-topic', help='PoseStamped or Odometry topic (auto if only one)')
+    p.add_argument('--max-gap', type=float, default=0.5,
+                   help='drop frames between poses further apart than this (s)')
+    p.add_argument('--min-distance', type=float, default=0.5, help='keyframe distance (m)')
+    p.add_argument('--min-angle', type=float, default=15.0, help='keyframe rotation (deg)')
+    p.add_argument('--max-interval', type=float, default=5.0, help='keyframe max interval (s)')
+    p.add_argument('--all-frames', action='store_true', help='keep every posed frame')
+    p.add_argument('--extrinsic', type=float, nargs=7, metavar=('TX', 'TY', 'TZ', 'QX', 'QY',
+                                                                'QZ', 'QW'),
+                   help='camera pose in the pose frame (base->camera)')
+    p.add_argument('--format', default='png', choices=('png', 'jpg'), help='image file format')
+    p.add_argument('--no-progress', action='store_true')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not os.path.exists(args.bag):
+        print(f'vpr-extract-bag: {args.bag} does not exist', file=sys.stderr)
+        return 2
+    try:
+        s = extract(args.bag, args.out, args.image_topic, args.pose_topic, args.max_gap,
+                    args.min_distance, args.min_angle, args.max_interval, args.all_frames,
+                    args.extrinsic, args.format, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        print(f'vpr-extract-bag: {exc}', file=sys.stderr)
+        return 1
+    print(format_summary(s))
+    return 0 if s['kept'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
+
