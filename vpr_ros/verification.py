@@ -1,0 +1,220 @@
+"""
+Geometric verification of a place match with local features (OpenCV ORB or SIFT).
+
+Global descriptors confuse places that merely look alike (two similar corridors, one repeated
+façade). Two images of the same place also share many local features that obey one epipolar
+geometry; two look-alikes do not. `GeometricVerifier.verify` counts the matches that survive
+Lowe's ratio test and a RANSAC fundamental (or, with intrinsics, essential) matrix, and accepts
+the pair when enough inliers remain. Degenerate input (no texture, too few matches, RANSAC
+failure) gives `ok=False` with a reason and never raises, because a blank frame is a normal
+event for a robot camera, not a bug.
+
+Keyframe features are stored in the map as a compact blob (`Features.to_bytes`), numpy arrays
+behind a small fixed header, so a map never needs pickle to be read back.
+"""
+from dataclasses import dataclass, field
+import struct
+
+import cv2
+import numpy as np
+
+from vpr_ros.errors import ImageError, VPRError
+
+FEATURE_TYPES = ('orb', 'sift')
+METHODS = ('fundamental', 'essential')
+
+_MAGIC = b'VPRF'
+_VERSION = 1
+# magic, version, feature code, n keypoints, descriptor width, dtype code, height, width
+_HEADER = struct.Struct('<4sBBIHBII')
+_DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.float32)}
+_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Keypoints (N,2) float32 pixel x,y, descriptors (N,D) and the source image size (h, w)."""
+
+    feature: str
+    keypoints: np.ndarray = field(repr=False)
+    descriptors: np.ndarray = field(repr=False)
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """Serialise as header + raw arrays: compact, endian-fixed and safe to load (no pickle)."""
+        kp = np.ascontiguousarray(self.keypoints, dtype='<f4')
+        desc = np.asarray(self.descriptors)
+        if desc.dtype not in _DTYPE_CODES:
+            raise VPRError(f'descriptor dtype {desc.dtype} cannot be serialised')
+        code = _DTYPE_CODES[desc.dtype]
+        desc = np.ascontiguousarray(desc, dtype=_DTYPES[code].newbyteorder('<'))
+        n = kp.shape[0]
+        width = desc.shape[1] if desc.ndim == 2 else 0
+        header = _HEADER.pack(_MAGIC, _VERSION, FEATURE_TYPES.index(self.feature), n, width,
+                              code, int(self.image_size[0]), int(self.image_size[1]))
+        return header + kp.tobytes() + desc.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> 'Features':
+        """Inverse of `to_bytes`; a truncated or foreign blob raises VPRError, never garbage."""
+        data = memoryview(bytes(data))
+        if len(data) < _HEADER.size:
+            raise VPRError(f'features blob too short ({len(data)} bytes)')
+        magic, version, fcode, n, width, dcode, h, w = _HEADER.unpack_from(data)
+        if magic != _MAGIC or version != _VERSION:
+            raise VPRError('features blob has an unknown header (magic/version)')
+        if fcode >= len(FEATURE_TYPES) or dcode not in _DTYPES:
+            raise VPRError('features blob has an unknown feature type or dtype')
+        dt = _DTYPES[dcode].newbyteorder('<')
+        n_kp = n * 2 * 4
+        n_desc = n * width * dt.itemsize
+        if len(data) != _HEADER.size + n_kp + n_desc:
+            raise VPRError(f'features blob is {len(data)} bytes, header says '
+                           f'{_HEADER.size + n_kp + n_desc}')
+        off = _HEADER.size
+        kp = np.frombuffer(data, dtype='<f4', count=n * 2, offset=off).reshape(n, 2)
+        desc = np.frombuffer(data, dtype=dt, count=n * width, offset=off + n_kp)
+        return cls(FEATURE_TYPES[fcode], kp.astype(np.float32),
+                   desc.reshape(n, width).astype(dt.newbyteorder('=')), (h, w))
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """RANSAC inlier count, whether it reaches `min_inliers`, and why not when it does not."""
+
+    inliers: int
+    ok: bool
+    reason: str
+
+
+def _to_gray(image: np.ndarray, encoding: str) -> np.ndarray:
+    """Single-channel uint8 view of an image in any of the core's encodings."""
+    img = np.asarray(image)
+    if img.size == 0 or img.ndim not in (2, 3):
+        raise ImageError(f'cannot extract features from an image of shape {img.shape}')
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f'image dtype must be uint8 or uint16, got {img.dtype}')
+    if img.ndim == 2:
+        return img
+    c = img.shape[2]
+    if c == 1:
+        return img[:, :, 0]
+    bgr = encoding.lower().startswith('bgr')
+    if c == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+    if c == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if bgr else cv2.COLOR_RGBA2GRAY)
+    raise ImageError(f'image has {c} channels; expected 1, 3 or 4')
+
+
+class GeometricVerifier:
+    """
+    Local-feature extraction and ratio-test + RANSAC verification of an image pair.
+
+    ORB (binary, Hamming) is the default because it is fast and free; SIFT (float, L2) is more
+    robust to scale and light. `method='essential'` needs the 3x3 camera matrix `K` and rejects
+    more outliers when the intrinsics are known.
+    """
+
+    def __init__(self, feature: str = 'orb', n_features: int = 500, ratio: float = 0.8,
+                 min_inliers: int = 15, ransac_threshold_px: float = 3.0,
+                 method: str = 'fundamental', K: np.ndarray | None = None,
+                 confidence: float = 0.999) -> None:
+        feature = feature.lower()
+        if feature not in FEATURE_TYPES:
+            raise VPRError(f'feature must be one of {FEATURE_TYPES}, got {feature!r}')
+        if method not in METHODS:
+            raise VPRError(f'method must be one of {METHODS}, got {method!r}')
+        if n_features < 8:
+            raise VPRError(f'n_features must be >= 8, got {n_features}')
+        if not 0.0 < ratio <= 1.0:
+            raise VPRError(f'ratio must be in (0, 1], got {ratio}')
+        if min_inliers < 1:
+            raise VPRError(f'min_inliers must be >= 1, got {min_inliers}')
+        if ransac_threshold_px <= 0:
+            raise VPRError(f'ransac_threshold_px must be > 0, got {ransac_threshold_px}')
+        if method == 'essential':
+            if K is None:
+                raise VPRError("method='essential' needs the camera matrix K")
+            K = np.asarray(K, dtype=np.float64)
+            if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+                raise VPRError(f'K must be a finite 3x3 matrix, got shape {K.shape}')
+        self.feature = feature
+        self.n_features = int(n_features)
+        self.ratio = float(ratio)
+        self.min_inliers = int(min_inliers)
+        self.ransac_threshold_px = float(ransac_threshold_px)
+        self.method = method
+        self.K = K
+        self.confidence = float(confidence)
+        if feature == 'orb':
+            self._detector = cv2.ORB_create(nfeatures=self.n_features)
+            self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        else:
+            self._detector = cv2.SIFT_create(nfeatures=self.n_features)
+            self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    def extract(self, image: np.ndarray, encoding: str = 'rgb8') -> Features:
+        """Keypoints and descriptors of one image (gray, RGB/BGR, RGBA/BGRA; uint8 or uint16)."""
+        gray = _to_gray(image, encoding)
+        kps, desc = self._detector.detectAndCompute(gray, None)
+        width = 32 if self.feature == 'orb' else 128
+        dtype = np.uint8 if self.feature == 'orb' else np.float32
+        if desc is None or not kps:
+            return Features(self.feature, np.zeros((0, 2), np.float32),
+                            np.zeros((0, width), dtype), gray.shape[:2])
+        pts = np.array([kp.pt for kp in kps], dtype=np.float32).reshape(-1, 2)
+        return Features(self.feature, pts, np.asarray(desc, dtype=dtype), gray.shape[:2])
+
+    def _fail(self, inliers: int, reason: str) -> VerificationResult:
+        return VerificationResult(int(inliers), False, reason)
+
+    def verify(self, query: Features, match: Features) -> VerificationResult:
+        """Ratio-test matches, RANSAC epipolar model, inlier count ≥ min_inliers → ok."""
+        if query.feature != self.feature or match.feature != self.feature:
+            return self._fail(0, f'feature type mismatch ({query.feature} vs {match.feature}, '
+                                 f'verifier uses {self.feature})')
+        if len(query) < 2 or len(match) < 2:
+            return self._fail(0, f'too few features ({len(query)} query, {len(match)} match)')
+        try:
+            knn = self._matcher.knnMatch(query.descriptors, match.descriptors, k=2)
+        except cv2.error as exc:
+            return self._fail(0, f'matching failed: {exc}')
+        good = [m[0] for m in knn
+                if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
+        # 8 points is the least a fundamental/essential RANSAC can use; fewer than min_inliers
+        # matches cannot give min_inliers inliers, so skip RANSAC for both.
+        if len(good) < max(8, self.min_inliers):
+            return self._fail(0, f'too few ratio-test matches ({len(good)})')
+        p1 = query.keypoints[[m.queryIdx for m in good]]
+        p2 = match.keypoints[[m.trainIdx for m in good]]
+        try:
+            if self.method == 'essential':
+                model, mask = cv2.findEssentialMat(p1, p2, self.K, cv2.RANSAC, self.confidence,
+                                                   self.ransac_threshold_px)
+            else:
+                model, mask = cv2.findFundamentalMat(p1, p2, cv2.FM_RANSAC,
+                                                     self.ransac_threshold_px, self.confidence)
+        except cv2.error as exc:
+            return self._fail(0, f'RANSAC failed: {exc}')
+        if model is None or mask is None:
+            return self._fail(0, f'RANSAC found no {self.method} matrix')
+        inliers = int(np.count_nonzero(mask))
+        if inliers < self.min_inliers:
+            return self._fail(inliers, f'{inliers} inliers < {self.min_inliers}')
+        return VerificationResult(inliers, True, 'ok')
+
+
+def features_to_bytes(features: Features) -> bytes:
+    """Module-level alias of `Features.to_bytes`, the name ARCHITECTURE.md uses."""
+    return features.to_bytes()
+
+
+def features_from_bytes(data: bytes) -> Features:
+    """Module-level alias of `Features.from_bytes`."""
+    return Features.from_bytes(data)
