@@ -1,0 +1,157 @@
+"""
+ROS message → numpy, without importing rclpy, so the conversions are testable without a ROS graph.
+
+Duck-typed on the fields of `sensor_msgs/Image`, `sensor_msgs/CompressedImage`,
+`geometry_msgs/PoseStamped`, `nav_msgs/Odometry` (and `PoseWithCovarianceStamped`): rclpy
+messages and rosbags messages both work. Decoding goes through rosbags-image, since cv_bridge is
+not available from PyPI. Everything a camera driver can get wrong (unknown encoding, short data,
+zero size, truncated JPEG) raises `ImageError` with a message naming what is wrong, so the node
+counts it and carries on instead of dying on one bad frame.
+"""
+from typing import NamedTuple
+
+import numpy as np
+from rosbags.image import ImageError as RosbagsImageError
+from rosbags.image.image import convert_color, to_cvtype
+
+from vpr_ros.errors import ImageError, PoseError
+
+# Encodings the core takes as they are (see preprocess.to_rgb); others are converted to rgb8.
+CORE_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
+_JPEG_SOI = b'\xff\xd8'
+_JPEG_EOI = b'\xff\xd9'
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+class StampedPose(NamedTuple):
+    """A pose as read from a message: not validated yet (the pose buffer counts bad ones)."""
+
+    stamp_ns: int
+    frame_id: str
+    position: np.ndarray    # (3,) float64
+    quaternion: np.ndarray  # (4,) float64, xyzw (scipy order)
+
+
+def stamp_ns(header) -> int:
+    """Integer nanoseconds of a std_msgs/Header (or a builtin_interfaces/Time)."""
+    t = getattr(header, 'stamp', header)
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def stamp_s(ns: int) -> float:
+    """Float seconds of an integer-nanosecond stamp: the unit of `/vpr/matches`."""
+    return int(ns) / 1e9
+
+
+def _buffer(data) -> memoryview:
+    """Zero-copy bytes view of a message's data (array.array, bytes, list or numpy)."""
+    if isinstance(data, (list, tuple)):
+        data = bytes(data)
+    try:
+        return memoryview(data).cast('B')
+    except TypeError:
+        return memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast('B')
+
+
+def image_from_msg(msg) -> tuple[np.ndarray, str]:
+    """
+    sensor_msgs/Image → (array, encoding) with the encoding one the core takes.
+
+    Rows are read with the message's `step`, so padded rows (common on GigE cameras) work; the
+    result is a view of the message's buffer when no conversion is needed (no copy on the hot
+    path). Bayer, YUV and 16-bit colour images are converted to rgb8 (mono16 is kept).
+    """
+    enc = str(msg.encoding)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f'image has zero size ({w}x{h})')
+    try:
+        _, _, typestr, nchan = to_cvtype(enc)
+    except RosbagsImageError:
+        raise ImageError(f'unsupported image encoding {enc!r}') from None
+    if enc.startswith(('8', '16', '32', '64')):  # OpenCV type strings like 32FC1: not a camera
+        raise ImageError(f'unsupported image encoding {enc!r} (not a camera image)')
+    dtype = np.dtype(typestr)
+    row_bytes = w * nchan * dtype.itemsize
+    if enc in ('nv12', 'nv21'):
+        h_data = h + h // 2  # Y plane then interleaved UV at half height
+    else:
+        h_data = h
+    if step < row_bytes:
+        raise ImageError(f'image step {step} is smaller than a row ({row_bytes} bytes, '
+                         f'{w} px {enc})')
+    buf = _buffer(msg.data)
+    need = step * (h_data - 1) + row_bytes
+    if len(buf) < need:
+        raise ImageError(f'image data truncated: {len(buf)} bytes for {w}x{h} {enc} '
+                         f'(step {step}) needs {need}')
+    if step % dtype.itemsize:
+        raise ImageError(f'image step {step} is not a multiple of the pixel size')
+    shape = (h_data, w) if nchan == 1 else (h_data, w, nchan)
+    strides = (step, nchan * dtype.itemsize, dtype.itemsize)[:len(shape)]
+    img = np.ndarray(shape=shape, dtype=dtype, buffer=buf, strides=strides)
+    if dtype.itemsize > 1 and bool(msg.is_bigendian) == np.little_endian:  # foreign order
+        img = img.byteswap()
+    if enc in CORE_ENCODINGS:
+        return img, enc
+    try:
+        return np.ascontiguousarray(convert_color(np.ascontiguousarray(img), enc, 'rgb8')), 'rgb8'
+    except Exception as err:  # cv2.error and rosbags' errors: both mean 'cannot convert'
+        raise ImageError(f'cannot convert {enc!r} image to rgb8: {err}') from None
+
+
+def compressed_from_msg(msg) -> tuple[np.ndarray, str]:
+    """
+    sensor_msgs/CompressedImage (JPEG or PNG) → (array, 'bgr8' | 'mono8' | 'mono16').
+
+    A JPEG without its end-of-image marker is refused: libjpeg would otherwise fill the missing
+    rows with grey and the map would store a half-grey keyframe.
+    """
+    import cv2  # imported here: only compressed input needs the decoder
+
+    buf = _buffer(msg.data)
+    if len(buf) == 0:
+        raise ImageError('compressed image has no data')
+    head = bytes(buf[:8])
+    if head.startswith(_JPEG_SOI):
+        tail = bytes(buf[-32:])
+        if _JPEG_EOI not in tail:
+            raise ImageError(f'JPEG data truncated ({len(buf)} bytes, no end-of-image marker)')
+    elif not head.startswith(_PNG_MAGIC):
+        fmt = str(getattr(msg, 'format', ''))
+        raise ImageError(f'compressed image is neither JPEG nor PNG (format {fmt!r})')
+    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None or img.size == 0:
+        raise ImageError(f'compressed image could not be decoded ({len(buf)} bytes)')
+    if img.ndim == 2:
+        return img, ('mono16' if img.dtype == np.uint16 else 'mono8')
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.shape[2] == 4:
+        return img, 'bgra8'
+    return img, 'bgr8'
+
+
+def any_image_from_msg(msg) -> tuple[np.ndarray, str]:
+    """Image or CompressedImage (told apart by the `format` field, as rosbags-image does)."""
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        return compressed_from_msg(msg)
+    return image_from_msg(msg)
+
+
+def pose_from_msg(msg) -> StampedPose:
+    """
+    PoseStamped, PoseWithCovarianceStamped or Odometry → StampedPose (not validated).
+
+    Raises PoseError only for a message that has no pose at all; NaN values and zero quaternions
+    pass through, because the pose buffer refuses and counts those in one place.
+    """
+    pose = getattr(msg, 'pose', None)
+    if pose is None:
+        raise PoseError(f'{type(msg).__name__} has no pose field')
+    if hasattr(pose, 'pose'):  # Odometry.pose and PoseWithCovarianceStamped.pose: with covariance
+        pose = pose.pose
+    p, q = pose.position, pose.orientation
+    return StampedPose(stamp_ns(msg.header), str(msg.header.frame_id),
+                       np.array([p.x, p.y, p.z], dtype=np.float64),
+                       np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
