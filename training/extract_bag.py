@@ -126,11 +126,13 @@ def extract(bag: str, out_dir: str, image_topic: Optional[str] = None,
     if image_format not in ('png', 'jpg', 'jpeg'):
         raise ValueError(f'image_format must be png or jpg, not {image_format!r}')
     ext = 'png' if image_format == 'png' else 'jpg'
-    if extrinsic is not None and len(extrinsic) != 7:
-        raise ValueError('extrinsic needs 7 numbers: tx ty tz qx qy qz qw')
-    if extrinsic is not None and not np.all(np.isfinite(extrinsic)) or (
-            extrinsic is not None and np.linalg.norm(extrinsic[3:]) < 1e-9):
-        raise ValueError('extrinsic must be finite with a non-zero quaternion')
+    if extrinsic is not None:
+        e = np.asarray(extrinsic, dtype=np.float64).ravel()
+        if e.size != 7:
+            raise ValueError('extrinsic needs 7 numbers: tx ty tz qx qy qz qw')
+        if not np.all(np.isfinite(e)) or np.linalg.norm(e[3:]) < 1e-9:
+            raise ValueError('extrinsic must be finite with a non-zero quaternion')
+        extrinsic = e.tolist()
 
     dropped: Counter = Counter()
     pose_dropped: Counter = Counter()
@@ -255,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--all-frames', action='store_true', help='keep every posed frame')
     p.add_argument('--extrinsic', type=float, nargs=7, metavar=('TX', 'TY', 'TZ', 'QX', 'QY',
                                                                 'QZ', 'QW'),
-                   help='camera pose in the pose frame (base->camera)')
+                   help="camera_link pose in the pose's child frame (REP-103: +x forward, "
+                   'not the optical frame); image pose = pose ∘ extrinsic')
     p.add_argument('--format', default='png', choices=('png', 'jpg'), help='image file format')
     p.add_argument('--no-progress', action='store_true')
     return p
