@@ -118,13 +118,13 @@ class GeometricVerifier:
 
     ORB (binary, Hamming) is the default because it is fast and free; SIFT (float, L2) is more
     robust to scale and light. `method='essential'` needs the 3x3 camera matrix `K` and rejects
-    more outliers when the intrinsics are known.
+    more outliers when the intrinsics are known. `mutual` adds a cross-check to the ratio test.
     """
 
     def __init__(self, feature: str = 'orb', n_features: int = 500, ratio: float = 0.8,
                  min_inliers: int = 15, ransac_threshold_px: float = 3.0,
                  method: str = 'fundamental', K: np.ndarray | None = None,
-                 confidence: float = 0.999) -> None:
+                 confidence: float = 0.999, mutual: bool = True) -> None:
         feature = feature.lower()
         if feature not in FEATURE_TYPES:
             raise VPRError(f'feature must be one of {FEATURE_TYPES}, got {feature!r}')
@@ -152,6 +152,7 @@ class GeometricVerifier:
         self.method = method
         self.K = K
         self.confidence = float(confidence)
+        self.mutual = bool(mutual)
         if feature == 'orb':
             self._detector = cv2.ORB_create(nfeatures=self.n_features)
             self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
@@ -187,6 +188,14 @@ class GeometricVerifier:
             return self._fail(0, f'matching failed: {exc}')
         good = [m[0] for m in knn
                 if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
+        if self.mutual and good:
+            # Keep a match only when it is also the best one the other way round: a fundamental
+            # matrix (7 DOF) fits a dozen random ratio-test survivors within 3 px, so without
+            # this unrelated photos reach ~15 "inliers"; with it they stay near zero.
+            back = np.full(len(match), -1, np.int64)
+            for b in self._matcher.match(match.descriptors, query.descriptors):
+                back[b.queryIdx] = b.trainIdx
+            good = [m for m in good if back[m.trainIdx] == m.queryIdx]
         # 8 points is the least a fundamental/essential RANSAC can use; fewer than min_inliers
         # matches cannot give min_inliers inliers, so skip RANSAC for both.
         if len(good) < max(8, self.min_inliers):
