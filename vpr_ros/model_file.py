@@ -1,0 +1,203 @@
+"""
+The model file: one file that fully describes a trained encoder, read safely.
+
+Written by training's export, read by the node. It is a ``torch.save`` dict holding only plain
+data and tensors, so it is read with ``torch.load(weights_only=True)``: a file carrying code
+is refused, never executed. Fields (all required, no others allowed)::
+
+    format      'vpr_ros.model'
+    version     1
+    spec        backbone, pooling ('gem' | 'avg'), gem_p, image_size [h, w],
+                mean [3], std [3], whitening_dim (int or None)
+    output_dim  descriptor dimension the network produces
+    whitening   None or {'mean': (D,) tensor, 'proj': (output_dim, D) tensor}
+    state_dict  the network's weights (trunk + pooling; whitening kept apart above)
+    provenance  free JSON-able dict: loss, data, metrics, date, ...
+
+Its sha256 is the model's fingerprint, recorded in each map's manifest.
+"""
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import torch
+
+from vpr_ros.encoder import ModelSpec, VPRNet
+from vpr_ros.errors import ModelFileError, VPRError
+
+FORMAT = 'vpr_ros.model'
+VERSION = 1
+TOP_FIELDS = ('format', 'version', 'spec', 'output_dim', 'whitening', 'state_dict',
+              'provenance')
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
+WHITENING_FIELDS = ('mean', 'proj')
+
+
+def file_fingerprint(path: str) -> str:
+    """Sha256 hex digest of the file at ``path``: the model's identity for maps."""
+    h = hashlib.sha256()
+    try:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+    except OSError as e:
+        raise ModelFileError(f'cannot read model file {path}: {e}') from e
+    return h.hexdigest()
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename: a crash never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
+    """Write ``net`` and its ``provenance`` to ``path`` atomically; return the fingerprint."""
+    try:
+        # Round trip through JSON: refuses what is not JSON-able, turns tuples into lists.
+        provenance = json.loads(json.dumps(provenance or {}))
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f'provenance must be JSON-able: {e}') from e
+    if not isinstance(provenance, dict):
+        raise ModelFileError('provenance must be a dict')
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()
+             if not k.startswith('whitening.')}
+    whitening = None
+    if net.whitening is not None:
+        whitening = {'mean': net.whitening.mean.detach().cpu().clone(),
+                     'proj': net.whitening.proj.detach().cpu().clone()}
+    obj = {
+        'format': FORMAT,
+        'version': VERSION,
+        'spec': net.spec.to_dict(),
+        'output_dim': int(net.dim),
+        'whitening': whitening,
+        'state_dict': state,
+        'provenance': provenance,
+    }
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    _write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_fields(where: str, d: Any, fields: tuple[str, ...]) -> None:
+    if not isinstance(d, dict):
+        raise ModelFileError(f'{where} must be a dict, got {type(d).__name__}')
+    missing = [f for f in fields if f not in d]
+    if missing:
+        raise ModelFileError(f'{where} is missing field(s): {", ".join(missing)}')
+    unknown = [str(f) for f in d if f not in fields]
+    if unknown:
+        raise ModelFileError(f'{where} has unknown field(s): {", ".join(unknown)}')
+
+
+def _read(path: str) -> tuple[dict, str]:
+    """Read and safely unpickle the file; return the raw dict and its sha256."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelFileError(f'cannot read model file {path}: {e}') from e
+    try:
+        obj = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global outside torch's allow-list before calling it.
+        raise ModelFileError(f'model file {path} refused: it holds objects other than tensors '
+                             f'and plain data (unsafe or not a vpr_ros model file): '
+                             f'{str(e).splitlines()[0]}') from e
+    except Exception as e:  # zip/pickle/storage errors of a truncated or damaged file
+        raise ModelFileError(f'model file {path} is corrupt or not a torch file: '
+                             f'{type(e).__name__}: {e}') from e
+    return obj, hashlib.sha256(data).hexdigest()
+
+
+def _build(obj: Any, path: str) -> tuple[VPRNet, dict]:
+    _check_fields(f'model file {path}', obj, TOP_FIELDS)
+    if obj['format'] != FORMAT:
+        raise ModelFileError(f'model file {path}: field format is {obj["format"]!r}, '
+                             f'expected {FORMAT!r}')
+    version = obj['version']
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise ModelFileError(f'model file {path}: field version {version!r} is not supported '
+                             f'(this reader knows 1..{VERSION})')
+    _check_fields(f'model file {path}: spec', obj['spec'], SPEC_FIELDS)
+    try:
+        spec = ModelSpec(**obj['spec'])
+    except (VPRError, TypeError) as e:
+        raise ModelFileError(f'model file {path}: invalid spec: {e}') from e
+    provenance = obj['provenance']
+    if not isinstance(provenance, dict):
+        raise ModelFileError(f'model file {path}: field provenance must be a dict')
+    state = obj['state_dict']
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelFileError(f'model file {path}: field state_dict must map names to tensors')
+    net = VPRNet(spec, pretrained=False)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f'model file {path}: state_dict does not fit {spec.backbone}: '
+                             f'{e}') from e
+    whitening = obj['whitening']
+    if whitening is not None:
+        _check_fields(f'model file {path}: whitening', whitening, WHITENING_FIELDS)
+        if not all(isinstance(whitening[k], torch.Tensor) for k in WHITENING_FIELDS):
+            raise ModelFileError(f'model file {path}: whitening mean/proj must be tensors')
+        try:
+            net.set_whitening(whitening['mean'], whitening['proj'])
+        except VPRError as e:
+            raise ModelFileError(f'model file {path}: field whitening: {e}') from e
+    if spec.whitening_dim != (None if net.whitening is None else net.dim):
+        raise ModelFileError(f'model file {path}: spec.whitening_dim {spec.whitening_dim} '
+                             f'does not match field whitening')
+    if obj['output_dim'] != net.dim:
+        raise ModelFileError(f'model file {path}: field output_dim {obj["output_dim"]!r} '
+                             f'does not match the network ({net.dim})')
+    net.eval()
+    return net, provenance
+
+
+def load_model_and_fingerprint(path: str) -> tuple[VPRNet, dict, str]:
+    """Like ``load_model`` plus the sha256 of exactly the bytes that were loaded."""
+    obj, fingerprint = _read(path)
+    net, provenance = _build(obj, path)
+    return net, provenance, fingerprint
+
+
+def load_model(path: str) -> tuple[VPRNet, dict]:
+    """Load a model file into a ``VPRNet`` (eval mode, CPU) and its provenance dict."""
+    net, provenance, _ = load_model_and_fingerprint(path)
+    return net, provenance
