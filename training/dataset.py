@@ -65,7 +65,7 @@ def poses_from_compass(easting, northing, heading_deg) -> np.ndarray:
     yaw = np.radians(90.0 - np.asarray(heading_deg, dtype=np.float64).reshape(-1))
     if not (e.shape == n.shape == yaw.shape):
         raise VPRError('easting, northing and heading have different lengths')
-    q = Rotation.from_euler('z', yaw).as_quat().reshape(-1, 4)
+    q = Rotation.from_euler('z', yaw[:, None]).as_quat().reshape(-1, 4)
     return np.concatenate([e[:, None], n[:, None], np.zeros((e.size, 1)), q], axis=1)
 
 

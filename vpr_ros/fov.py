@@ -106,13 +106,14 @@ def fov_overlap_many(xy_i: np.ndarray, yaw_i: np.ndarray, xy_j: np.ndarray, yaw_
     zero = np.zeros_like(c)
 
     # Arc of Si inside the closed Sj.
-    area = _arc_part(zero, a_lo, a_hi, r, c, b_lo, b_hi, yaw_j, half, strict=False)
+    u_i, u_j = _unit(yaw_i), _unit(yaw_j)
+    area = _arc_part(zero, a_lo, a_hi, r, c, b_lo, b_hi, u_j, half, strict=False)
     # Arc and both edges of Sj inside the open Si (closed/open keeps shared pieces counted once).
-    area += _arc_part(c, b_lo, b_hi, r, zero, a_lo, a_hi, yaw_i, half, strict=True)
+    area += _arc_part(c, b_lo, b_hi, r, zero, a_lo, a_hi, u_i, half, strict=True)
     tip_lo = c + r * _unit(b_lo)
     tip_hi = c + r * _unit(b_hi)
-    area += _segment_part(c, tip_lo - c, r, a_lo, a_hi, yaw_i, half)  # centre → first arc end
-    area += _segment_part(tip_hi, c - tip_hi, r, a_lo, a_hi, yaw_i, half)  # last arc end → centre
+    area += _segment_part(c, tip_lo - c, r, a_lo, a_hi, u_i, half)  # centre → first arc end
+    area += _segment_part(tip_hi, c - tip_hi, r, a_lo, a_hi, u_i, half)  # last arc end → centre
     psi = area / (half * r * r)
     psi[np.sum(c * c, axis=1) > (2.0 * r) ** 2] = 0.0
     return np.clip(psi, 0.0, 1.0)
@@ -133,13 +134,13 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
-def _inside(p: np.ndarray, centre: np.ndarray, heading: np.ndarray, half: float, r: float,
+def _inside(p: np.ndarray, centre: np.ndarray, heading_u: np.ndarray, half: float, r: float,
             strict: bool) -> np.ndarray:
     """Point-in-sector test for p (M,K,2); strict shrinks the sector by a hair (open set)."""
     d = p - centre[:, None, :]
     dist2 = np.sum(d * d, axis=-1)
     # |angle to heading| <= half  ⇔  d·u(heading) >= |d|·cos(half): no arctan2 needed.
-    along = d[..., 0] * np.cos(heading)[:, None] + d[..., 1] * np.sin(heading)[:, None]
+    along = d[..., 0] * heading_u[:, 0:1] + d[..., 1] * heading_u[:, 1:2]
     bound = np.sqrt(dist2) * math.cos(half)
     slack = _EPS * r
     if strict:
@@ -176,7 +177,7 @@ def _wrap_into(phi: np.ndarray, lo: np.ndarray) -> np.ndarray:
 
 
 def _arc_part(centre: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: float,
-              o_centre: np.ndarray, o_lo: np.ndarray, o_hi: np.ndarray, o_heading: np.ndarray,
+              o_centre: np.ndarray, o_lo: np.ndarray, o_hi: np.ndarray, o_heading_u: np.ndarray,
               half: float, strict: bool) -> np.ndarray:
     """½∮(x dy − y dx) over the part of one sector's arc that lies in the other sector."""
     cuts = (_line_params_on_arc(centre, r, lo, hi, o_centre, o_lo)
@@ -186,18 +187,20 @@ def _arc_part(centre: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: float,
     t = np.stack([lo, hi] + cuts, axis=1)
     t = np.where(np.isnan(t) | (t > hi[:, None]), lo[:, None], t)
     t.sort(axis=1)
-    t0, t1 = t[:, :-1], t[:, 1:]
-    mid = 0.5 * (t0 + t1)
+    dt = np.diff(t, axis=1)
+    mid = t[:, :-1] + 0.5 * dt
     pts = centre[:, None, :] + r * _unit(mid)
-    keep = _inside(pts, o_centre, o_heading, half, r, strict) & (t1 > t0)
+    keep = _inside(pts, o_centre, o_heading_u, half, r, strict) & (dt > 0.0)
     # ∫ (x dy − y dx) along the circle = r·cx·Δsin − r·cy·Δcos + r²·Δφ
-    contrib = (r * centre[:, 0:1] * (np.sin(t1) - np.sin(t0))
-               - r * centre[:, 1:2] * (np.cos(t1) - np.cos(t0)) + r * r * (t1 - t0))
+    contrib = r * r * dt
+    if np.any(centre):
+        contrib = contrib + r * (centre[:, 0:1] * np.diff(np.sin(t), axis=1)
+                                 - centre[:, 1:2] * np.diff(np.cos(t), axis=1))
     return 0.5 * np.sum(np.where(keep, contrib, 0.0), axis=1)
 
 
 def _segment_part(p0: np.ndarray, d: np.ndarray, r: float, o_lo: np.ndarray, o_hi: np.ndarray,
-                  o_heading: np.ndarray, half: float) -> np.ndarray:
+                  o_heading_u: np.ndarray, half: float) -> np.ndarray:
     """
     ½∫(x dy − y dx) over the part of segment p0 + t·d (t ∈ [0, 1]) inside the open Si.
 
@@ -226,6 +229,6 @@ def _segment_part(p0: np.ndarray, d: np.ndarray, r: float, o_lo: np.ndarray, o_h
     t0, t1 = t[:, :-1], t[:, 1:]
     mid = 0.5 * (t0 + t1)
     pts = p0[:, None, :] + mid[..., None] * d[:, None, :]
-    keep = _inside(pts, np.zeros_like(p0), o_heading, half, r, strict=True) & (t1 > t0)
+    keep = _inside(pts, np.zeros_like(p0), o_heading_u, half, r, strict=True) & (t1 > t0)
     contrib = _cross(p0, d)[:, None] * (t1 - t0)
     return 0.5 * np.sum(np.where(keep, contrib, 0.0), axis=1)
