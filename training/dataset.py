@@ -243,7 +243,9 @@ class TraverseImages:
     """
 
     def __init__(self, traverses: Traverse | Sequence[Traverse] | Sequence[str],
-                 size_hw: tuple[int, int] = (480, 640), check: bool = True) -> None:
+                 size_hw: tuple[int, int] = (480, 640), check: bool = True,
+                 mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         if isinstance(traverses, Traverse):
             traverses = [traverses]
         paths: list[str] = []
@@ -251,6 +253,8 @@ class TraverseImages:
             paths.extend(t.image_paths if isinstance(t, Traverse) else [str(t)])
         self.paths = paths
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
+        # A model file may carry its own normalisation; None keeps preprocess' ImageNet default.
+        self._norm = {k: tuple(v) for k, v in (('mean', mean), ('std', std)) if v is not None}
         ok = [image_ok(p) for p in paths] if check else [True] * len(paths)
         self.valid = np.flatnonzero(ok).astype(np.int64)
         self.skipped = np.flatnonzero(~np.asarray(ok, dtype=bool)).astype(np.int64)
@@ -273,7 +277,7 @@ class TraverseImages:
             idx = int(self.valid[(k + step) % n])
             img = load_image(self.paths[idx], self.counters)
             if img is not None:
-                return preprocess(img, self.size_hw, 'rgb8'), idx
+                return preprocess(img, self.size_hw, 'rgb8', **self._norm), idx
         raise VPRError('no image of the dataset can be read any more')
 
     def summary(self) -> dict:
