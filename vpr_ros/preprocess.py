@@ -167,6 +167,12 @@ def preprocess_batch(images: Sequence[np.ndarray] | np.ndarray, size_hw: Sequenc
         raise ImageError(f'images must be a list of arrays, got {type(images).__name__}')
     scale, offset = _scale_offset(mean, std)
     out = np.empty((len(images), 3, h, w), dtype=np.float32)
+    n = len(images)
     for i, image in enumerate(images):
-        _fill(out[i], image, encoding, (h, w), scale, offset)
+        try:
+            _fill(out[i], image, encoding, (h, w), scale, offset)
+        except ImageError as e:
+            if n == 1:
+                raise
+            raise ImageError(f'image {i} of {n}: {e}') from None
     return torch.from_numpy(out)
