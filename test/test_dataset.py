@@ -164,3 +164,19 @@ def test_image_dataset_skips_unreadable(tmp_path) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=2)
     batch, ids = next(iter(loader))
     assert tuple(batch.shape) == (2, 3, 16, 20) and ids.tolist() == [0, 2]
+
+
+def test_real_jpegs_through_an_index(tmp_path, corridor_dir) -> None:
+    pytest.importorskip('vpr_ros.preprocess')
+    ref = os.path.join(corridor_dir, 'ref')
+    names = sorted(os.listdir(ref))[:8]
+    idx = str(tmp_path / 'corridor_ref.json')
+    write_index(idx, ref, names, _poses(len(names)))  # absolute prefix: nothing copied
+    t = load_traverse(idx)
+    img = load_image(t.image_paths[0])
+    assert img.shape == (120, 160, 3) and img.dtype == np.uint8 and img.std() > 5
+    ds = TraverseImages(t, size_hw=(96, 128))
+    assert len(ds) == 8 and ds.summary()['skipped_up_front'] == 0
+    x, i = ds[7]
+    assert i == 7 and tuple(x.shape) == (3, 96, 128)
+    assert abs(float(x.mean())) < 3.0  # ImageNet-normalised, not raw 0..255
