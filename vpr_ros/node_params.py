@@ -1,0 +1,314 @@
+"""
+The node's parameters as one table: name, default, range or choices, description, read-only.
+
+One table feeds the ROS `ParameterDescriptor`s, the start-up validation, `config/vpr.yaml` (a
+test checks they agree) and the parameter reference in the docs, so a parameter cannot be
+declared in one place and forgotten in another. Validation is ROS-free: a bad value raises
+`ParamError` naming the parameter and what it accepts, and the node exits non-zero with that
+message instead of running with a value nobody meant.
+"""
+from dataclasses import dataclass
+import math
+import os
+from typing import Any
+
+from vpr_ros.detector import DEFAULT_SCORE_THRESHOLD, DetectorConfig
+
+
+class ParamError(ValueError):
+    """A parameter value outside what the node accepts; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: `lo`/`hi` bound numbers (inclusive), `choices` bound strings."""
+
+    name: str
+    default: Any
+    description: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] | None = None
+    read_only: bool = True
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, bool):
+            return 'bool'
+        if isinstance(self.default, int):
+            return 'integer'
+        if isinstance(self.default, float):
+            return 'double'
+        if isinstance(self.default, str):
+            return 'string'
+        if isinstance(self.default, (list, tuple)):
+            return 'integer array'
+        raise TypeError(f'no type for {self.name}')
+
+    def accepted(self) -> str:
+        """Say what the parameter accepts, in words, for error messages and the docs."""
+        if self.choices is not None:
+            return 'one of ' + ', '.join(repr(c) for c in self.choices)
+        if self.lo is not None and self.hi is not None:
+            if self.type_name == 'integer array':
+                return f'two integers, each in [{int(self.lo)}, {int(self.hi)}]'
+            fmt = int if self.type_name == 'integer' else float
+            return f'{self.type_name} in [{fmt(self.lo)}, {fmt(self.hi)}]'
+        return f'any {self.type_name}'
+
+
+_C = DetectorConfig()
+_T = ('raw', 'compressed')
+SPECS: tuple[ParamSpec, ...] = (
+    # ---- inputs
+    ParamSpec('camera_topic', '/camera/image_raw',
+              'Image topic; with image_transport compressed the node subscribes to '
+              '<camera_topic>/compressed (the image_transport convention).'),
+    ParamSpec('image_transport', 'raw', 'raw: sensor_msgs/Image; compressed: '
+              'sensor_msgs/CompressedImage (JPEG or PNG).', choices=_T),
+    ParamSpec('qos', 'sensor_data',
+              'QoS of the image and pose subscriptions: sensor_data (best effort, keeps the '
+              'latest; matches any publisher) or reliable (matches reliable publishers only).',
+              choices=('sensor_data', 'reliable')),
+    ParamSpec('pose_topic', '/odom', 'Pose topic; its poses are interpolated at image stamps.'),
+    ParamSpec('pose_type', 'Odometry', 'Message type of pose_topic; none: no pose subscription '
+              '(keyframes by time and novelty only).', choices=('none', 'PoseStamped',
+                                                              'Odometry')),
+    ParamSpec('pose_max_gap_s', 0.5, 'Poses further apart than this are not interpolated '
+              'between (the image gets no pose).', 0.0, 60.0),
+    ParamSpec('pose_wait_s', 0.05, 'How long the worker waits for a pose newer than an image '
+              'before processing it (poses often arrive a little after the image).', 0.0, 1.0,
+              read_only=False),
+    ParamSpec('pose_timeout_s', 2.0, 'A pose topic silent this long counts as stopped '
+              '(warning, diagnostics WARN).', 0.1, 3600.0, read_only=False),
+    # ---- model
+    ParamSpec('model_path', '', 'Model file written by vpr-export; empty: the built-in '
+              'ImageNet MobileNetV2 + GeM.'),
+    ParamSpec('device', 'auto', 'Inference device; auto picks cuda when available.',
+              choices=('auto', 'cpu', 'cuda')),
+    ParamSpec('image_size', [0, 0], "Network input [height, width]; [0, 0]: the model's own "
+              '(224x224 for the default). Another size changes descriptors, so a map made '
+              'with one size cannot be continued with another.', 0, 4096),
+    # ---- keyframes
+    ParamSpec('keyframe_min_distance_m', _C.kf_min_distance_m,
+              'A frame is a keyframe once the robot moved this far (0: off).', 0.0, 1000.0,
+              read_only=False),
+    ParamSpec('keyframe_min_angle_deg', _C.kf_min_angle_deg,
+              '... or turned this much (0: off).', 0.0, 180.0, read_only=False),
+    ParamSpec('keyframe_max_interval_s', _C.kf_max_interval_s,
+              '... or this much time passed (0: off).', 0.0, 86400.0, read_only=False),
+    ParamSpec('keyframe_novelty_threshold', _C.kf_novelty_threshold,
+              'Without a pose: a keyframe when the similarity to the last keyframe drops '
+              'below this (0: off).', 0.0, 1.0, read_only=False),
+    # ---- detection
+    ParamSpec('exclusion_window_s', _C.exclusion_s,
+              'Keyframes of this session within this many seconds of the query are never '
+              'candidates (they are the recent past, not a loop).', 0.0, 1e7, read_only=False),
+    ParamSpec('exclusion_keyframes', _C.exclusion_n,
+              'The last N keyframes added are never candidates either (0: off).', 0, 1000000,
+              read_only=False),
+    ParamSpec('top_k', _C.top_k, 'Candidates searched per query (rows of /vpr/matches).',
+              1, 100, read_only=False),
+    ParamSpec('score_threshold', DEFAULT_SCORE_THRESHOLD,
+              'Minimum cosine similarity of an accepted candidate.', -1.0, 1.0,
+              read_only=False),
+    ParamSpec('temporal_consistency', _C.temporal_consistency,
+              'n > 1: accept a candidate only when the previous n-1 queries matched near it '
+              '(0 or 1: off).', 0, 100),
+    ParamSpec('geometric_verification', _C.geometric_verification,
+              'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
+    ParamSpec('gv_min_inliers', _C.gv_min_inliers,
+              'RANSAC inliers needed to accept a candidate when verification is on.', 4, 10000),
+    # ---- map
+    ParamSpec('map_dir', '~/.ros/vpr_ros/map', 'Map directory (~ expanded); empty: keep the '
+              'map in memory only, never save.'),
+    ParamSpec('load_map', False, 'Continue the map saved in map_dir (a new session); false: '
+              'start a new map, which replaces the saved one at the first save.'),
+    ParamSpec('map_index', 'flat', 'FAISS index: flat (exact) or hnsw (approximate, for '
+              'large maps).', choices=('flat', 'hnsw')),
+    ParamSpec('autosave_period_s', 300.0, 'Save the map this often (0: only on shutdown and '
+              'on ~/save_map).', 0.0, 86400.0),
+    # ---- outputs
+    ParamSpec('loop_closure_output', False, 'Publish /vpr/loop_closure [t_query, t_match] '
+              "(LIO-SAM's external loop-closure input)."),
+    ParamSpec('markers_period_s', 1.0, 'Publish /vpr/markers this often (0: never).',
+              0.0, 3600.0),
+    ParamSpec('diagnostics_period_s', 1.0, 'Publish /diagnostics this often.', 0.1, 3600.0),
+    ParamSpec('publish_status', False, 'Publish /vpr/status for every processed frame '
+              '(debugging, benchmarks, tests).'),
+)
+BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
+
+
+def validate(name: str, value: Any) -> Any:
+    """Return `value` (normalised) or raise ParamError naming `name` and what it accepts."""
+    spec = BY_NAME[name]
+    t = spec.type_name
+    bad = f'parameter {name!r}: {value!r} is not accepted; expected {spec.accepted()}'
+    if t == 'bool':
+        if not isinstance(value, bool):
+            raise ParamError(bad)
+        return value
+    if t == 'string':
+        if not isinstance(value, str):
+            raise ParamError(bad)
+        if spec.choices is not None and value not in spec.choices:
+            raise ParamError(bad)
+        return value
+    if t == 'integer array':
+        try:
+            vals = [int(v) for v in value]
+        except (TypeError, ValueError):
+            raise ParamError(bad) from None
+        if len(vals) != 2 or any(isinstance(v, bool) for v in value):
+            raise ParamError(bad)
+        if not all(spec.lo <= v <= spec.hi for v in vals):
+            raise ParamError(bad)
+        return vals
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError(bad)
+    if t == 'integer' and not isinstance(value, int):
+        raise ParamError(bad)
+    if t == 'double':
+        value = float(value)
+        if not math.isfinite(value):
+            raise ParamError(bad)
+    if (spec.lo is not None and value < spec.lo) or (spec.hi is not None and value > spec.hi):
+        raise ParamError(bad)
+    return value
+
+
+class Params:
+    """Validated parameter values with attribute access (`params.top_k`)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        unknown = set(values) - set(BY_NAME)
+        if unknown:
+            raise ParamError(f'unknown parameter(s): {", ".join(sorted(unknown))}')
+        merged = {s.name: s.default for s in SPECS}
+        merged.update(values)
+        self._values = {k: validate(k, v) for k, v in merged.items()}
+        self._check_together()
+
+    def _check_together(self) -> None:
+        v = self._values
+        size = v['image_size']
+        if (size[0] == 0) != (size[1] == 0) or (0 < min(size) < 32):
+            raise ParamError(f"parameter 'image_size': {size} is not accepted; expected "
+                             "[0, 0] (the model's own) or two integers >= 32")
+        if v['model_path'] and not os.path.isfile(os.path.expanduser(v['model_path'])):
+            raise ParamError(f'parameter \'model_path\': file {v["model_path"]!r} does not '
+                             "exist; expected a model file written by vpr-export, or '' for "
+                             'the built-in model')
+        if not v['camera_topic']:
+            raise ParamError("parameter 'camera_topic' must not be empty")
+        if v['pose_type'] != 'none' and not v['pose_topic']:
+            raise ParamError("parameter 'pose_topic' must not be empty unless pose_type is "
+                             "'none'")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__['_values'][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def with_changes(self, changes: dict[str, Any]) -> 'Params':
+        """Return new Params with some values changed (validated), for live updates."""
+        return Params({**self._values, **changes})
+
+    @property
+    def image_topic(self) -> str:
+        """The topic actually subscribed: compressed transport appends '/compressed'."""
+        t = self.camera_topic
+        if self.image_transport == 'compressed' and not t.rstrip('/').endswith('/compressed'):
+            return t.rstrip('/') + '/compressed'
+        return t
+
+    @property
+    def map_path(self) -> str:
+        return os.path.expanduser(self.map_dir) if self.map_dir else ''
+
+    def detector_config(self) -> DetectorConfig:
+        """Map to the core's DetectorConfig (names differ: node names are the public ones)."""
+        return DetectorConfig(
+            top_k=self.top_k, score_threshold=self.score_threshold,
+            exclusion_s=self.exclusion_window_s, exclusion_n=self.exclusion_keyframes,
+            temporal_consistency=self.temporal_consistency,
+            geometric_verification=self.geometric_verification,
+            gv_min_inliers=self.gv_min_inliers,
+            kf_min_distance_m=self.keyframe_min_distance_m,
+            kf_min_angle_deg=self.keyframe_min_angle_deg,
+            kf_max_interval_s=self.keyframe_max_interval_s,
+            kf_novelty_threshold=self.keyframe_novelty_threshold)
+
+
+# ------------------------------------------------------------------ ROS side (lazy imports)
+def descriptor(spec: ParamSpec):
+    """Build the ParameterDescriptor of a spec (range, read-only, description)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    d = ParameterDescriptor(name=spec.name, description=spec.description,
+                            read_only=spec.read_only)
+    if spec.choices is not None:
+        d.additional_constraints = spec.accepted()
+    if spec.lo is not None and spec.hi is not None:
+        if spec.type_name == 'double':
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.lo),
+                                                         to_value=float(spec.hi), step=0.0)]
+        elif spec.type_name == 'integer':
+            d.integer_range = [IntegerRange(from_value=int(spec.lo), to_value=int(spec.hi),
+                                            step=1)]
+        else:
+            d.additional_constraints = spec.accepted()
+    return d
+
+
+def declare_all(node) -> Params:
+    """
+    Declare every parameter on an rclpy node and return the validated values.
+
+    rclpy's own range/type checks raise on declaration; both those and ours become a
+    ParamError naming the parameter and what it accepts, which `main` prints before exiting.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    values = {}
+    for spec in SPECS:
+        default = list(spec.default) if isinstance(spec.default, list) else spec.default
+        try:
+            p = node.declare_parameter(spec.name, default, descriptor(spec))
+        except InvalidParameterTypeException as err:
+            raise ParamError(f'parameter {spec.name!r} has the wrong type ({err}); expected '
+                             f'{spec.accepted()}'
+                             + (' (write 1.0, not 1)' if spec.type_name == 'double' else '')
+                             ) from None
+        except InvalidParameterValueException as err:
+            raise ParamError(f'parameter {spec.name!r}: value out of range ({err}); expected '
+                             f'{spec.accepted()}') from None
+        val = p.value
+        if spec.type_name == 'integer array':
+            val = list(val)
+        values[spec.name] = val
+    return Params(values)
+
+
+def yaml_text() -> str:
+    """config/vpr.yaml generated from the table (the test compares the shipped file)."""
+    lines = ['# vpr_node parameters (generated from vpr_ros/node_params.py; descriptions and',
+             '# ranges: `ros2 param describe /vpr_node <name>` or doc/ros_interface.md).',
+             '/**:', '  ros__parameters:']
+    for s in SPECS:
+        v = s.default
+        if isinstance(v, bool):
+            text = 'true' if v else 'false'
+        elif isinstance(v, str):
+            text = f'"{v}"'
+        elif isinstance(v, list):
+            text = '[' + ', '.join(str(x) for x in v) + ']'
+        else:
+            text = repr(v)
+        lines.append(f'    {s.name}: {text}  # {s.accepted()}')
+    return '\n'.join(lines) + '\n'
