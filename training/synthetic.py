@@ -8,10 +8,10 @@ line y = 0 looking along +y (yaw 90°), and its image is the crop of the wall in
 moving sideways by Δx shifts the crop by Δx·ppm pixels and turning shifts it by the angle, so
 crops overlap as the 2D FoV sectors of their poses do (ppm is chosen so a crop spans the
 distance at which two sectors side by side stop overlapping, ≈ 4.95 m for θ = 90°, r = 3.5 m).
-The first half of the wall is for training, the second for validation (unseen places).
-Map traverses are taken in daylight every `spacing` metres; query traverses half a step
-aside, with heading jitter and a "dusk" appearance change (hue, contrast, brightness, noise)
-that ImageNet features are not invariant to but training can learn.
+As in TB-Places, training and validation are different recordings of the same garden: four
+passes along the whole wall, each offset by a quarter step. Map passes are taken in daylight
+every `spacing` metres; query passes with heading jitter and a "dusk" appearance change (hue,
+contrast, brightness, noise) that ImageNet features are not invariant to but training can learn.
 
 Writes TB-Places-style folders through `training.dataset.write_index`. The simulator's set
 (`vpr_ros.sim.dataset.default_dataset()`) is the realistic one; this is the fallback.
@@ -29,7 +29,7 @@ SECTOR_SPAN_M = 2 * 3.5 * np.sin(np.radians(45.0))
 _PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field',
            'immunohistochemistry', 'retina', 'colorwheel', 'coins', 'camera', 'moon', 'page')
 _TEXTURES = ('grass', 'gravel', 'brick')
-_VERSION = 3
+_VERSION = 4
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
@@ -73,12 +73,12 @@ def _pose(x: float, yaw: float) -> list[float]:
     return [float(x), 0.0, 0.0, 0.0, 0.0, float(np.sin(yaw / 2)), float(np.cos(yaw / 2))]
 
 
-def make_synthetic_garden(root: str, size_px: int = 96, spacing: float = 0.5,
+def make_synthetic_garden(root: str, size_px: int = 96, spacing: float = 0.75,
                           seed: int = 0) -> dict[str, str]:
     """
     Write the four traverses under root (once; reused when already there): name -> index path.
 
-    size_px is the side of the square images; about 40 places per half at the defaults.
+    size_px is the side of the square images; about 130 images per pass at the defaults.
     """
     marker = os.path.join(root, 'synthetic.json')
     want = {'version': _VERSION, 'size_px': size_px, 'spacing': spacing, 'seed': seed}
@@ -91,29 +91,28 @@ def make_synthetic_garden(root: str, size_px: int = 96, spacing: float = 0.5,
     wall = _wall(size_px, rng)
     ppm = size_px / SECTOR_SPAN_M  # wall pixels per metre of camera motion
     length_m = (wall.shape[1] - size_px) / ppm
-    half = length_m / 2
-    for split, (lo, hi) in (('train', (0.0, half)), ('val', (half, length_m))):
-        for kind in ('map', 'query'):
-            name = f'{split}_{kind}'
-            folder = os.path.join(root, name)
-            os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
-            xs = np.arange(lo, hi - spacing, spacing)
+    offsets = {'train_map': 0.0, 'val_map': 0.25, 'train_query': 0.5, 'val_query': 0.75}
+    for name in TRAVERSES:
+        kind = name.split('_')[1]
+        folder = os.path.join(root, name)
+        os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
+        xs = np.arange(0.0, length_m - spacing, spacing) + offsets[name] * spacing
+        if kind == 'query':
+            xs = xs + rng.uniform(-0.1, 0.1, xs.size) * spacing
+        paths, poses = [], []
+        for k, x in enumerate(xs):
+            dyaw = rng.uniform(-8.0, 8.0) if kind == 'query' else 0.0
+            # turning left (positive yaw) looks at the wall further left (smaller column)
+            c0 = int(round(x * ppm - dyaw / 90.0 * size_px))
+            c0 = int(np.clip(c0, 0, wall.shape[1] - size_px))
+            crop = wall[:, c0:c0 + size_px]
             if kind == 'query':
-                xs = xs + spacing / 2 + rng.uniform(-0.1, 0.1, xs.size)
-            paths, poses = [], []
-            for k, x in enumerate(xs):
-                dyaw = rng.uniform(-8.0, 8.0) if kind == 'query' else 0.0
-                # turning left (positive yaw) looks at the wall further left (smaller column)
-                c0 = int(round(x * ppm - dyaw / 90.0 * size_px))
-                c0 = int(np.clip(c0, 0, wall.shape[1] - size_px))
-                crop = wall[:, c0:c0 + size_px]
-                if kind == 'query':
-                    crop = _dusk(crop, rng)
-                rel = f'{k:05d}.png'
-                cv2.imwrite(os.path.join(folder, 'images', rel), crop[:, :, ::-1])
-                paths.append(rel)
-                poses.append(_pose(x, np.radians(90.0 + dyaw)))
-            write_index(out[name], 'images/', paths, poses)
+                crop = _dusk(crop, rng)
+            rel = f'{k:05d}.png'
+            cv2.imwrite(os.path.join(folder, 'images', rel), crop[:, :, ::-1])
+            paths.append(rel)
+            poses.append(_pose(x, np.radians(90.0 + dyaw)))
+        write_index(out[name], 'images/', paths, poses)
     with open(marker, 'w') as f:
         json.dump(want, f)
     return out

@@ -508,8 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if summary:
         b = summary['best']
+        r5 = b.get('r5')
+        r5 = f'R@5 {_fmt(r5)}' if r5 is not None and r5 >= 0 else 'no validation: last epoch'
         print(f'vpr-train: done in {summary["seconds"]:.0f}s; best epoch {b["epoch"]} '
-              f'(R@5 {_fmt(b.get("r5"))}); {os.path.join(args.out, BEST)}', flush=True)
+              f'({r5}); {os.path.join(args.out, BEST)}', flush=True)
     return 0
 
 
