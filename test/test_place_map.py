@@ -369,3 +369,22 @@ def test_auto_switch_to_hnsw_past_threshold() -> None:
         m.add(x[i], i)
     assert m.index_type == 'hnsw' and len(m) == 300
     assert m.search(x[10], 1)[0].id == 10 and m.search(x[290], 1)[0].id == 290
+
+
+def test_load_changes_index_type(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    x = unit(rng, 400, 16)
+    flat = PlaceMap(16, FP)
+    flat.add_batch(x, np.arange(400))
+    d = str(tmp_path / 'm')
+    flat.save(d)
+    h = PlaceMap.open(d, FP, 16, load_existing=True, hnsw_threshold=300, hnsw_m=8)
+    assert h.index_type == 'hnsw' and h.search(x[3], 1)[0].id == 3
+    h.save(d)
+    kept = PlaceMap.load(d, FP, 16, hnsw_m=48, hnsw_ef_search=20)  # graph kept: M stays 8
+    assert kept.index_type == 'hnsw' and kept.hnsw_ef_search == 20
+    kept.save(d)
+    with open(os.path.join(d, 'gen-000003', 'manifest.json')) as f:
+        assert '"hnsw_m": 8' in f.read()
+    back = PlaceMap.load(d, FP, 16, index='flat')
+    assert back.index_type == 'flat' and back.search(x[399], 1)[0].id == 399

@@ -680,8 +680,9 @@ class PlaceMap:
         """
         Load the committed map of `directory` and open a new session on it.
 
-        The index type and HNSW parameters are the saved ones unless given (a different
-        `index` rebuilds the index). A map of another model or dimension raises
+        The index type and HNSW parameters are the saved ones unless given: a different `index`
+        (or `hnsw_threshold` reached) rebuilds the index; a kept HNSW graph keeps its M and
+        efConstruction, only efSearch changes. A map of another model or dimension raises
         MapMismatchError; a damaged one MapError naming the file. `verify` checks the files'
         sha256 against the manifest first. Nothing in `directory` is ever written.
         """
@@ -711,18 +712,24 @@ class PlaceMap:
                 raise MapError(f'map file {path} does not match its sha256 in the manifest: '
                                'corrupt')
         saved = man['index']
+        if index is not None and index not in INDEX_TYPES:
+            raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
+        target = index or saved['type']
+        if hnsw_threshold and target == 'flat' and man['count'] >= hnsw_threshold:
+            target = 'hnsw'
+        # A saved HNSW graph that is kept keeps its own M/efConstruction (changing them means
+        # a rebuild); the requested ones apply when the index is (re)built here.
+        keep_graph = saved['type'] == 'hnsw' and target == 'hnsw'
         m = cls(int(man['dim']), man['fingerprint'], index=saved['type'],
-                hnsw_m=hnsw_m or saved['hnsw_m'],
-                hnsw_ef_construction=hnsw_ef_construction or saved['hnsw_ef_construction'],
+                hnsw_m=saved['hnsw_m'] if keep_graph or not hnsw_m else hnsw_m,
+                hnsw_ef_construction=(saved['hnsw_ef_construction']
+                                      if keep_graph or not hnsw_ef_construction
+                                      else hnsw_ef_construction),
                 hnsw_ef_search=hnsw_ef_search or saved['hnsw_ef_search'],
                 hnsw_threshold=hnsw_threshold)
         m._load_files(gen, man)
-        if index is not None and index != m._kind:
-            if index not in INDEX_TYPES:
-                raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
-            m._rebuild(index)
-        elif hnsw_threshold and m._kind == 'flat' and m._n >= hnsw_threshold:
-            m._rebuild('hnsw')
+        if target != m._kind:
+            m._rebuild(target)
         return m
 
     def _load_files(self, gen: str, man: dict) -> None:
