@@ -24,7 +24,7 @@ def _png_ok(path):
 def corridor_report(corridor_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('eval_corridor'))
     return evaluate(folder=corridor_dir, whiten_dim=64, out_dir=out, device='cpu',
-                    progress=False), out
+                    progress=False, cache_dir=os.path.join(out, 'cache')), out
 
 
 def test_corridor_default_model(corridor_report):
@@ -49,14 +49,18 @@ def test_corridor_default_model(corridor_report):
 
 
 def test_corridor_cli(corridor_dir, corridor_report, tmp_path):
+    """The CLI on the same set; descriptors come from the function run's cache (CPU time)."""
     out = str(tmp_path / 'cli')
+    cache = os.path.join(corridor_report[1], 'cache')
+    assert corridor_report[0]['cache']['hits'] == {'imagenet-mobilenetv2-gem': 0}
     cmd = [sys.executable, '-m', 'vpr_ros.training.evaluate', '--folder', corridor_dir,
-           '--out', out, '--device', 'cpu', '--no-progress']
+           '--out', out, '--device', 'cpu', '--no-progress', '--cache', cache]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=85)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'imagenet-mobilenetv2-gem' in r.stdout and 'R@1' in r.stdout
     with open(os.path.join(out, 'eval_results.json')) as f:
         back = json.load(f)
+    assert back['cache']['hits'] == {'imagenet-mobilenetv2-gem': 222}
     assert back['rows'][0]['recall']['1'] == pytest.approx(
         corridor_report[0]['rows'][0]['recall'][1], abs=1e-6)
     assert _png_ok(os.path.join(out, 'recall_at_k.png'))

@@ -129,12 +129,43 @@ def _load(path: str) -> np.ndarray:
     return img
 
 
+def _file_key(path: str) -> str:
+    """Cache key of an image file: a changed file (size or mtime) is embedded again."""
+    st = os.stat(path)
+    return f'{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}'
+
+
+def _cache_file(cache_dir: str, fingerprint: str) -> str:
+    safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in fingerprint)
+    return os.path.join(cache_dir, f'desc_{safe[:120]}.npz')
+
+
+def _load_cache(path: str) -> dict[str, np.ndarray]:
+    """Descriptors cached by an earlier run of the same model; empty when absent or broken."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {str(k): d for k, d in zip(z['keys'], z['descs'])}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def _save_cache(path: str, cache: dict[str, np.ndarray]) -> None:
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, keys=np.array(list(cache), dtype=str),
+             descs=np.stack(list(cache.values())).astype(np.float32))
+    os.replace(tmp, path)
+
+
 def embed_paths(encoder, paths: Sequence[str], batch_size: int = 32, desc: str = 'embed',
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                progress: bool = True, cache: Optional[dict] = None
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """
     Descriptors of image files; unreadable files give a zero row, a False in the mask, a note.
 
-    Skipping instead of raising keeps one corrupt file from voiding a long evaluation.
+    Skipping instead of raising keeps one corrupt file from voiding a long evaluation. With a
+    ``cache`` dict (file key → descriptor, one per model) files seen before are not embedded
+    again and new ones are added to it.
     """
     descs: list[Optional[np.ndarray]] = [None] * len(paths)
     errors: list[str] = []
@@ -142,6 +173,14 @@ def embed_paths(encoder, paths: Sequence[str], batch_size: int = 32, desc: str =
     for s in range(0, len(paths), batch_size):
         imgs, idx = [], []
         for i in range(s, min(s + batch_size, len(paths))):
+            if cache is not None:
+                try:
+                    hit = cache.get(_file_key(paths[i]))
+                except OSError:
+                    hit = None
+                if hit is not None:
+                    descs[i] = hit
+                    continue
             try:
                 imgs.append(_load(paths[i]))
                 idx.append(i)
@@ -151,6 +190,8 @@ def embed_paths(encoder, paths: Sequence[str], batch_size: int = 32, desc: str =
             out = np.asarray(encoder.embed(imgs, 'rgb8'), dtype=np.float32)
             for i, d in zip(idx, out):
                 descs[i] = d
+                if cache is not None:
+                    cache[_file_key(paths[i])] = d
         bar.update(min(s + batch_size, len(paths)) - s)
     bar.close()
     ok = np.array([d is not None for d in descs], dtype=bool)
@@ -198,14 +239,16 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
              max_dist: float = 2.0, ks: Sequence[int] = DEFAULT_KS,
              whiten_dim: Optional[int] = None, out_dir: Optional[str] = None,
              device: str = 'auto', batch_size: int = 32, progress: bool = True,
-             verbose: bool = True) -> dict:
+             verbose: bool = True, cache_dir: Optional[str] = None) -> dict:
     """
     Evaluate every model on one dataset; returns (and with ``out_dir`` writes) the report.
 
     ``models`` holds model file paths, ``Encoder`` objects or ``(name, encoder)`` pairs, so
-    training can validate the network it holds in memory. The result's ``rows`` list has one
-    entry per model (and per whitened model) with ``recall``/``map`` dicts keyed by k, ``ap``,
-    curves and counts; ``dataset`` says what was evaluated and what was skipped.
+    training can validate the network it holds in memory. ``cache_dir`` keeps descriptors per
+    model fingerprint, so a repeated evaluation (new model beside the baseline) skips the rest.
+    The result's ``rows`` list has one entry per model (and per whitened model) with
+    ``recall``/``map`` dicts keyed by k, ``ap``, curves and counts; ``dataset`` says what was
+    evaluated and what was skipped.
     """
     t0 = time.monotonic()
     ks = tuple(sorted({int(k) for k in ks}))
@@ -231,9 +274,21 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
 
     # Embed everything first: the images skipped must be the same for every model.
     embedded, map_ok, query_ok, skipped_files = [], None, None, []
+    cache_hits = {}
     for name, src, enc in encoders:
-        md, mok, merr = embed_paths(enc, map_paths, batch_size, f'{name} map', progress)
-        qd, qok, qerr = embed_paths(enc, query_paths, batch_size, f'{name} query', progress)
+        fp = str(getattr(enc, 'fingerprint', '') or '')
+        # Only models with a fingerprint (a file hash) are cached: in-memory nets change.
+        cpath = _cache_file(cache_dir, fp) if cache_dir and fp and src != '<in-memory>' else None
+        cache = _load_cache(cpath) if cpath else None
+        n_cached = len(cache) if cache is not None else 0
+        md, mok, merr = embed_paths(enc, map_paths, batch_size, f'{name} map', progress, cache)
+        qd, qok, qerr = embed_paths(enc, query_paths, batch_size, f'{name} query', progress,
+                                    cache)
+        if cpath and cache and len(cache) > n_cached:
+            _save_cache(cpath, cache)
+        if cache is not None:  # files neither newly embedded nor unreadable came from the cache
+            cache_hits[name] = (len(map_paths) + len(query_paths) - (len(cache) - n_cached)
+                                - len(merr) - len(qerr))
         embedded.append((md, qd))
         map_ok = mok if map_ok is None else map_ok & mok
         query_ok = qok if query_ok is None else query_ok & qok
@@ -287,6 +342,7 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
             'hit': hit_desc,
         },
         'ks': list(ks),
+        'cache': {'dir': cache_dir, 'hits': cache_hits},
         'rows': rows,
         'seconds': round(time.monotonic() - t0, 2),
     }
@@ -406,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', help='output folder for JSON and PNGs')
     p.add_argument('--device', default='auto')
     p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--cache', help='descriptor cache folder (per model fingerprint)')
     p.add_argument('--no-progress', action='store_true')
     return p
 
@@ -418,7 +475,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           psi_threshold=args.psi_threshold, fov_deg=args.fov_deg,
                           radius=args.radius, max_dist=args.max_dist, ks=args.k,
                           whiten_dim=args.whiten_dim, out_dir=args.out, device=args.device,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          cache_dir=args.cache)
     except (ValueError, OSError) as exc:
         print(f'vpr-eval: {exc}', file=sys.stderr)
         return 1
