@@ -1,0 +1,271 @@
+"""
+Loop-closure detection on a stream of frames: the core the node's worker thread calls.
+
+One `LoopDetector.process` call per frame: embed → search the map (top-k, score threshold,
+temporal exclusion window) → optional temporal consistency → optional geometric verification →
+keyframe decision → add the keyframe to the map. The add comes last so a frame can never match
+itself or the frames just before it. The detector holds no ROS types, so the node, bag tools
+and tests share it, and it adds almost nothing to the encoder's own time (see
+bench/bench_core.py): local features are only computed when verification is on.
+"""
+from collections import deque
+from dataclasses import dataclass, field
+import logging
+import time
+
+import numpy as np
+
+from vpr_ros.errors import VPRError
+from vpr_ros.keyframe import KeyframePolicy
+from vpr_ros.pose_buffer import Pose
+from vpr_ros.verification import Features, GeometricVerifier
+
+_LOG = logging.getLogger(__name__)
+
+REASON_SKIPPED_OLD = 'skipped_out_of_order'
+COUNTER_KEYS = ('frames', 'keyframes', 'time_reset', 'skipped_out_of_order',
+                'rejected_temporal', 'rejected_geometric', 'missing_features')
+
+# With the default ImageNet MobileNetV2 + GeM encoder all descriptors are non-negative (ReLU
+# features), so even unrelated scenes have a cosine similarity of 0.55-0.77, while two views of
+# one place score above 0.9 (measured on test/image_sequences.py). 0.8 separates the two;
+# 0.5 would accept every frame. A fine-tuned (and whitened) model spreads scores more and may
+# want a lower threshold.
+DEFAULT_SCORE_THRESHOLD = 0.8
+
+
+@dataclass
+class DetectorConfig:
+    """
+    Detection parameters; each maps to one node parameter of the same name.
+
+    `temporal_consistency` n > 1 accepts a candidate only when each of the previous n-1 queries
+    had a candidate near it: within `temporal_tolerance_ids` keyframe ids or, when > 0,
+    `temporal_tolerance_s` seconds of its stamp. `kf_*` are the KeyframePolicy thresholds;
+    `reset_back_s` is how far a stamp must jump back to start a new sequence.
+    """
+
+    top_k: int = 5
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    exclusion_s: float = 30.0
+    exclusion_n: int = 0
+    temporal_consistency: int = 0
+    temporal_tolerance_ids: int = 5
+    temporal_tolerance_s: float = 0.0
+    geometric_verification: bool = False
+    gv_feature: str = 'orb'
+    gv_n_features: int = 500
+    gv_ratio: float = 0.8
+    gv_min_inliers: int = 15
+    gv_ransac_threshold_px: float = 3.0
+    gv_method: str = 'fundamental'
+    gv_camera_matrix: list | None = None
+    kf_min_distance_m: float = 1.0
+    kf_min_angle_deg: float = 15.0
+    kf_max_interval_s: float = 5.0
+    kf_novelty_threshold: float = 0.9
+    reset_back_s: float = 1.0
+
+    def validate(self) -> None:
+        """Raise VPRError naming the first bad field, so a bad config fails at start-up."""
+        if self.top_k < 1:
+            raise VPRError(f'top_k must be >= 1, got {self.top_k}')
+        if not -1.0 <= self.score_threshold <= 1.0:
+            raise VPRError(f'score_threshold must be in [-1, 1], got {self.score_threshold}')
+        if self.exclusion_s < 0 or self.exclusion_n < 0:
+            raise VPRError('exclusion_s and exclusion_n must be >= 0')
+        if self.temporal_consistency < 0:
+            raise VPRError(f'temporal_consistency must be >= 0, got {self.temporal_consistency}')
+        if self.temporal_tolerance_ids < 0 or self.temporal_tolerance_s < 0:
+            raise VPRError('temporal_tolerance_ids and temporal_tolerance_s must be >= 0')
+        if self.reset_back_s < 0:
+            raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
+
+    def make_verifier(self) -> GeometricVerifier:
+        """Build the GeometricVerifier these gv_* fields describe."""
+        K = None if self.gv_camera_matrix is None else np.asarray(
+            self.gv_camera_matrix, dtype=np.float64).reshape(3, 3)
+        return GeometricVerifier(self.gv_feature, self.gv_n_features, self.gv_ratio,
+                                 self.gv_min_inliers, self.gv_ransac_threshold_px,
+                                 self.gv_method, K)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An accepted place match; inliers is -1 when geometric verification is off."""
+
+    match_id: int
+    match_stamp_ns: int
+    score: float
+    inliers: int
+    match_pose: Pose | None
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame produced; timings in seconds for diagnostics and the benchmark."""
+
+    stamp_ns: int
+    query_id: int
+    is_keyframe: bool
+    keyframe_reason: str
+    candidates: list[Candidate] = field(default_factory=list)
+    pose: Pose | None = None
+    t_embed_s: float = 0.0
+    t_total_s: float = 0.0
+    t_search_s: float = 0.0
+    t_verify_s: float = 0.0
+    t_add_s: float = 0.0
+
+
+def _record_pose(record) -> Pose | None:
+    """Pose of a map record, None when it was stored without one (NaN vector)."""
+    v = getattr(record, 'pose', None)
+    if v is None:
+        return None
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (7,) or not np.all(np.isfinite(v)):
+        return None
+    try:
+        return Pose.from_vector(record.stamp_ns, v)
+    except VPRError:
+        return None
+
+
+class LoopDetector:
+    """
+    Frame-by-frame place recognition against a growing PlaceMap.
+
+    Not thread-safe: the node calls `process` from its single worker thread. A frame whose
+    image the encoder refuses (ImageError) propagates the error and changes no state.
+    """
+
+    def __init__(self, encoder, place_map, config: DetectorConfig | None = None) -> None:
+        self.config = config if config is not None else DetectorConfig()
+        self.config.validate()
+        self.encoder = encoder
+        self.place_map = place_map
+        c = self.config
+        self.policy = KeyframePolicy(c.kf_min_distance_m, c.kf_min_angle_deg,
+                                     c.kf_max_interval_s, c.kf_novelty_threshold,
+                                     reset_back_s=c.reset_back_s)
+        self.verifier = c.make_verifier() if c.geometric_verification else None
+        self.counters: dict[str, int] = {k: 0 for k in COUNTER_KEYS}
+        self._tol_ns = int(c.temporal_tolerance_s * 1e9)
+        self._reset_back_ns = int(c.reset_back_s * 1e9)
+        self._history: deque = deque(maxlen=max(c.temporal_consistency - 1, 1))
+        self._last_stamp_ns: int | None = None
+        self._last_kf_desc: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget sequence state (after the map is reset): next frame is a first keyframe."""
+        self.policy.reset()
+        self._history.clear()
+        self._last_stamp_ns = None
+        self._last_kf_desc = None
+
+    def _count(self, key: str, detail: str) -> None:
+        self.counters[key] += 1
+        n = self.counters[key]
+        if n == 1 or n % 100 == 0:
+            _LOG.warning('loop detector: %s (%s, %d so far)', detail, key, n)
+
+    def _near(self, a: tuple[int, int], b: tuple[int, int]) -> bool:
+        """Whether two matches (id, stamp_ns) point at neighbouring keyframes."""
+        if abs(a[0] - b[0]) <= self.config.temporal_tolerance_ids:
+            return True
+        return self._tol_ns > 0 and abs(a[1] - b[1]) <= self._tol_ns
+
+    def _consistent(self, key: tuple[int, int]) -> bool:
+        n = self.config.temporal_consistency
+        if len(self._history) < n - 1:
+            return False
+        return all(any(self._near(key, prev) for prev in q) for q in self._history)
+
+    def process(self, image: np.ndarray, stamp_ns: int, encoding: str = 'rgb8',
+                pose: Pose | None = None, frame_id: str = '') -> FrameResult:
+        """
+        Run one frame through the pipeline; see the module docstring for the order.
+
+        A stamp more than `reset_back_s` older than the previous frame's starts a new sequence
+        (counted 'time_reset': temporal history cleared, the frame becomes a keyframe); a
+        smaller step back is a late frame and is skipped without embedding (counted).
+        """
+        t0 = time.perf_counter()
+        c = self.config
+        stamp_ns = int(stamp_ns)
+        new_sequence = False
+        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+            if self._last_stamp_ns - stamp_ns <= self._reset_back_ns:
+                self._count(REASON_SKIPPED_OLD, f'frame stamp {stamp_ns} older than the '
+                            f'previous {self._last_stamp_ns}, skipped')
+                return FrameResult(stamp_ns, -1, False, REASON_SKIPPED_OLD, [], pose,
+                                   0.0, time.perf_counter() - t0)
+            new_sequence = True
+
+        desc = self.encoder.embed_one(image, encoding)  # ImageError propagates, no state touched
+        t1 = time.perf_counter()
+        if new_sequence:
+            self._count('time_reset', f'stamp jumped back to {stamp_ns} from '
+                        f'{self._last_stamp_ns}: new sequence')
+            self._history.clear()
+        self._last_stamp_ns = stamp_ns
+        self.counters['frames'] += 1
+
+        matches = self.place_map.search(desc, c.top_k, query_stamp_ns=stamp_ns,
+                                        exclusion_s=c.exclusion_s, exclusion_n=c.exclusion_n)
+        excl_ns = int(c.exclusion_s * 1e9)
+        matches = [m for m in matches if m.score >= c.score_threshold
+                   and not (excl_ns and abs(m.record.stamp_ns - stamp_ns) <= excl_ns
+                            and m.record.session == self.place_map.session)]
+        t2 = time.perf_counter()
+
+        if c.temporal_consistency > 1:
+            keys = [(int(m.id), int(m.record.stamp_ns)) for m in matches]
+            kept = [m for m, k in zip(matches, keys) if self._consistent(k)]
+            self.counters['rejected_temporal'] += len(matches) - len(kept)
+            self._history.append(keys)
+            matches = kept
+
+        if pose is None and self._last_kf_desc is not None:
+            similarity = float(np.dot(desc, self._last_kf_desc))
+        else:
+            similarity = None
+        decision = self.policy.decide(stamp_ns, pose, similarity)
+
+        feats = None
+        inliers = {}
+        if self.verifier is not None and (matches or decision.is_keyframe):
+            feats = self.verifier.extract(image, encoding)
+            verified = []
+            for m in matches:
+                blob = self.place_map.blob(m.id)
+                if blob is None:
+                    self._count('missing_features', f'keyframe {m.id} has no stored features')
+                    continue
+                res = self.verifier.verify(feats, Features.from_bytes(blob))
+                if res.ok:
+                    inliers[m.id] = res.inliers
+                    verified.append(m)
+                else:
+                    self.counters['rejected_geometric'] += 1
+            matches = verified
+        t3 = time.perf_counter()
+
+        candidates = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score),
+                                inliers.get(m.id, -1), _record_pose(m.record))
+                      for m in sorted(matches, key=lambda m: -m.score)]
+
+        query_id = -1
+        if decision.is_keyframe:
+            record = self.place_map.add(desc, stamp_ns, pose=None if pose is None
+                                        else pose.vector(), frame_id=frame_id,
+                                        blob=None if feats is None else feats.to_bytes())
+            query_id = int(record.id)
+            self.policy.accept(stamp_ns, pose)
+            self._last_kf_desc = desc
+            self.counters['keyframes'] += 1
+        t4 = time.perf_counter()
+        return FrameResult(stamp_ns, query_id, decision.is_keyframe, decision.reason,
+                           candidates, pose, t1 - t0, t4 - t0, t2 - t1, t3 - t2, t4 - t3)
+
