@@ -71,7 +71,8 @@ class NodeProcess:
         return f'/{self.name}/{name}'
 
     def log(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         with open(self.log_path) as f:
             return f.read()
 
