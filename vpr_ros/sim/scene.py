@@ -124,11 +124,11 @@ class GardenScene:
         img = color.astype(np.float32) / 255.0
         sky = depth <= 0.0
         if sky.any():
-            img[sky] = self._sky(world_t_link[:3, :3] @ self._rays[sky].T)
+            img[sky] = self._sky(world_t_link[:3, :3].astype(np.float32) @ self._rays[sky].T)
         fog_m = self.condition.fog_m
         if fog_m > 0:
-            dist = np.where(sky, Z_FAR * 4, depth * self._ray_len)
-            f = 1.0 - np.exp(-3.0 * dist / fog_m)
+            dist = np.where(sky, np.float32(Z_FAR * 4), depth * self._ray_len)
+            f = 1.0 - np.exp(dist * np.float32(-3.0 / fog_m))
             img += (self.light.fog_color.astype(np.float32) - img) * f[..., None]
         if self.noise_sigma > 0:
             rng = np.random.default_rng([self.noise_seed, int(frame_index)])
@@ -138,14 +138,16 @@ class GardenScene:
     def _sky(self, dirs: np.ndarray) -> np.ndarray:
         """Sky colour for world-frame view directions (3, N): gradient, sun glow, clouds."""
         L = self.light
-        d = dirs / np.linalg.norm(dirs, axis=0, keepdims=True)
+        d = dirs / np.sqrt((dirs * dirs).sum(axis=0, keepdims=True))
         up = np.clip(d[2], 0.0, 1.0)
         t = up ** 0.5
-        col = L.horizon[None, :] * (1 - t)[:, None] + L.zenith[None, :] * t[:, None]
-        glow = np.clip(d.T @ L.sun_dir, 0.0, 1.0) ** 24 * (1.0 - 0.8 * (L.cloud_cover - 0.3))
-        col = col + glow[:, None] * np.array([1.0, 0.9, 0.7]) * 0.5
+        hor, zen = L.horizon.astype(np.float32), L.zenith.astype(np.float32)
+        col = hor[None, :] * (1 - t)[:, None] + zen[None, :] * t[:, None]
+        glow = np.clip(d.T @ L.sun_dir.astype(np.float32), 0.0, 1.0) ** 24 * np.float32(
+            1.0 - 0.8 * (L.cloud_cover - 0.3))
+        col = col + glow[:, None] * np.array([0.5, 0.45, 0.35], np.float32)
         # clouds on a layer 300 m up, fixed in the world, fading towards the horizon
-        z = np.maximum(d[2], 0.03)
+        z = np.maximum(d[2], np.float32(0.03))
         u = (d[0] / z * 300.0 / 600.0) % 1.0
         v = (d[1] / z * 300.0 / 600.0) % 1.0
         n = self._clouds[(v * 255).astype(int), (u * 255).astype(int)]
@@ -164,7 +166,7 @@ def _pixel_rays(intr: Intrinsics) -> np.ndarray:
     v, u = np.mgrid[0:intr.height, 0:intr.width].astype(np.float64)
     xo = (u + 0.5 - intr.cx) / intr.fx
     yo = (v + 0.5 - intr.cy) / intr.fy
-    return np.stack([np.ones_like(xo), -xo, -yo], axis=-1)
+    return np.stack([np.ones_like(xo), -xo, -yo], axis=-1).astype(np.float32)
 
 
 def _light_pose(to_sun: np.ndarray) -> np.ndarray:
