@@ -101,6 +101,7 @@ class VprNode(Node):
         self._build_core(p)
         self._counters = {k: 0 for k in BAD_INPUT_KEYS}
         self._counters_lock = threading.Lock()
+        self._last_warn: dict[str, float] = {}
         self._queue = DropOldestQueue(1)
         self._paused = False
         self._paused_frames = 0
@@ -167,7 +168,7 @@ class VprNode(Node):
             self._encoder.fingerprint = f'{self._encoder.fingerprint}@{size[0]}x{size[1]}'
         path = p.map_path
         if path and not p.load_map and map_exists(path):
-            self._log.warn(f'load_map is false: the map in {path} is not loaded and will be '
+            self._log.warning(f'load_map is false: the map in {path} is not loaded and will be '
                            'replaced by this new map at the first save')
         try:
             self._map = PlaceMap.open(path, self._encoder.fingerprint, self._encoder.dim,
@@ -227,10 +228,16 @@ class VprNode(Node):
 
     # --------------------------------------------------------------- callbacks
     def _count(self, key: str, message: str) -> None:
+        """Count a bad input and warn, throttled per kind (rclpy throttles per call site)."""
+        now = time.monotonic()
         with self._counters_lock:
             self._counters[key] += 1
             n = self._counters[key]
-        self._log.warn(f'{message} ({key}: {n} so far)', throttle_duration_sec=THROTTLE_S)
+            last = self._last_warn.get(key)
+            if last is not None and now - last < THROTTLE_S:
+                return
+            self._last_warn[key] = now
+        self._log.warning(f'{message} ({key}: {n} so far)')
 
     def _on_image(self, msg) -> None:
         """Enqueue only (never blocks): the worker decodes, so dropped frames cost nothing."""
