@@ -87,9 +87,13 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The clamp keeps pow() defined for non-positive activations and p away from zero.
+        # The clamps keep pow() defined for non-positive activations and p away from zero.
+        # Dividing by the per-channel max first (GeM is positively homogeneous, so it is
+        # multiplied back after) keeps x**p finite for large p: 6**60 overflows float32.
         p = self.p.clamp(min=1e-3)
-        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(p), 1).pow(1.0 / p).flatten(1)
+        x = x.clamp(min=self.eps)
+        m = x.detach().amax(dim=(2, 3), keepdim=True)
+        return (F.adaptive_avg_pool2d((x / m).pow(p), 1).pow(1.0 / p) * m).flatten(1)
 
     def extra_repr(self) -> str:
         return f'p={float(self.p.detach()):.4f}, eps={self.eps}'
