@@ -124,6 +124,16 @@ def _check_fields(where: str, d: Any, fields: tuple[str, ...]) -> None:
         raise ModelFileError(f'{where} has unknown field(s): {", ".join(unknown)}')
 
 
+def _unpickler_reason(e: Exception) -> str:
+    """Pick the useful line of torch's long weights-only message (the refused global)."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.split('WeightsUnpickler error:', 1)[-1].splitlines()]
+    for line in lines:
+        if 'GLOBAL' in line or 'Unsupported' in line:
+            return line
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def _read(path: str) -> tuple[dict, str]:
     """Read and safely unpickle the file; return the raw dict and its sha256."""
     try:
@@ -137,7 +147,7 @@ def _read(path: str) -> tuple[dict, str]:
         # weights_only refuses any global outside torch's allow-list before calling it.
         raise ModelFileError(f'model file {path} refused: it holds objects other than tensors '
                              f'and plain data (unsafe or not a vpr_ros model file): '
-                             f'{str(e).splitlines()[0]}') from e
+                             f'{_unpickler_reason(e)}') from e
     except Exception as e:  # zip/pickle/storage errors of a truncated or damaged file
         raise ModelFileError(f'model file {path} is corrupt or not a torch file: '
                              f'{type(e).__name__}: {e}') from e
