@@ -575,6 +575,10 @@ class VprNode(Node):
 
 def main(args=None) -> int:
     """Console script `vpr_node`; exit 2 on a bad parameter, model or map, 0 after shutdown."""
+    # OpenMP threads that busy-wait after each inference took the CPU from the processes beside
+    # the node (measured: a client on the same 2 cores ran at half speed); torch is imported
+    # later (encoder), so this still applies. A value the user set wins.
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     rclpy.init(args=args)
     try:
         node = VprNode()

@@ -1,0 +1,289 @@
+"""
+vpr_node over DDS: end-to-end latency against the core's own time, drops, and memory growth.
+
+Latency: 640x480 rgb8 frames published at 10 and 30 Hz to a node in another process; latency is
+publish → `/vpr/matches` received (score_threshold -1 and no exclusion window, so every frame
+after the first yields a match), next to the core's `LoopDetector.process` time for the same
+frame (from the node's per-frame `/vpr/status`). The difference is what DDS, conversion,
+queueing and the node add. Memory: RSS of the node process before and after `--frames` small
+frames, against the map's own size. Figures are printed and written to
+bench/results/bench_node.json, not asserted.
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+# DDS on loopback, a random domain, the 16 MB SHM profile: set before rclpy is imported.
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      os.path.join(REPO, 'config', 'fastdds_shm16mb.xml'))
+
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+import yaml  # noqa: E402
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def start_node(tmp: str, name: str, params: dict) -> subprocess.Popen:
+    path = os.path.join(tmp, f'{name}.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump({'/**': {'ros__parameters': params}}, f)
+    log = open(os.path.join(tmp, f'{name}.log'), 'w')
+    env = os.environ.copy()
+    env['PYTHONUNBUFFERED'] = '1'
+    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.node', '--ros-args',
+                             '--params-file', path, '-r', f'__node:={name}'],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log.name
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        with open(log.name) as f:
+            if 'vpr_node ready' in f.read():
+                return proc
+        if proc.poll() is not None:
+            raise RuntimeError(open(log.name).read())
+        time.sleep(0.2)
+    raise RuntimeError('node did not start')
+
+
+def rss_mb(pid: int) -> float:
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    return float('nan')
+
+
+def frames(n: int, size_hw: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """Real-photo crops (scikit-image photos) resized to size_hw: the CNN sees real statistics."""
+    import cv2
+    sys.path.insert(0, os.path.join(REPO, 'test'))
+    from image_sequences import make_sequence
+    seq = make_sequence(seed=seed)
+    h, w = size_hw
+    return [cv2.resize(seq.frames[i % len(seq)], (w, h)) for i in range(n)]
+
+
+class Client:
+    def __init__(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64MultiArray
+        rclpy.init()
+        self.node = rclpy.create_node('bench_node_client')
+        self.lock = threading.Lock()
+        self.match_t: dict[float, float] = {}
+        self.status: dict[float, list] = {}
+        self.diag: dict[str, str] = {}
+        self.status_event = threading.Event()
+        self.pub = self.node.create_publisher(Image, '/camera/image_raw', RELIABLE)
+        self.node.create_subscription(Float64MultiArray, '/vpr/matches', self._on_match,
+                                      RELIABLE)
+        self.node.create_subscription(Float64MultiArray, '/vpr/status', self._on_status,
+                                      RELIABLE)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, RELIABLE)
+        self.ex = SingleThreadedExecutor()
+        self.ex.add_node(self.node)
+        threading.Thread(target=self.ex.spin, daemon=True).start()
+
+    def _on_match(self, msg) -> None:
+        t = time.perf_counter()
+        with self.lock:
+            self.match_t[round(msg.data[0], 6)] = t
+
+    def _on_status(self, msg) -> None:
+        with self.lock:
+            self.status[round(msg.data[0], 6)] = list(msg.data)
+        self.status_event.set()
+
+    def _on_diag(self, msg) -> None:
+        with self.lock:
+            self.diag = {kv.key: kv.value for s in msg.status for kv in s.values}
+
+    def wait_connected(self) -> None:
+        while (self.pub.get_subscription_count() == 0
+               or self.node.count_publishers('/vpr/status') == 0):
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    def image(self, img: np.ndarray, stamp_ns: int):
+        from sensor_msgs.msg import Image
+        msg = Image(height=img.shape[0], width=img.shape[1], encoding='rgb8',
+                    step=img.shape[1] * 3)
+        msg.data = img.tobytes()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        return msg
+
+    def reset(self) -> None:
+        with self.lock:
+            self.match_t.clear()
+            self.status.clear()
+
+    def close(self) -> None:
+        self.ex.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(values, q)) if len(values) else float('nan')
+
+
+def run_latency(client: Client, imgs: list, rate_hz: float, duration_s: float,
+                stamp0_ns: int) -> dict:
+    """Publish at rate_hz; latency = publish → /vpr/matches, per frame, beside core time."""
+    client.reset()
+    with client.lock:
+        dropped0 = int(client.diag.get('frames_dropped', 0))
+    n = int(rate_hz * duration_s)
+    sent: dict[float, float] = {}
+    period = 1.0 / rate_hz
+    msgs = [client.image(imgs[k % len(imgs)], stamp0_ns + k * int(period * 1e9))
+            for k in range(n)]  # built ahead, so publishing keeps the pace
+    t0 = time.perf_counter()
+    for k, msg in enumerate(msgs):
+        target = t0 + k * period
+        while time.perf_counter() < target:
+            time.sleep(min(0.002, max(0.0, target - time.perf_counter())))
+        key = round((stamp0_ns + k * int(period * 1e9)) / 1e9, 6)
+        sent[key] = time.perf_counter()
+        client.pub.publish(msg)
+    time.sleep(3.0)
+    with client.lock:
+        matched = {k: client.match_t[k] - sent[k] for k in sent if k in client.match_t}
+        status = {k: client.status[k] for k in sent if k in client.status}
+        diag = dict(client.diag)
+    keys = [k for k in matched if k in status]
+    e2e = np.array([matched[k] for k in keys]) * 1e3
+    core = np.array([status[k][4] for k in keys])
+    over = e2e - core
+    return {
+        'rate_hz': rate_hz, 'published': n, 'processed': len(status), 'matched': len(matched),
+        'dropped': int(diag.get('frames_dropped', 0)) - dropped0,
+        'e2e_p50_ms': pct(e2e, 50), 'e2e_p95_ms': pct(e2e, 95),
+        'core_p50_ms': pct(core, 50), 'core_p95_ms': pct(core, 95),
+        'overhead_p50_ms': pct(over, 50), 'overhead_p95_ms': pct(over, 95),
+        'ratio_p50': pct(e2e, 50) / pct(core, 50) if len(core) else float('nan'),
+        'callback_p95_ms': float(diag.get('callback_p95_ms', 'nan')),
+    }
+
+
+def run_memory(client: Client, proc, n_frames: int, stamp0_ns: int) -> dict:
+    """Stream n_frames small frames, each after the previous one was processed; RSS growth."""
+    imgs = frames(64, (120, 160), seed=1)
+    rng = np.random.default_rng(0)
+    warm = min(200, n_frames // 10)
+    rss0 = None
+    core_ms: list[float] = []
+    node_ms: list[float] = []
+    t0 = time.perf_counter()
+    for k in range(n_frames):
+        if k == warm:
+            time.sleep(1.5)
+            rss0 = rss_mb(proc.pid)
+            with client.lock:
+                map0 = int(client.diag.get('map_size', 0))
+        img = imgs[k % len(imgs)]
+        img = np.roll(img, int(rng.integers(0, 160)), axis=1)  # new views: the map grows
+        stamp = stamp0_ns + k * 100_000_000
+        client.status_event.clear()
+        client.pub.publish(client.image(np.ascontiguousarray(img), stamp))
+        key = round(stamp / 1e9, 6)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            with client.lock:
+                if key in client.status:
+                    row = client.status.pop(key)
+                    core_ms.append(row[4])
+                    node_ms.append(row[5])
+                    break
+            client.status_event.wait(0.05)
+            client.status_event.clear()
+        if k % 1000 == 999:
+            print(f'  memory run: {k + 1}/{n_frames} frames, RSS {rss_mb(proc.pid):.0f} MB',
+                  flush=True)
+    elapsed = time.perf_counter() - t0
+    time.sleep(1.5)
+    rss1 = rss_mb(proc.pid)
+    with client.lock:
+        diag = dict(client.diag)
+    map1 = int(diag.get('map_size', 0))
+    dim = 1280
+    per_kf = dim * 4 + 8 * 7 + 64  # descriptor + pose + record overhead (estimate)
+    return {'frames': n_frames, 'processed': int(diag.get('frames_processed', 0)),
+            'rss_after_warmup_mb': rss0, 'rss_end_mb': rss1, 'rss_growth_mb': rss1 - rss0,
+            'keyframes_added': map1 - map0,
+            'map_growth_estimate_mb': (map1 - map0) * per_kf / 2**20,
+            'frames_per_s': n_frames / elapsed, 'core_p50_ms': pct(core_ms, 50),
+            'node_p50_ms': pct(node_ms, 50)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0])
+    ap.add_argument('--duration', type=float, default=20.0, help='seconds per rate')
+    ap.add_argument('--frames', type=int, default=10000, help='frames of the memory run '
+                    '(0: skip)')
+    ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_node.json'))
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix='bench_node_')
+    params = {'pose_type': 'none', 'map_dir': '', 'score_threshold': -1.0,
+              'exclusion_window_s': 0.0, 'publish_status': True, 'diagnostics_period_s': 0.5,
+              'markers_period_s': 0.0, 'device': 'cpu'}
+    proc = start_node(tmp, 'vpr_node', params)
+    client = Client()
+    results = {'device': 'cpu', 'cpus': os.cpu_count(), 'latency': [], 'memory': None}
+    try:
+        client.wait_connected()
+        imgs = frames(40, (480, 640))
+        # warm-up (first inferences are slow), not measured
+        run_latency(client, imgs, 5.0, 3.0, 10**12)
+        stamp0 = 2 * 10**12
+        for rate in args.rates:
+            r = run_latency(client, imgs, rate, args.duration, stamp0)
+            stamp0 += 10**12
+            results['latency'].append(r)
+        if args.frames > 0:
+            results['memory'] = run_memory(client, proc, args.frames, stamp0)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(60)
+    print(f'\nvpr_node over DDS (640x480 rgb8, default model, CPU, {os.cpu_count()} cores)')
+    print('rate Hz | published | processed | dropped | e2e p50/p95 ms | core p50/p95 ms | '
+          'overhead p50/p95 ms | e2e/core p50 | callback p95 ms')
+    for r in results['latency']:
+        print(f"{r['rate_hz']:7.0f} | {r['published']:9d} | {r['processed']:9d} | "
+              f"{r['dropped']:7d} | {r['e2e_p50_ms']:6.1f} / {r['e2e_p95_ms']:6.1f} | "
+              f"{r['core_p50_ms']:6.1f} / {r['core_p95_ms']:6.1f} | "
+              f"{r['overhead_p50_ms']:6.2f} / {r['overhead_p95_ms']:6.2f} | "
+              f"{r['ratio_p50']:5.2f} | {r['callback_p95_ms']:.3f}")
+    m = results['memory']
+    if m:
+        print(f"memory: {m['frames']} frames ({m['frames_per_s']:.0f}/s), RSS "
+              f"{m['rss_after_warmup_mb']:.0f} → {m['rss_end_mb']:.0f} MB "
+              f"(+{m['rss_growth_mb']:.1f} MB), core p50 {m['core_p50_ms']:.1f} ms, node p50 "
+              f"{m['node_p50_ms']:.1f} ms; map +{m['keyframes_added']} keyframes "
+              f"≈ {m['map_growth_estimate_mb']:.1f} MB")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'written {args.out}')
+
+
+if __name__ == '__main__':
+    main()
