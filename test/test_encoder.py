@@ -134,7 +134,7 @@ def test_whitening_on_net(images: list) -> None:
     mean, proj = fit_pca_whitening(plain, 16)
     assert mean.shape == (1280,) and proj.shape == (16, 1280)
     net.set_whitening(mean, proj)
-    assert net.dim == 16 and enc.dim == 16 and net.spec.whitening_dim == 16
+    assert net.dim == 16 and enc.dim == 16 and enc.spec.whitening_dim == 16
     white = enc.embed(many, 'rgb8')
     assert white.shape == (len(many), 16)
     assert np.allclose(np.linalg.norm(white, axis=1), 1, atol=1e-5)

@@ -173,6 +173,7 @@ class _Evil:
         return (os.system, (f'touch {self.marker}',))
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 def test_malicious_pickle_refused_and_not_run(saved, tmp_path) -> None:
     marker = tmp_path / 'pwned'
     # The payload is live: plain pickle would run it (this is what the loader must never do).

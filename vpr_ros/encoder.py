@@ -314,7 +314,12 @@ def _resolve_device(device: str) -> torch.device:
 
 
 class Encoder:
-    """Inference wrapper: numpy images in, float32 L2-normalised descriptors out."""
+    """
+    Inference wrapper: numpy images in, float32 L2-normalised descriptors out.
+
+    It takes over ``net``: moves it to the device, puts it in eval mode and (by default)
+    channels_last memory format, which measured faster on CPU as well as on CUDA.
+    """
 
     def __init__(self, net: VPRNet, fingerprint: str, device: str = 'auto',
                  batch_size: int = 32, channels_last: bool = True) -> None:
@@ -326,11 +331,11 @@ class Encoder:
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.fingerprint = fingerprint
-        self._spec = net.spec
 
     @property
     def spec(self) -> ModelSpec:
-        return self._spec
+        # Read from the net each time: whitening may be attached after the encoder is made.
+        return self.net.spec
 
     @property
     def dim(self) -> int:
@@ -352,7 +357,7 @@ class Encoder:
         """Embed images into an (N, dim) float32 array of unit-norm rows."""
         n = len(images)
         out = np.empty((n, self.dim), dtype=np.float32)
-        spec = self._spec
+        spec = self.spec
         for i in range(0, n, self.batch_size):
             chunk = images[i:i + self.batch_size]
             batch = preprocess_batch(chunk, spec.image_size, encoding, spec.mean, spec.std)
