@@ -26,7 +26,7 @@ setup(
     zip_safe=True,
     maintainer='vpr_ros developers',
     maintainer_email='vpr_ros@example.org',
-    description='Visual place recognition and loop-closure candidates for ROS 2, trained with GCL.',
+    description='Visual place recognition and loop-closure candidates for ROS 2 (GCL-trained).',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: DDS stays on loopback and uses a random domain for each test session.
+"""
+Session-wide fixtures: DDS stays on loopback and uses a random domain for each test session.
 
 Set here, before anything imports rclpy, so tests, the node processes they start and any child
 process inherit it. Nothing in a developer's shell is needed.

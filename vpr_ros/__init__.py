@@ -1,3 +1,3 @@
 """Visual place recognition for ROS 2: a ROS-free core plus a thin rclpy node."""
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

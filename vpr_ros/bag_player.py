@@ -89,8 +89,12 @@ def play(bag: str, rate: float = 1.0, topics: Sequence[str] = (), qos_override: 
          remap: dict[str, str] | None = None, pace_topic: str = '',
          pace_msgtype: str = 'std_msgs/msg/Header', paced_topic: str = '',
          pace_timeout_s: float = 5.0, wait_subscriber_s: float = 10.0,
-         start_delay_s: float = 0.5) -> dict:
-    """Publish the bag; return counts per topic. rclpy must be initialised by the caller."""
+         start_delay_s: float = 0.5, limit: int = 0) -> dict:
+    """
+    Publish the bag; return counts per topic. rclpy must be initialised by the caller.
+
+    `limit` > 0 stops after that many messages of the paced (default: first) topic.
+    """
     with AnyReader([Path(bag).absolute()]) as reader:
         conns = [c for c in reader.connections if not topics or c.topic in topics]
         if not conns:
@@ -113,7 +117,10 @@ def play(bag: str, rate: float = 1.0, topics: Sequence[str] = (), qos_override: 
         t_wall0 = time.monotonic()
         t_bag0 = None
         paced_timeouts = 0
+        lead = paced_topic or conns[0].topic
         for conn, t_bag, raw in reader.messages(connections=conns):
+            if limit and counts.get(lead, 0) >= limit:
+                break
             if t_bag0 is None:
                 t_bag0 = t_bag
             if rate > 0 and not pace_topic:
@@ -123,11 +130,12 @@ def play(bag: str, rate: float = 1.0, topics: Sequence[str] = (), qos_override: 
             data = bytes(reader.typestore.ros1_to_cdr(raw, conn.msgtype) if ros1 else raw)
             player.publisher_for(conn).publish(data)
             counts[conn.topic] = counts.get(conn.topic, 0) + 1
-            if pace_topic and conn.topic == (paced_topic or conns[0].topic):
+            if pace_topic and conn.topic == lead:
                 if not player.wait_pace(pace_timeout_s):
                     paced_timeouts += 1
         time.sleep(0.2)  # let reliable writers flush before the node goes away
         executor.shutdown()
+        spin.join(timeout=5.0)  # a spinning thread must not outlive its node and context
         player.destroy_node()
     return {'counts': counts, 'paced_timeouts': paced_timeouts,
             'wall_s': time.monotonic() - t_wall0}
