@@ -11,7 +11,18 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm16mb.xml
 export PYOPENGL_PLATFORM ?= osmesa
 
-.PHONY: setup test lint bench demo train-demo clean
+.PHONY: setup test lint bench demo clean
+
+# make demo [BAG=path/to/your.bag IMAGE_TOPIC=... POSE_TOPIC=... POSE_TYPE=Odometry|PoseStamped
+#            GT_TOPIC=... MODEL=model.pt MAX_FRAMES=N OUT=demo_out]
+BAG ?=
+IMAGE_TOPIC ?= /camera/image_raw
+POSE_TOPIC ?= /odom
+POSE_TYPE ?= Odometry
+GT_TOPIC ?=
+MODEL ?=
+MAX_FRAMES ?= 0
+OUT ?= demo_out
 
 setup: $(STAMP) $(WEIGHTS_STAMP) $(SYSDEPS_STAMP)
 
@@ -41,7 +52,15 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_core.py
-	$(PY) bench/bench_map.py
+	$(PY) bench/bench_map.py --quick
+	$(PY) bench/bench_labels.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_node.py
+
+demo: setup
+	$(PY) -m vpr_ros.demo --bag "$(BAG)" --image-topic $(IMAGE_TOPIC) --pose-topic $(POSE_TOPIC) \
+	  --pose-type $(POSE_TYPE) --gt-topic "$(GT_TOPIC)" --model "$(MODEL)" \
+	  --max-frames $(MAX_FRAMES) --out $(OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,7 +6,7 @@ Callbacks only enqueue: the image callback puts the message in a drop-oldest que
 the worker got to it is counted as dropped. Decoding happens in the worker, so frames that are
 dropped anyway cost no decode (a 640x480 JPEG costs ~3 ms). The worker thread converts the
 message (msg_convert), looks the pose up at the image stamp (PoseBuffer), runs
-`LoopDetector.process`, and publishes `/vpr/matches` (layout in doc/ros_interface.md) and
+`LoopDetector.process`, and publishes `/vpr/matches` (layout in README.md) and
 optionally `/vpr/loop_closure` and `/vpr/status`. Map saves and resets hold the same lock as
 `process`, so a save never sees half a frame; autosave runs in the worker between frames.
 

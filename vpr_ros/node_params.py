@@ -298,7 +298,7 @@ def declare_all(node) -> Params:
 def yaml_text() -> str:
     """config/vpr.yaml generated from the table (the test compares the shipped file)."""
     lines = ['# vpr_node parameters (generated from vpr_ros/node_params.py; descriptions and',
-             '# ranges: `ros2 param describe /vpr_node <name>` or doc/ros_interface.md).',
+             '# ranges: `ros2 param describe /vpr_node <name>` or README.md).',
              '/**:', '  ros__parameters:']
     for s in SPECS:
         v = s.default
