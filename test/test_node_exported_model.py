@@ -1,0 +1,53 @@
+"""vpr_node (over real DDS, in its own process) runs a model file written by vpr-export."""
+import json
+import os
+import sys
+
+import pytest
+from vpr_ros.training.export import main as export_main
+from vpr_ros.training.synthetic import make_synthetic_garden
+from vpr_ros.training.train import main as train_main
+
+from vpr_ros.model_file import file_fingerprint
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from image_sequences import make_sequence  # noqa: E402
+from ros_fixtures import Client, NodeProcess, stream  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def test_node_runs_an_exported_model(tmp_path) -> None:
+    root, run = str(tmp_path / 'garden'), str(tmp_path / 'run')
+    make_synthetic_garden(root)
+    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
+                       'train_query', '--image-size', '64', '64', '--workers', '0',
+                       '--no-progress', '--epochs', '1', '--batch-size', '16',
+                       '--pairs-per-epoch', '32', '--out', run]) == 0
+    model = str(tmp_path / 'model.pt')
+    assert export_main([run, '--out', model, '--whiten-dim', '32', '--data-root', root,
+                        '--whiten-map', 'train_map']) == 0
+    seq = make_sequence()
+    map_dir = str(tmp_path / 'map')
+    node = NodeProcess(str(tmp_path / 'node'), 'vpr_exported',
+                       {'model_path': model, 'pose_type': 'none', 'qos': 'reliable',
+                        'camera_topic': '/vpr_exported/image', 'map_dir': map_dir,
+                        'keyframe_max_interval_s': 0.5})
+    client = None
+    try:
+        node.wait_ready()
+        client = Client('client_exported', node)
+        from sensor_msgs.msg import Image
+        client.wait_connected([(Image, '/vpr_exported/image')])
+        status = stream(client, seq, range(8), '/vpr_exported/image', 'none')
+        assert len(status) == 8 and sum(1 for s in status if s[2] > 0) >= 2
+    finally:
+        if client is not None:
+            client.close()
+        assert node.stop() == 0, node.log()
+    # The saved map is tied to the exported file: its fingerprint and whitened dimension.
+    current = open(os.path.join(map_dir, 'CURRENT')).read().strip()
+    manifest = json.load(open(os.path.join(map_dir, current, 'manifest.json')))
+    assert manifest['fingerprint'] == file_fingerprint(model)
+    assert manifest['dim'] == 32
