@@ -19,13 +19,13 @@ import glob
 import json
 import logging
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy.spatial.transform import Rotation
 
+from vpr_ros.atomic_io import write_atomic
 from vpr_ros.errors import VPRError
 
 _LOG = logging.getLogger(__name__)
@@ -176,19 +176,7 @@ def write_index(path: str, im_prefix: str, im_paths: Sequence[str], poses) -> st
         raise VPRError('poses contain NaN/inf; drop frames without a pose before writing')
     data = {'im_prefix': str(im_prefix), 'im_paths': [str(p) for p in im_paths],
             'poses': [[float(v) for v in row] for row in poses]}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.index-', suffix='.json', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data).encode())
     return path
 
 

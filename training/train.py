@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader
 from vpr_ros.training.losses import DEFAULT_MARGIN, PairLoss
 from vpr_ros.training.pairs import PairImages, PairSampler
 
+from vpr_ros.atomic_io import write_atomic
 from vpr_ros.encoder import ModelSpec, VPRNet
 from vpr_ros.errors import VPRError
 
@@ -238,19 +240,9 @@ class ValSet:
 # ----------------------------------------------------------------------------- checkpoints
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temporary file, fsync, rename: a kill never leaves half a checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def _rng_state() -> dict:

@@ -20,13 +20,12 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 from typing import Any
 
 import torch
 
+from vpr_ros.atomic_io import write_atomic
 from vpr_ros.encoder import ModelSpec, VPRNet
 from vpr_ros.errors import ModelFileError, VPRError
 
@@ -48,38 +47,6 @@ def file_fingerprint(path: str) -> str:
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
     return h.hexdigest()
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
@@ -109,7 +76,7 @@ def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
