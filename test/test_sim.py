@@ -83,6 +83,15 @@ def small_set(tmp_path_factory):
     return generate(params, out, log=lambda *_: None)
 
 
+def test_every_named_route_is_drivable():
+    from vpr_ros.sim.trajectories import route_nodes, ROUTES, sample_traverse, TraverseSpec
+    world = generate_world(0)
+    for name in ROUTES:
+        assert len(route_nodes(name, world)) == len(ROUTES[name])
+        stamps, poses = sample_traverse(TraverseSpec(route=name), world)
+        assert len(stamps) == len(poses) > 10 and np.isfinite(poses).all(), name
+
+
 def test_bag_and_folder_agree(small_set):
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import get_typestore, Stores

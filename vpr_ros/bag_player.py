@@ -75,11 +75,12 @@ class BagPlayer(Node):
         self._pace.clear()
         return ok
 
-    def wait_for_subscribers(self, topic: str, timeout_s: float) -> bool:
+    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> bool:
+        """Block until each published topic has matched a subscriber (or the time is up)."""
         end = time.monotonic() + timeout_s
-        pub = self._by_topic.get(topic)
+        pubs = [self._by_topic[t] for t in topics if t in self._by_topic]
         while time.monotonic() < end:
-            if pub is not None and pub.get_subscription_count() > 0:
+            if all(p.get_subscription_count() > 0 for p in pubs):
                 return True
             time.sleep(0.05)
         return False
@@ -89,11 +90,14 @@ def play(bag: str, rate: float = 1.0, topics: Sequence[str] = (), qos_override: 
          remap: dict[str, str] | None = None, pace_topic: str = '',
          pace_msgtype: str = 'std_msgs/msg/Header', paced_topic: str = '',
          pace_timeout_s: float = 5.0, wait_subscriber_s: float = 10.0,
-         start_delay_s: float = 0.5, limit: int = 0) -> dict:
+         start_delay_s: float = 0.5, limit: int = 0, wait_topics: Sequence[str] = ()) -> dict:
     """
     Publish the bag; return counts per topic. rclpy must be initialised by the caller.
 
-    `limit` > 0 stops after that many messages of the paced (default: first) topic.
+    `limit` > 0 stops after that many messages of the paced (default: first) topic. Playing
+    starts once the paced topic and every topic in `wait_topics` (bag names) has a subscriber:
+    DDS matches each publisher on its own, so a pose topic matched a moment after the camera
+    would otherwise lose its first poses.
     """
     with AnyReader([Path(bag).absolute()]) as reader:
         conns = [c for c in reader.connections if not topics or c.topic in topics]
@@ -108,16 +112,15 @@ def play(bag: str, rate: float = 1.0, topics: Sequence[str] = (), qos_override: 
             player.publisher_for(conn)
         if pace_topic:
             player.pace_on(pace_topic, pace_msgtype)
-        first_topic = (remap or {}).get(conns[0].topic, conns[0].topic)
-        watched = (remap or {}).get(paced_topic, paced_topic) or first_topic
-        player.wait_for_subscribers(watched, wait_subscriber_s)
+        lead = paced_topic or conns[0].topic
+        watched = {(remap or {}).get(t, t) for t in (lead, *wait_topics)}
+        player.wait_for_subscribers(sorted(watched), wait_subscriber_s)
         time.sleep(start_delay_s)
         counts: dict[str, int] = {}
         ros1 = reader.is2 is False
         t_wall0 = time.monotonic()
         t_bag0 = None
         paced_timeouts = 0
-        lead = paced_topic or conns[0].topic
         for conn, t_bag, raw in reader.messages(connections=conns):
             if limit and counts.get(lead, 0) >= limit:
                 break
@@ -157,6 +160,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--paced-topic', default='',
                         help='the topic whose messages wait for --pace-topic (default: first)')
     parser.add_argument('--pace-timeout', type=float, default=5.0)
+    parser.add_argument('--wait-topics', nargs='*', default=[],
+                        help='also wait for a subscriber on these topics before playing')
     return parser.parse_args(argv)
 
 
@@ -169,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         summary = play(args.bag, rate=args.rate, topics=args.topics, qos_override=args.qos,
                        remap=remap, pace_topic=args.pace_topic, pace_msgtype=args.pace_type,
-                       paced_topic=args.paced_topic, pace_timeout_s=args.pace_timeout)
+                       paced_topic=args.paced_topic, pace_timeout_s=args.pace_timeout,
+                       wait_topics=args.wait_topics)
     except KeyboardInterrupt:
         return
     finally:

@@ -128,7 +128,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         played = play(bag, rate=0, topics=[args.image_topic, args.pose_topic],
                       pace_topic='/vpr/status', pace_msgtype='std_msgs/msg/Float64MultiArray',
                       paced_topic=args.image_topic, pace_timeout_s=30.0,
-                      wait_subscriber_s=180.0, start_delay_s=1.0, limit=args.max_frames)
+                      wait_subscriber_s=180.0, start_delay_s=1.0, limit=args.max_frames,
+                      wait_topics=[args.pose_topic] if args.pose_type != 'none' else [])
         time.sleep(1.0)
     finally:
         node.send_signal(signal.SIGINT)

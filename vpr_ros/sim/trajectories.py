@@ -18,13 +18,14 @@ from vpr_ros.sim.world import GardenWorld
 CORNER_RADIUS_M = 2.0
 
 # Named routes (crossings, in driving order). 'loop' drives the south-west block once and then
-# its first edge again (a loop closure with the same heading); the others reuse its edges.
+# its first edge again (a loop closure with the same heading); 'big' drives the outer ring,
+# 'figure8' the two western blocks; together they cover every path of the garden.
 ROUTES = {
     'loop': ['SW', 'S', 'C', 'W', 'SW', 'S', 'SE'],
     'loop_once': ['SW', 'S', 'C', 'W', 'SW', 'S'],
     'loop_reverse': ['S', 'SW', 'W', 'C', 'S', 'SW'],
     'east': ['S', 'SE', 'E', 'C', 'S', 'SW'],
-    'big': ['SW', 'SE', 'NE', 'NW', 'SW', 'S'],
+    'big': ['SW', 'S', 'SE', 'E', 'NE', 'N', 'NW', 'W', 'SW', 'S'],
     'figure8': ['SW', 'S', 'C', 'N', 'NE', 'E', 'C', 'W', 'SW', 'S'],
 }
 
