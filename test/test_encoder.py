@@ -229,6 +229,23 @@ def test_local_backbone_checkpoint(tmp_path) -> None:
         VPRNet(ModelSpec(backbone='resnet18'), checkpoint=str(tmp_path / 'nope.pth'))
 
 
+def test_build_encoder_at_another_input_size(default_encoder: Encoder, images: list) -> None:
+    from vpr_ros.preprocess import preprocess_batch
+
+    enc = build_encoder('', device='cpu', image_size=(96, 128))
+    assert enc.spec.image_size == (96, 128)
+    assert enc.fingerprint == default_encoder.fingerprint + '@96x128'
+    got = enc.embed(images)
+    want = enc.embed_tensor(preprocess_batch(images, (96, 128), 'rgb8', enc.spec.mean,
+                                             enc.spec.std))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, default_encoder.embed(images), atol=1e-3)
+    same = build_encoder('', device='cpu', image_size=(224, 224))
+    assert same.fingerprint == default_encoder.fingerprint  # its own size: no mark
+    with pytest.raises(VPRError, match='image_size'):
+        build_encoder('', device='cpu', image_size=(8, 8))
+
+
 def test_spec_and_device_validation() -> None:
     with pytest.raises(VPRError, match='backbone'):
         ModelSpec(backbone='vgg16')

@@ -238,6 +238,10 @@ class VPRNet(nn.Module):
         wdim = None if self.whitening is None else int(self.whitening.proj.shape[0])
         return dataclasses.replace(self._spec, gem_p=p, whitening_dim=wdim)
 
+    def set_image_size(self, image_size: Sequence[int]) -> None:
+        """Feed images at another (h, w): a fully convolutional trunk takes any size."""
+        self._spec = dataclasses.replace(self._spec, image_size=tuple(image_size))
+
     @property
     def dim(self) -> int:
         """Descriptor dimension: the trunk's channels, or the whitening's output size."""
@@ -387,12 +391,25 @@ def default_net() -> tuple[VPRNet, str]:
     return net, fingerprint
 
 
-def build_encoder(model_path: str = '', device: str = 'auto', batch_size: int = 32) -> Encoder:
-    """Build an encoder from a model file, or the built-in default when ``model_path`` is ''."""
+def build_encoder(model_path: str = '', device: str = 'auto', batch_size: int = 32,
+                  image_size: Sequence[int] | None = None) -> Encoder:
+    """
+    Build an encoder from a model file, or the built-in default when ``model_path`` is ''.
+
+    ``image_size`` (h, w) overrides the model's input size. Descriptors then differ from the
+    model's own, so the fingerprint gets an ``@HxW`` mark: a map made at one size is refused
+    at another rather than searched with incomparable descriptors.
+    """
     if not model_path:
         net, fingerprint = default_net()
     else:
         # Imported here: model_file imports this module.
         from vpr_ros.model_file import load_model_and_fingerprint
         net, _, fingerprint = load_model_and_fingerprint(model_path)
+    if image_size is not None:
+        size = tuple(int(v) for v in image_size)
+        if size != tuple(net.spec.image_size):
+            dataclasses.replace(net.spec, image_size=size)  # validates the size
+            net.set_image_size(size)
+            fingerprint = f'{fingerprint}@{size[0]}x{size[1]}'
     return Encoder(net, fingerprint, device=device, batch_size=batch_size)

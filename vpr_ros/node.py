@@ -147,25 +147,19 @@ class VprNode(Node):
     # ------------------------------------------------------------------ set-up
     def _build_core(self, p: Params) -> None:
         """Build encoder, map and detector; each failure names the parameter to change."""
-        import dataclasses
-
         from vpr_ros.detector import LoopDetector
         from vpr_ros.encoder import build_encoder
         from vpr_ros.place_map import map_exists, PlaceMap
         from vpr_ros.pose_buffer import PoseBuffer
 
+        size = tuple(p.image_size)
         try:
-            self._encoder = build_encoder(os.path.expanduser(p.model_path), p.device)
+            self._encoder = build_encoder(os.path.expanduser(p.model_path), p.device,
+                                          image_size=None if size == (0, 0) else size)
         except ModelFileError as err:
             raise ParamError(f"parameter 'model_path': {err}") from None
         except VPRError as err:
-            raise ParamError(f"parameter 'device' / 'model_path': {err}") from None
-        size = tuple(p.image_size)
-        if size != (0, 0) and size != tuple(self._encoder.spec.image_size):
-            # The encoder has no size argument: swap its spec and mark the fingerprint, so a map
-            # made at another input size is refused rather than searched with other descriptors.
-            self._encoder._spec = dataclasses.replace(self._encoder.spec, image_size=size)
-            self._encoder.fingerprint = f'{self._encoder.fingerprint}@{size[0]}x{size[1]}'
+            raise ParamError(f"parameter 'device' / 'model_path' / 'image_size': {err}") from None
         path = p.map_path
         if path and not p.load_map and map_exists(path):
             self._log.warning(f'load_map is false: the map in {path} is not loaded and will be '
