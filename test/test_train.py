@@ -55,8 +55,10 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 def test_kill_and_resume(garden, tmp_path):
     out = str(tmp_path / 'run')
+    # Images, not cached features: with the cache an epoch is too quick to be killed inside.
     args = _data(garden, val=False) + SMALL + ['--epochs', '4', '--batch-size', '16',
-                                               '--pairs-per-epoch', '96', '--out', out]
+                                               '--pairs-per-epoch', '96', '--out', out,
+                                               '--feature-cache', 'off']
     ckpt = os.path.join(out, 'checkpoint.pt')
     proc = _start(args)
     deadline = time.monotonic() + 90
@@ -99,3 +101,27 @@ def test_ddp_two_ranks_gloo(garden, tmp_path):
     full = s.epoch_pairs(0)
     np.testing.assert_array_equal(p0, np.stack([full.anchor[0::2], full.partner[0::2]]))
     np.testing.assert_array_equal(p1, np.stack([full.anchor[1::2], full.partner[1::2]]))
+
+
+def test_feature_cache_trains_the_same_net(garden, tmp_path, capsys):
+    """Cached frozen-prefix features give the training the images would give, step for step."""
+    base = _data(garden) + SMALL + ['--epochs', '2', '--batch-size', '16',
+                                    '--pairs-per-epoch', '64', '--no-initial-eval']
+    runs = {}
+    for mode in ('on', 'off'):
+        out = str(tmp_path / mode)
+        assert main(base + ['--feature-cache', mode, '--out', out]) == 0
+        runs[mode] = (_log(out), torch.load(os.path.join(out, 'checkpoint.pt'),
+                                            weights_only=True)['model'])
+    said = capsys.readouterr().out
+    assert 'frozen features cached after trunk block 17' in said and 'no feature cache' in said
+    (log_on, w_on), (log_off, w_off) = runs['on'], runs['off']
+    for a, b in zip(log_on, log_off):
+        assert float(a['loss']) == pytest.approx(float(b['loss']), rel=1e-3)
+        assert float(a['r5']) == pytest.approx(float(b['r5']), abs=0.02)
+    for k in w_off:
+        torch.testing.assert_close(w_on[k], w_off[k], rtol=1e-3, atol=1e-4, msg=k)
+    # auto: on within the budget, off above it
+    out = str(tmp_path / 'auto')
+    assert main(base + ['--epochs', '1', '--cache-budget-gb', '0', '--out', out]) == 0
+    assert 'feature cache off' in capsys.readouterr().out

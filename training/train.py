@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='pairs per epoch over all ranks (default: one per query image)')
     d.add_argument('--workers', type=int, default=4, help='DataLoader worker processes')
     d.add_argument('--prefetch', type=int, default=4, help='batches prefetched per worker')
+    d.add_argument('--feature-cache', choices=('auto', 'on', 'off'), default='auto',
+                   help='run the frozen blocks once per image and train on their cached output '
+                        '(same result, several times faster); auto: on for one process when '
+                        'it fits --cache-budget-gb')
+    d.add_argument('--cache-budget-gb', type=float, default=4.0,
+                   help='memory the feature cache may take (auto mode)')
     m = ap.add_argument_group('model')
     m.add_argument('--backbone', default='mobilenet_v2')
     m.add_argument('--pooling', choices=('gem', 'avg'), default='gem')
@@ -210,15 +216,33 @@ class ValSet:
         qp = concat_poses(queries)[self.query_images.valid]
         self.positives = psi_positives(mp, qp, 0.5, fov_deg, radius)
 
+        self.cached: tuple | None = None   # (map, query) FrozenFeatures, see use_cache
+
+    def n_images(self) -> int:
+        return len(self.map_images.paths) + len(self.query_images.paths)
+
+    def use_cache(self, net, cut: int, device, batch: int, workers: int) -> None:
+        """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
+        from vpr_ros.training.feature_cache import FrozenFeatures
+        self.cached = tuple(FrozenFeatures(net, cut, images, device, batch, workers, desc)
+                            for images, desc in ((self.map_images, 'cache val map'),
+                                                 (self.query_images, 'cache val query')))
+
     @torch.no_grad()
-    def _embed(self, net, images, device, batch: int, workers: int) -> np.ndarray:
-        loader = DataLoader(images, batch_size=batch, num_workers=workers,
-                            pin_memory=device.type == 'cuda')
+    def _embed(self, net, images, device, batch: int, workers: int, cached=None) -> np.ndarray:
+        if cached is None:
+            loader = DataLoader(images, batch_size=batch, num_workers=workers,
+                                pin_memory=device.type == 'cuda')
+            batches = ((x, 0) for x, _ in loader)
+        else:  # in the order of images.valid, as the loader serves them
+            idx = torch.as_tensor(images.valid)
+            batches = ((cached.feats[idx[i:i + batch]], cached.cut)
+                       for i in range(0, len(idx), batch))
         out = []
-        for x, _ in loader:
+        for x, start in batches:
             with torch.autocast(device.type, dtype=torch.float16,
                                 enabled=device.type == 'cuda'):
-                out.append(net(x.to(device, non_blocking=True)).float().cpu())
+                out.append(net.forward_from(x.to(device, non_blocking=True), start).float().cpu())
         return torch.cat(out).numpy()
 
     def evaluate(self, net, device, batch: int = 64, workers: int = 0) -> dict:
@@ -228,13 +252,36 @@ class ValSet:
         was = net.training
         net.eval()
         try:
-            m = self._embed(net, self.map_images, device, batch, workers)
-            q = self._embed(net, self.query_images, device, batch, workers)
+            m_cache, q_cache = self.cached or (None, None)
+            m = self._embed(net, self.map_images, device, batch, workers, m_cache)
+            q = self._embed(net, self.query_images, device, batch, workers, q_cache)
         finally:
             net.train(was)
         res = evaluate_descriptors(q, m, self.positives, ks=(1, 5, 10))
         return {'r1': res['recall'][1], 'r5': res['recall'][5], 'r10': res['recall'][10],
                 'map5': res['map'][5], 'ap': res['ap'], 'n_queries': res['n_evaluated']}
+
+
+def cache_cut(args, net: VPRNet, dist: Dist, q_images, m_images, val) -> int:
+    """Trunk block after which features are cached (0: none), per --feature-cache."""
+    from vpr_ros.training.feature_cache import cache_bytes
+
+    cut = net.frozen_prefix()
+    if args.feature_cache == 'off' or cut == 0:
+        return 0
+    if dist.ddp:
+        if args.feature_cache == 'on':
+            raise VPRError('--feature-cache on needs a single process; under torchrun use auto '
+                           'or off')
+        return 0
+    n = len(q_images.paths) + (0 if m_images is q_images else len(m_images.paths))
+    n += val.n_images() if val is not None else 0
+    need = cache_bytes(net, cut, net.spec.image_size, n)
+    if args.feature_cache == 'auto' and need > args.cache_budget_gb * (1 << 30):
+        print(f'vpr-train: feature cache off: {need / (1 << 30):.1f} GB for {n} images is over '
+              f'--cache-budget-gb {args.cache_budget_gb:g}', flush=True)
+        return 0
+    return cut
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -344,13 +391,6 @@ def _train(args, dist: Dist) -> dict:
         print(f'vpr-train: {args.batch_size} pairs per step do not split into '
               f'{dist.world_size} ranks × {args.accum_steps} micro-batches; using '
               f'{micro * steps_split}', flush=True)
-    pair_data = PairImages(q_images.paths, m_images.paths, spec.image_size, spec.mean, spec.std)
-    loader_kw = {}
-    if args.workers > 0:
-        loader_kw = {'persistent_workers': True, 'prefetch_factor': max(1, args.prefetch)}
-    loader = DataLoader(pair_data, batch_size=micro, sampler=sampler, num_workers=args.workers,
-                        pin_memory=device.type == 'cuda', **loader_kw)
-
     net = VPRNet(spec, pretrained=not args.no_pretrained,
                  checkpoint=args.backbone_checkpoint)
     net.set_trainable_blocks(args.train_blocks)
@@ -389,10 +429,32 @@ def _train(args, dist: Dist) -> dict:
         val = ValSet(load_traverses(args.data_root, args.val_map),
                      load_traverses(args.data_root, args.val_query), spec, args.fov_deg,
                      args.radius)
+    cut = cache_cut(args, net, dist, q_images, m_images, val)
+    if cut:
+        from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
+        q_feats = FrozenFeatures(net, cut, q_images, device, args.eval_batch, args.workers,
+                                 'cache train query')
+        m_feats = q_feats if within else FrozenFeatures(net, cut, m_images, device,
+                                                        args.eval_batch, args.workers,
+                                                        'cache train map')
+        pair_data = PairFeatures(q_feats, m_feats)
+        if val is not None:
+            val.use_cache(net, cut, device, args.eval_batch, args.workers)
+    else:
+        pair_data = PairImages(q_images.paths, m_images.paths, spec.image_size, spec.mean,
+                               spec.std)
+    loader_kw = {}
+    if args.workers > 0 and not cut:  # cached features need no worker processes
+        loader_kw = {'persistent_workers': True, 'prefetch_factor': max(1, args.prefetch)}
+    loader = DataLoader(pair_data, batch_size=micro, sampler=sampler,
+                        num_workers=0 if cut else args.workers,
+                        pin_memory=device.type == 'cuda', **loader_kw)
     if dist.main:
+        cached = f'frozen features cached after trunk block {cut}' if cut else 'no feature cache'
         print(f'vpr-train: {spec.tag()}, loss {args.loss}, {len(sampler) * dist.world_size} '
               f'pairs/epoch, {dist.world_size} rank(s) × {args.accum_steps} × {micro} pairs '
-              f'per step, lr {args.lr}, device {device}, labels {labels_path}', flush=True)
+              f'per step, lr {args.lr}, device {device}, {cached}, labels {labels_path}',
+              flush=True)
     if val is not None and start_epoch == 0 and not args.no_initial_eval and not history:
         res = val.evaluate(net, device, args.eval_batch)
         history.append({'epoch': 0, 'loss': None, 'lr': None, 'time_s': 0.0, **res})
@@ -424,7 +486,7 @@ def _train(args, dist: Dist) -> dict:
             sync = model.no_sync() if dist.ddp and not last_of_group else contextlib.nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    desc = model(x)
+                    desc = net.forward_from(x, cut) if cut else model(x)
                 da, db = desc.split(len(xa))
                 loss = criterion(da, db, y)
                 scaler.scale(loss / args.accum_steps).backward()

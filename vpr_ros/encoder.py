@@ -252,7 +252,24 @@ class VPRNet(nn.Module):
         return len(self._blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(x)
+        return self.forward_from(x, 0)
+
+    def frozen_prefix(self) -> int:
+        """Count the leading trunk children that are frozen: their output can be cached."""
+        k = 0
+        for name, _ in self.backbone.named_children():
+            if name not in self._frozen:
+                break
+            k += 1
+        return k
+
+    def trunk_prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """Output of the first ``stop`` trunk children (what ``forward_from`` continues)."""
+        return self.backbone[:stop](x)
+
+    def forward_from(self, feats: torch.Tensor, start: int) -> torch.Tensor:
+        """Finish ``forward`` from the output of the first ``start`` trunk children."""
+        feats = self.backbone[start:](feats)
         # Pooling and normalisation in fp32 even under autocast: x**p overflows fp16.
         with torch.autocast(device_type=feats.device.type, enabled=False):
             desc = F.normalize(self.pool(feats.float()), dim=1)
