@@ -221,10 +221,10 @@ class ValSet:
     def n_images(self) -> int:
         return len(self.map_images.paths) + len(self.query_images.paths)
 
-    def use_cache(self, net, cut: int, device, batch: int, workers: int) -> None:
+    def use_cache(self, net, cut: int, device, workers: int) -> None:
         """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
         from vpr_ros.training.feature_cache import FrozenFeatures
-        self.cached = tuple(FrozenFeatures(net, cut, images, device, batch, workers, desc)
+        self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc)
                             for images, desc in ((self.map_images, 'cache val map'),
                                                  (self.query_images, 'cache val query')))
 
@@ -242,7 +242,8 @@ class ValSet:
         for x, start in batches:
             with torch.autocast(device.type, dtype=torch.float16,
                                 enabled=device.type == 'cuda'):
-                out.append(net.forward_from(x.to(device, non_blocking=True), start).float().cpu())
+                x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+                out.append(net.forward_from(x, start).float().cpu())
         return torch.cat(out).numpy()
 
     def evaluate(self, net, device, batch: int = 64, workers: int = 0) -> dict:
@@ -394,7 +395,8 @@ def _train(args, dist: Dist) -> dict:
     net = VPRNet(spec, pretrained=not args.no_pretrained,
                  checkpoint=args.backbone_checkpoint)
     net.set_trainable_blocks(args.train_blocks)
-    net.to(device)
+    # channels_last: training steps measured 1.5x faster on CPU (MobileNetV2, 224x224).
+    net.to(device, memory_format=torch.channels_last)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -432,14 +434,14 @@ def _train(args, dist: Dist) -> dict:
     cut = cache_cut(args, net, dist, q_images, m_images, val)
     if cut:
         from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
-        q_feats = FrozenFeatures(net, cut, q_images, device, args.eval_batch, args.workers,
-                                 'cache train query')
+        q_feats = FrozenFeatures(net, cut, q_images, device, workers=args.workers,
+                                 desc='cache train query')
         m_feats = q_feats if within else FrozenFeatures(net, cut, m_images, device,
-                                                        args.eval_batch, args.workers,
-                                                        'cache train map')
+                                                        workers=args.workers,
+                                                        desc='cache train map')
         pair_data = PairFeatures(q_feats, m_feats)
         if val is not None:
-            val.use_cache(net, cut, device, args.eval_batch, args.workers)
+            val.use_cache(net, cut, device, args.workers)
     else:
         pair_data = PairImages(q_images.paths, m_images.paths, spec.image_size, spec.mean,
                                spec.std)
@@ -481,7 +483,8 @@ def _train(args, dist: Dist) -> dict:
         optimizer.zero_grad(set_to_none=True)
         for k, (xa, xb, y) in enumerate(loader):
             last_of_group = (k + 1) % args.accum_steps == 0 or k + 1 == n_micro
-            x = torch.cat([xa, xb]).to(device, non_blocking=True)
+            x = torch.cat([xa, xb]).to(device, non_blocking=True,
+                                       memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             sync = model.no_sync() if dist.ddp and not last_of_group else contextlib.nullcontext()
             with sync:
