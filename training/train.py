@@ -12,7 +12,8 @@ step over all ranks and accumulation steps, so a run optimises the same thing on
 Only rank 0 validates and writes files. Every epoch ends with an atomic checkpoint (model,
 optimiser, scheduler, AMP scaler, sampler state, RNG states, history); a run finding one in its
 output directory continues from it, so a killed job is simply started again. The model with the
-best validation R@5 (ψ > 0.5 hits) is kept as ``best.pt``, the input of ``vpr-export``.
+best validation R@5 (ψ > 0.5 hits; ties broken by R@1) is kept as ``best.pt``, the input of
+``vpr-export``.
 """
 import argparse
 import contextlib
@@ -513,7 +514,9 @@ def _train(args, dist: Dist) -> dict:
         row['time_s'] = round(time.monotonic() - t0, 3)
         history.append(row)
         if dist.main:
-            improved = val is None or (row['r5'] is not None and row['r5'] > best['r5'])
+            # R@5 saturates early on small sets: ties go to the higher R@1
+            improved = val is None or (row['r5'] is not None and (
+                (row['r5'], row['r1']) > (best['r5'], best.get('r1') or -1.0)))
             if improved:
                 best = {'r5': -1.0 if row['r5'] is None else float(row['r5']),
                         'r1': row['r1'], 'epoch': epoch + 1}
