@@ -11,10 +11,11 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm16mb.xml
 export PYOPENGL_PLATFORM ?= osmesa
 
-.PHONY: setup test lint bench demo clean
+.PHONY: setup test lint bench demo train-demo clean
 
 # make demo [BAG=path/to/your.bag IMAGE_TOPIC=... POSE_TOPIC=... POSE_TYPE=Odometry|PoseStamped
-#            GT_TOPIC=... MODEL=model.pt MAX_FRAMES=N OUT=demo_out]
+#            GT_TOPIC=... MODEL=model.pt MAX_FRAMES=N OUT=demo_out
+#            PARAMS='score_threshold:=0.9 geometric_verification:=true']
 BAG ?=
 IMAGE_TOPIC ?= /camera/image_raw
 POSE_TOPIC ?= /odom
@@ -22,7 +23,11 @@ POSE_TYPE ?= Odometry
 GT_TOPIC ?=
 MODEL ?=
 MAX_FRAMES ?= 0
+PARAMS ?=
 OUT ?= demo_out
+# make train-demo [TRAIN_OUT=train_demo_out TRAIN_ARGS='--epochs 12 --fresh']
+TRAIN_OUT ?= train_demo_out
+TRAIN_ARGS ?=
 
 setup: $(STAMP) $(WEIGHTS_STAMP) $(SYSDEPS_STAMP)
 
@@ -60,7 +65,12 @@ bench: setup
 demo: setup
 	$(PY) -m vpr_ros.demo --bag "$(BAG)" --image-topic $(IMAGE_TOPIC) --pose-topic $(POSE_TOPIC) \
 	  --pose-type $(POSE_TYPE) --gt-topic "$(GT_TOPIC)" --model "$(MODEL)" \
-	  --max-frames $(MAX_FRAMES) --out $(OUT)
+	  --max-frames $(MAX_FRAMES) --out $(OUT) $(foreach p,$(PARAMS),--param '$(p)')
+
+# bags -> extract -> labels -> GCL training -> export -> evaluation (unseen conditions, corridor)
+# -> the demo with each model; reuses what an earlier run left in TRAIN_OUT.
+train-demo: setup
+	$(PY) -m vpr_ros.training.train_demo --out $(TRAIN_OUT) $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -35,6 +35,10 @@ def test_true_and_false_closures_and_recall(tmp_path) -> None:
     # frame 0, which is outside its 20 s window) already closes the loop too.
     assert evaluation.n_possible == 101
     assert abs(evaluation.recall - 2 / 101) < 1e-9
+    # best candidates by score: 0.9 ok, 0.8 ok, 0.6 false: 0.8 keeps precision 1 and recall
+    assert evaluation.pr_threshold == [0.9, 0.8, 0.6]
+    assert evaluation.suggested_threshold == 0.8
+    assert abs(evaluation.recall_at_suggested - 2 / 101) < 1e-9
     out = tmp_path / 'report.png'
     plot_report(str(out), gt, poses[::10, :2], rows, psi, evaluation)
     assert out.stat().st_size > 10_000
@@ -44,3 +48,4 @@ def test_no_rows_gives_zero_recall_not_a_crash() -> None:
     stamps, poses = circle_twice(50)
     evaluation, psi = evaluate_loops(GroundTruth(stamps, poses), stamps, np.zeros((0, 5)), 10.0)
     assert evaluation.n_published == 0 and evaluation.recall == 0.0 and len(psi) == 0
+    assert evaluation.suggested_threshold is None

@@ -67,7 +67,8 @@ def _rows(msg: object) -> np.ndarray:
     return np.asarray(msg.data, dtype=np.float64).reshape(-1, cols)
 
 
-def start_node(args: argparse.Namespace, map_dir: str, env: dict, log_path: str) -> tuple:
+def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
+    """vpr_node with the shipped config, the demo's overrides, then the user's --param ones."""
     params = os.path.join(REPO_CONFIG, 'vpr.yaml')
     cmd = [sys.executable, '-m', 'vpr_ros.node', '--ros-args', '--params-file', params,
            '-p', f'camera_topic:={args.image_topic}',
@@ -78,6 +79,13 @@ def start_node(args: argparse.Namespace, map_dir: str, env: dict, log_path: str)
            '-p', f'exclusion_window_s:={args.exclusion_s}']
     if args.model:  # rcl refuses an empty override; the yaml's '' means the built-in model
         cmd += ['-p', f'model_path:={os.path.abspath(args.model)}']
+    for override in args.param:  # last: a user's NAME:=VALUE wins over the demo's own
+        cmd += ['-p', override]
+    return cmd
+
+
+def start_node(args: argparse.Namespace, map_dir: str, env: dict, log_path: str) -> tuple:
+    cmd = node_command(args, map_dir)
     log = open(log_path, 'w')
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
@@ -161,9 +169,11 @@ def run_demo(args: argparse.Namespace) -> dict:
         **{k: v for k, v in evaluation.as_dict().items() if not k.startswith('pr_')},
         'report_png': png,
     }
+    summary['node_params'] = list(args.param)
     with open(os.path.join(args.out, 'demo_summary.json'), 'w') as f:
         json.dump({**summary, 'pr_precision': evaluation.pr_precision,
-                   'pr_recall': evaluation.pr_recall}, f, indent=2)
+                   'pr_recall': evaluation.pr_recall, 'pr_threshold': evaluation.pr_threshold},
+                  f, indent=2)
     return summary
 
 
@@ -185,16 +195,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--model', default='', help='model file (default: built-in)')
     parser.add_argument('--exclusion-s', type=float, default=30.0)
     parser.add_argument('--max-frames', type=int, default=0, help='stop after N images')
+    parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='vpr_node parameter override (repeatable), e.g. '
+                             'score_threshold:=0.9 or geometric_verification:=true')
     parser.add_argument('--out', default='demo_out')
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    summary = run_demo(parse_args(argv))
+    args = parse_args(argv)
+    bad = [p for p in args.param if ':=' not in p]
+    if bad:
+        print(f'vpr-demo: --param takes NAME:=VALUE, got {bad[0]!r}', file=sys.stderr)
+        sys.exit(2)
+    summary = run_demo(args)
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         shown = f'{value:.3f}' if isinstance(value, float) else value
         print(f'{key:<{width}}  {shown}')
+    if summary.get('suggested_threshold') is not None:
+        print(f"score_threshold keeping precision >= {summary['target_precision']:.2f} on this "
+              f"run: {summary['suggested_threshold']:.3f} (recall "
+              f"{summary['recall_at_suggested']:.2f}); -p score_threshold:=... to use it")
 
 
 if __name__ == '__main__':

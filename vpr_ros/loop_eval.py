@@ -36,6 +36,12 @@ class LoopEvaluation:
     average_precision: float
     pr_precision: list = field(default_factory=list)
     pr_recall: list = field(default_factory=list)
+    pr_threshold: list = field(default_factory=list)
+    # The lowest score threshold whose accepted best candidates keep precision >= target, and
+    # the recall it keeps: what score_threshold this run suggests (None: no threshold did).
+    target_precision: float = 0.95
+    suggested_threshold: float | None = None
+    recall_at_suggested: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -103,7 +109,8 @@ def possible_loops(gt: GroundTruth, query_ns: np.ndarray, exclusion_s: float,
 
 def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, exclusion_s: float,
                    threshold: float = 0.5, fov_deg: float = DEFAULT_FOV_DEG,
-                   radius: float = DEFAULT_RADIUS_M) -> tuple[LoopEvaluation, np.ndarray]:
+                   radius: float = DEFAULT_RADIUS_M, target_precision: float = 0.95
+                   ) -> tuple[LoopEvaluation, np.ndarray]:
     """
     Score the rows published on /vpr/matches against ground truth.
 
@@ -124,21 +131,27 @@ def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, excl
     hit_stamps = set(np.round(rows[first][best_correct, 0], 6))
     recalled = np.array([round(s, 6) in hit_stamps for s in query_stamps_s]) & possible
     n_possible = int(possible.sum())
-    pr_p, pr_r = ([], [])
+    pr_p, pr_r, pr_t = [], [], []
     ap = float('nan')
+    suggested, recall_suggested = None, 0.0
     if len(first) and n_possible:
         # PR over the published best candidates, recall relative to every possible loop.
-        prec, rec, _ = precision_recall_curve(rows[first, 2], best_correct)
+        prec, rec, thr = precision_recall_curve(rows[first, 2], best_correct)
         scale = best_correct.sum() / n_possible
-        pr_p, pr_r = prec.tolist(), (np.asarray(rec) * scale).tolist()
+        pr_p, pr_r, pr_t = prec.tolist(), (np.asarray(rec) * scale).tolist(), thr.tolist()
         ap = average_precision(rows[first, 2], best_correct) * float(scale)
+        ok = np.flatnonzero((prec >= target_precision) & (rec > 0))
+        if len(ok):  # thresholds run high to low: the last one that keeps the precision
+            suggested, recall_suggested = float(thr[ok[-1]]), float(pr_r[ok[-1]])
     evaluation = LoopEvaluation(
         n_queries=len(query_ns), n_possible=n_possible, n_published=len(first),
         n_best_correct=int(best_correct.sum()),
         precision_best=float(best_correct.mean()) if len(first) else float('nan'),
         precision_all=float(correct.mean()) if len(rows) else float('nan'),
         recall=float(recalled.sum() / n_possible) if n_possible else float('nan'),
-        average_precision=ap, pr_precision=pr_p, pr_recall=pr_r)
+        average_precision=ap, pr_precision=pr_p, pr_recall=pr_r, pr_threshold=pr_t,
+        target_precision=target_precision, suggested_threshold=suggested,
+        recall_at_suggested=recall_suggested)
     return evaluation, psi
 
 

@@ -115,7 +115,10 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('temporal_consistency', _C.temporal_consistency,
               'n > 1: accept a candidate only when the previous n-1 queries matched near it '
               '(0 or 1: off).', 0, 100),
-    ParamSpec('geometric_verification', _C.geometric_verification,
+    # On by default in the node (the core's DetectorConfig leaves it to the caller): on the
+    # demo garden it took the precision of published loop closures from 0.33 to 0.96 at the
+    # same recall, for ~7 ms more per frame (README, measured results).
+    ParamSpec('geometric_verification', True,
               'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
     ParamSpec('gv_min_inliers', _C.gv_min_inliers,
               'RANSAC inliers needed to accept a candidate when verification is on.', 4, 10000),
