@@ -39,6 +39,7 @@ setup(
             'vpr-train = vpr_ros.training.train:main',
             'vpr-eval = vpr_ros.training.evaluate:main',
             'vpr-export = vpr_ros.training.export:main',
+            'vpr-train-demo = vpr_ros.training.train_demo:main',
         ],
     },
 )

@@ -53,7 +53,8 @@ class FrozenFeatures:
     """
 
     def __init__(self, net: VPRNet, cut: int, images, device: torch.device,
-                 batch_size: int = 16, workers: int = 0, desc: str = 'cache') -> None:
+                 batch_size: int = 16, workers: int = 0, desc: str = 'cache',
+                 progress: bool = True) -> None:
         self.cut = int(cut)
         shape = prefix_shape(net, cut, images.size_hw)
         self.feats = torch.zeros((len(images.paths), *shape), dtype=torch.float32)
@@ -63,7 +64,8 @@ class FrozenFeatures:
         loader = DataLoader(images, batch_size=batch_size, num_workers=workers)
         try:
             with torch.no_grad():
-                for x, idx in tqdm(loader, desc=desc, unit='batch', leave=False):
+                for x, idx in tqdm(loader, desc=desc, unit='batch', leave=False,
+                                   disable=not progress):
                     with torch.autocast(device.type, dtype=torch.float16,
                                         enabled=device.type == 'cuda'):
                         x = x.to(device, non_blocking=True, memory_format=torch.channels_last)

@@ -222,10 +222,11 @@ class ValSet:
     def n_images(self) -> int:
         return len(self.map_images.paths) + len(self.query_images.paths)
 
-    def use_cache(self, net, cut: int, device, workers: int) -> None:
+    def use_cache(self, net, cut: int, device, workers: int, progress: bool = True) -> None:
         """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
         from vpr_ros.training.feature_cache import FrozenFeatures
-        self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc)
+        self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc,
+                                           progress=progress)
                             for images, desc in ((self.map_images, 'cache val map'),
                                                  (self.query_images, 'cache val query')))
 
@@ -432,17 +433,19 @@ def _train(args, dist: Dist) -> dict:
         val = ValSet(load_traverses(args.data_root, args.val_map),
                      load_traverses(args.data_root, args.val_query), spec, args.fov_deg,
                      args.radius)
-    cut = cache_cut(args, net, dist, q_images, m_images, val)
+    # a finished run (resumed at its last epoch) trains nothing: no cache to fill
+    cut = cache_cut(args, net, dist, q_images, m_images, val) if start_epoch < args.epochs else 0
     if cut:
         from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
+        bars = dist.main and not args.no_progress
         q_feats = FrozenFeatures(net, cut, q_images, device, workers=args.workers,
-                                 desc='cache train query')
+                                 desc='cache train query', progress=bars)
         m_feats = q_feats if within else FrozenFeatures(net, cut, m_images, device,
                                                         workers=args.workers,
-                                                        desc='cache train map')
+                                                        desc='cache train map', progress=bars)
         pair_data = PairFeatures(q_feats, m_feats)
         if val is not None:
-            val.use_cache(net, cut, device, args.workers)
+            val.use_cache(net, cut, device, args.workers, bars)
     else:
         pair_data = PairImages(q_images.paths, m_images.paths, spec.image_size, spec.mean,
                                spec.std)

@@ -14,6 +14,11 @@ applied once, before pyrender is imported, whoever imports first:
    and recompiles every shader (190-500 ms a frame instead of ~10-20 ms), and PyOpenGL's
    per-context storage grows without bound. `_stable_get_context` returns the context's address
    (an int) instead: equal for the same OSMesa context, different for different contexts.
+
+Not worked around, because it cannot be from here: OSMesa's llvmpipe loads its own LLVM, and
+so does triton, which torch imports with torchvision. Rendering first and importing torchvision
+after, in one process, crashed with a segmentation fault (the other order works). Code that
+trains or embeds renders in a child process (`vpr-sim`, as `vpr-train-demo` does).
 """
 import ctypes
 import os
