@@ -39,6 +39,22 @@ def write_image_bag(path: str, n: int, storage: StoragePlugin, with_header: bool
             writer.write(conn, stamp_ns, bytes(typestore.serialize_cdr(msg, image_t.__msgtype__)))
 
 
+def play_and_collect(node, args: list[str], got: list, n: int) -> str:
+    """Run vpr-play with args, spin node until it exits and n messages are in; its output."""
+    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.bag_player', *args],
+                            env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and proc.poll() is None:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    drain_until = time.monotonic() + 2.0
+    while time.monotonic() < drain_until and len(got) < n:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    return out
+
+
 @pytest.mark.parametrize('storage', [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
 def test_play_delivers_every_message_in_order(tmp_path, storage) -> None:
     bag = str(tmp_path / 'bag')
@@ -50,18 +66,8 @@ def test_play_delivers_every_message_in_order(tmp_path, storage) -> None:
         node.create_subscription(Image, '/play_test/image',
                                  lambda m: got.append((m.header.stamp.nanosec, m.data[0])),
                                  qos_profile_sensor_data)
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'vpr_ros.bag_player', bag, '--rate', '4',
-             '--remap', '/camera/image_raw:=/play_test/image'],
-            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        end = time.monotonic() + 60
-        while time.monotonic() < end and proc.poll() is None:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        drain_until = time.monotonic() + 2.0
-        while time.monotonic() < drain_until and len(got) < 20:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        out = proc.communicate(timeout=30)[0]
-        assert proc.returncode == 0, out
+        out = play_and_collect(node, [bag, '--rate', '4',
+                                      '--remap', '/camera/image_raw:=/play_test/image'], got, 20)
         assert '/camera/image_raw: 20 messages' in out
         assert [v for _, v in got] == list(range(20)), out
         node.destroy_node()
@@ -82,22 +88,13 @@ def test_play_waits_for_every_wait_topic(tmp_path) -> None:
         stamps: list[int] = []
         node.create_subscription(Image, '/camera/image_raw',
                                  lambda m: images.append(m.data[0]), 10)
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'vpr_ros.bag_player', bag, '--rate', '4',
-             '--wait-topics', '/stamps'],
-            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        late = time.monotonic() + 3.0  # the image subscriber matches long before this one
-        while time.monotonic() < late and proc.poll() is None:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        node.create_subscription(Header, '/stamps', lambda m: stamps.append(m.stamp.nanosec), 10)
-        end = time.monotonic() + 60
-        while time.monotonic() < end and proc.poll() is None:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        drain_until = time.monotonic() + 2.0
-        while time.monotonic() < drain_until and len(stamps) < 10:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        out = proc.communicate(timeout=30)[0]
-        assert proc.returncode == 0, out
+        # the image subscriber matches at once; the /stamps one only after 3 s of playing time
+        timer = node.create_timer(3.0, lambda: (
+            node.create_subscription(Header, '/stamps',
+                                     lambda m: stamps.append(m.stamp.nanosec), 10),
+            timer.cancel()))
+        out = play_and_collect(node, [bag, '--rate', '4', '--wait-topics', '/stamps'],
+                               stamps, 10)
         assert images == list(range(10)), out
         assert stamps == [i * 50_000_000 for i in range(10)], out
         node.destroy_node()
