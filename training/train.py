@@ -216,7 +216,6 @@ class ValSet:
         mp = concat_poses(maps)[self.map_images.valid]
         qp = concat_poses(queries)[self.query_images.valid]
         self.positives = psi_positives(mp, qp, 0.5, fov_deg, radius)
-
         self.cached: tuple | None = None   # (map, query) FrozenFeatures, see use_cache
 
     def n_images(self) -> int:
@@ -347,6 +346,10 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def _or(x, default: float) -> float:
+    return default if x is None else x
 
 
 def _fmt(x) -> str:
@@ -519,7 +522,7 @@ def _train(args, dist: Dist) -> dict:
         if dist.main:
             # R@5 saturates early on small sets: ties go to the higher R@1
             improved = val is None or (row['r5'] is not None and (
-                (row['r5'], row['r1']) > (best['r5'], best.get('r1') or -1.0)))
+                (row['r5'], row['r1']) > (best['r5'], _or(best.get('r1'), -1.0))))
             if improved:
                 best = {'r5': -1.0 if row['r5'] is None else float(row['r5']),
                         'r1': row['r1'], 'epoch': epoch + 1}

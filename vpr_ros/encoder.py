@@ -426,7 +426,6 @@ def build_encoder(model_path: str = '', device: str = 'auto', batch_size: int = 
     if image_size is not None:
         size = tuple(int(v) for v in image_size)
         if size != tuple(net.spec.image_size):
-            dataclasses.replace(net.spec, image_size=size)  # validates the size
-            net.set_image_size(size)
+            net.set_image_size(size)  # ModelSpec validates it
             fingerprint = f'{fingerprint}@{size[0]}x{size[1]}'
     return Encoder(net, fingerprint, device=device, batch_size=batch_size)
