@@ -41,3 +41,25 @@ def test_param_overrides_come_last() -> None:
                                    '--param', 'exclusion_window_s:=5.0']), '/tmp/m')
     assert cmd[-4:] == ['-p', 'geometric_verification:=false', '-p', 'exclusion_window_s:=5.0']
     assert 'exclusion_window_s:=30.0' in cmd  # the demo's own, overridden by the later one
+
+
+def test_demo_on_a_given_bag_with_posestamped(tmp_path) -> None:
+    """The user's-bag path: another bag, PoseStamped poses on another topic, fewer frames."""
+    from vpr_ros.sim.dataset import default_dataset
+    from vpr_ros.sim.writers import GT_TOPIC
+
+    paths = default_dataset()
+    bag = paths.bags[paths.names.index('evening')]
+    out = tmp_path / 'demo'
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.demo', '--bag', bag,
+                           '--pose-topic', GT_TOPIC, '--pose-type', 'PoseStamped',
+                           '--max-frames', '30', '--out', str(out)],
+                          env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / 'demo_summary.json').read_text())
+    assert summary['bag'] == bag
+    assert summary['frames_published'] == summary['frames_processed'] == 30
+    assert summary['node_exit_code'] == 0 and summary['map_saved']
+    log = (out / 'vpr_node.log').read_text()
+    assert f'poses PoseStamped on {GT_TOPIC}' in log
+    assert 'has no pose' not in log  # every frame was posed: the pose topic was matched first
