@@ -19,8 +19,6 @@ from tqdm import tqdm
 
 from vpr_ros.encoder import VPRNet
 
-DEFAULT_BUDGET_BYTES = 4 << 30
-
 
 def prefix_shape(net: VPRNet, cut: int, size_hw: Sequence[int]) -> tuple[int, ...]:
     """(C, H, W) the first `cut` trunk children output for one image of size_hw."""

@@ -269,7 +269,8 @@ class VPRNet(nn.Module):
 
     def forward_from(self, feats: torch.Tensor, start: int) -> torch.Tensor:
         """Finish ``forward`` from the output of the first ``start`` trunk children."""
-        feats = self.backbone[start:](feats)
+        # forward() itself (start 0) runs the trunk as it is, not a slice rebuilt every frame
+        feats = (self.backbone[start:] if start else self.backbone)(feats)
         # Pooling and normalisation in fp32 even under autocast: x**p overflows fp16.
         with torch.autocast(device_type=feats.device.type, enabled=False):
             desc = F.normalize(self.pool(feats.float()), dim=1)
