@@ -45,8 +45,8 @@ $(STAMP): requirements.txt requirements-post.txt setup.py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-$(WEIGHTS_STAMP): $(STAMP) vpr_ros/weights.py
-	$(PY) -m vpr_ros.weights
+$(WEIGHTS_STAMP): $(STAMP) vpr_ros/model/weights.py
+	$(PY) -m vpr_ros.model.weights
 	@touch $@
 
 test: setup
@@ -63,7 +63,7 @@ bench: setup
 	$(PY) bench/bench_node.py
 
 demo: setup
-	$(PY) -m vpr_ros.demo --bag "$(BAG)" --image-topic $(IMAGE_TOPIC) --pose-topic $(POSE_TOPIC) \
+	$(PY) -m vpr_ros.tools.demo --bag "$(BAG)" --image-topic $(IMAGE_TOPIC) --pose-topic $(POSE_TOPIC) \
 	  --pose-type $(POSE_TYPE) --gt-topic "$(GT_TOPIC)" --model "$(MODEL)" \
 	  --max-frames $(MAX_FRAMES) --out $(OUT) $(foreach p,$(PARAMS),--param '$(p)')
 

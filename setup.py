@@ -10,6 +10,11 @@ setup(
     version='0.1.0',
     packages=[
         package_name,
+        f'{package_name}.core',
+        f'{package_name}.model',
+        f'{package_name}.map',
+        f'{package_name}.ros',
+        f'{package_name}.tools',
         f'{package_name}.sim',
         f'{package_name}.training',
     ],
@@ -31,8 +36,8 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'vpr_node = vpr_ros.node:main',
-            'vpr-play = vpr_ros.bag_player:main',
+            'vpr_node = vpr_ros.ros.node:main',
+            'vpr-play = vpr_ros.ros.bag_player:main',
             'vpr-sim = vpr_ros.sim.cli:main',
             'vpr-extract-bag = vpr_ros.training.extract_bag:main',
             'vpr-labels = vpr_ros.training.labels:main',

@@ -80,7 +80,7 @@ class ImageSequence:
 
     def pose(self, i: int):
         """Pose of frame i as a vpr_ros Pose (imported here so the data needs no vpr_ros)."""
-        from vpr_ros.pose_buffer import Pose
+        from vpr_ros.core.pose_buffer import Pose
         return Pose.from_vector(int(self.stamps_ns[i]), self.poses[i])
 
     def overlap(self, i: int, j: int) -> float:

@@ -1,7 +1,7 @@
 """
 Helpers for tests of `vpr_node` over real DDS: the node in a subprocess, a client in pytest.
 
-`NodeProcess` starts `python -m vpr_ros.node` with a params file and remaps every output
+`NodeProcess` starts `python -m vpr_ros.ros.node` with a params file and remaps every output
 under a prefix (so two nodes of one module never hear each other) and the node's name (so its
 services are `/<name>/save_map`...). `Client` is an rclpy node in the test process, with its own
 context and a background executor, that publishes images and poses and records what the node
@@ -54,7 +54,7 @@ class NodeProcess:
         with open(self.params_file, 'w') as f:
             yaml.safe_dump({'/**': {'ros__parameters': self.params}}, f)
         self.log_path = os.path.join(tmp_dir, f'{name}.log')
-        args = [sys.executable, '-m', 'vpr_ros.node', '--ros-args',
+        args = [sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args',
                 '--params-file', self.params_file, '-r', f'__node:={name}']
         for topic in OUTPUTS:
             args += ['-r', f'{topic}:={self.topic(topic)}']
@@ -107,7 +107,7 @@ def run_to_exit(params: dict, tmp_dir: str, name: str, timeout: float = 120.0
     path = os.path.join(tmp_dir, f'{name}.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump({'/**': {'ros__parameters': params}}, f)
-    return subprocess.run([sys.executable, '-m', 'vpr_ros.node', '--ros-args', '--params-file',
+    return subprocess.run([sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '--params-file',
                            path, '-r', f'__node:={name}'], env=node_env(), capture_output=True,
                           text=True, timeout=timeout)
 

@@ -44,7 +44,7 @@ def write_image_bag(path: str, n: int, storage: StoragePlugin, with_header: bool
 
 def play_and_collect(node, args: list[str], got: list, n: int) -> str:
     """Run vpr-play with args, spin node until it exits and n messages are in; its output."""
-    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.bag_player', *args],
+    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.ros.bag_player', *args],
                             env=os.environ.copy(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     end = time.monotonic() + 60

@@ -17,7 +17,7 @@ from vpr_ros.training.dataset import (
     write_index,
 )
 
-from vpr_ros.errors import VPRError
+from vpr_ros.core.errors import VPRError
 
 
 def _poses(n: int, seed: int = 0) -> np.ndarray:
@@ -141,7 +141,7 @@ def test_load_image_skips_and_counts(tmp_path) -> None:
 
 
 def test_image_dataset_skips_unreadable(tmp_path) -> None:
-    pytest.importorskip('vpr_ros.preprocess')
+    pytest.importorskip('vpr_ros.core.preprocess')
     import torch
 
     names = _write_images(tmp_path / 'images', 6)
@@ -167,7 +167,7 @@ def test_image_dataset_skips_unreadable(tmp_path) -> None:
 
 
 def test_real_jpegs_through_an_index(tmp_path, corridor_dir) -> None:
-    pytest.importorskip('vpr_ros.preprocess')
+    pytest.importorskip('vpr_ros.core.preprocess')
     ref = os.path.join(corridor_dir, 'ref')
     names = sorted(os.listdir(ref))[:8]
     idx = str(tmp_path / 'corridor_ref.json')

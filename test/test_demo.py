@@ -22,7 +22,7 @@ RECALL_FLOOR = 0.8
 
 def test_demo_publishes_correct_loop_closures(tmp_path) -> None:
     out = tmp_path / 'demo'
-    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.demo', '--out', str(out)],
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.tools.demo', '--out', str(out)],
                           env=os.environ.copy(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / 'demo_summary.json').read_text())
@@ -35,7 +35,7 @@ def test_demo_publishes_correct_loop_closures(tmp_path) -> None:
 
 
 def test_param_overrides_come_last() -> None:
-    from vpr_ros.demo import node_command, parse_args
+    from vpr_ros.tools.demo import node_command, parse_args
 
     cmd = node_command(parse_args(['--param', 'geometric_verification:=false',
                                    '--param', 'exclusion_window_s:=5.0']), '/tmp/m')
@@ -51,7 +51,7 @@ def test_demo_on_a_given_bag_with_posestamped(tmp_path) -> None:
     paths = default_dataset()
     bag = paths.bags[paths.names.index('evening')]
     out = tmp_path / 'demo'
-    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.demo', '--bag', bag,
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.tools.demo', '--bag', bag,
                            '--pose-topic', GT_TOPIC, '--pose-type', 'PoseStamped',
                            '--max-frames', '30', '--out', str(out)],
                           env=os.environ.copy(), capture_output=True, text=True, timeout=600)

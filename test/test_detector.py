@@ -9,11 +9,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from image_sequences import make_sequence  # noqa: E402
 
-from vpr_ros.detector import Candidate, DetectorConfig, FrameResult, LoopDetector  # noqa: E402
-from vpr_ros.encoder import build_encoder  # noqa: E402
-from vpr_ros.errors import ImageError, VPRError  # noqa: E402
-from vpr_ros.place_map import PlaceMap  # noqa: E402
-from vpr_ros.verification import Features  # noqa: E402
+from vpr_ros.core.detector import Candidate, DetectorConfig, FrameResult, LoopDetector  # noqa: E402
+from vpr_ros.core.errors import ImageError, VPRError  # noqa: E402
+from vpr_ros.core.verification import Features  # noqa: E402
+from vpr_ros.map.place_map import PlaceMap  # noqa: E402
+from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 S = 1_000_000_000
 

@@ -10,11 +10,11 @@ import skimage.data
 import torch
 import torchvision
 
-from vpr_ros import encoder as encoder_mod
-from vpr_ros.encoder import build_encoder, Encoder, GeM, ModelSpec, VPRNet
-from vpr_ros.errors import ModelFileError, VPRError
-from vpr_ros.preprocess import preprocess
-from vpr_ros.whitening import apply_whitening, fit_pca_whitening
+from vpr_ros.core.errors import ModelFileError, VPRError
+from vpr_ros.core.preprocess import preprocess
+from vpr_ros.model import encoder as encoder_mod
+from vpr_ros.model.encoder import build_encoder, Encoder, GeM, ModelSpec, VPRNet
+from vpr_ros.model.whitening import apply_whitening, fit_pca_whitening
 
 torch.set_num_threads(2)
 
@@ -230,7 +230,7 @@ def test_local_backbone_checkpoint(tmp_path) -> None:
 
 
 def test_build_encoder_at_another_input_size(default_encoder: Encoder, images: list) -> None:
-    from vpr_ros.preprocess import preprocess_batch
+    from vpr_ros.core.preprocess import preprocess_batch
 
     enc = build_encoder('', device='cpu', image_size=(96, 128))
     assert enc.spec.image_size == (96, 128)

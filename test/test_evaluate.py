@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from vpr_ros.training.dataset import write_index
 from vpr_ros.training.evaluate import evaluate, psi_positives, read_folder_pair
 
-from vpr_ros.fov import fov_overlap_many
+from vpr_ros.core.fov import fov_overlap_many
 
 
 def _png_ok(path):

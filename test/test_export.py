@@ -9,9 +9,9 @@ from vpr_ros.training.export import main as export_main
 from vpr_ros.training.synthetic import make_synthetic_garden
 from vpr_ros.training.train import main as train_main
 
-from vpr_ros.encoder import build_encoder, Encoder
-from vpr_ros.model_file import load_model
-from vpr_ros.whitening import apply_whitening
+from vpr_ros.model.encoder import build_encoder, Encoder
+from vpr_ros.model.model_file import load_model
+from vpr_ros.model.whitening import apply_whitening
 
 
 @pytest.fixture(scope='module')

@@ -6,8 +6,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 import shapely
 
-from vpr_ros.errors import VPRError
-from vpr_ros.fov import enclosing_circle, fov_overlap, fov_overlap_many, yaw_from_quaternion
+from vpr_ros.core.errors import VPRError
+from vpr_ros.core.fov import enclosing_circle, fov_overlap, fov_overlap_many, yaw_from_quaternion
 
 D = math.radians
 

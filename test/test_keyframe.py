@@ -2,8 +2,8 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.keyframe import KeyframePolicy
-from vpr_ros.pose_buffer import Pose
+from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.pose_buffer import Pose
 
 S = 1_000_000_000
 

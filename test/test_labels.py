@@ -17,8 +17,8 @@ from vpr_ros.training.labels import (
     read_label_meta,
 )
 
-from vpr_ros.errors import VPRError
-from vpr_ros.fov import fov_overlap
+from vpr_ros.core.errors import VPRError
+from vpr_ros.core.fov import fov_overlap
 
 
 def _poses(xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:

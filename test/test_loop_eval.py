@@ -2,7 +2,7 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.loop_eval import evaluate_loops, GroundTruth, plot_report
+from vpr_ros.tools.loop_eval import evaluate_loops, GroundTruth, plot_report
 
 
 def circle_twice(n_per_lap: int = 100, radius_m: float = 10.0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Tests for the retrieval metrics: hand-worked cases and a reference re-implementation."""
 import numpy as np
 import pytest
-from vpr_ros.training.metrics import (
+
+from vpr_ros.core.metrics import (
     average_precision,
     count_without_positive,
     evaluate_descriptors,

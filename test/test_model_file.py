@@ -7,10 +7,10 @@ import pytest
 import skimage.data
 import torch
 
-from vpr_ros.encoder import build_encoder, Encoder, ModelSpec, VPRNet
-from vpr_ros.errors import ModelFileError
-from vpr_ros.model_file import file_fingerprint, load_model, save_model
-from vpr_ros.whitening import fit_pca_whitening
+from vpr_ros.core.errors import ModelFileError
+from vpr_ros.model.encoder import build_encoder, Encoder, ModelSpec, VPRNet
+from vpr_ros.model.model_file import file_fingerprint, load_model, save_model
+from vpr_ros.model.whitening import fit_pca_whitening
 
 torch.set_num_threads(2)
 PROVENANCE = {'loss': 'gcl', 'data': 'tb-places/w17', 'metrics': {'R@1': 0.71, 'R@5': [0.9]},

@@ -7,8 +7,8 @@ import pytest
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CompressedImage, Image
 
-from vpr_ros.errors import ImageError, PoseError
-from vpr_ros.msg_convert import (
+from vpr_ros.core.errors import ImageError, PoseError
+from vpr_ros.core.msg_convert import (
     any_image_from_msg,
     compressed_from_msg,
     image_from_msg,

@@ -8,7 +8,7 @@ from vpr_ros.training.export import main as export_main
 from vpr_ros.training.synthetic import make_synthetic_garden
 from vpr_ros.training.train import main as train_main
 
-from vpr_ros.model_file import file_fingerprint
+from vpr_ros.model.model_file import file_fingerprint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from image_sequences import make_sequence  # noqa: E402
 from ros_fixtures import Client, NodeProcess, rows, stream  # noqa: E402
 
-from vpr_ros.node import MATCH_COLUMNS  # noqa: E402
+from vpr_ros.ros.node import MATCH_COLUMNS  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 EXCLUSION_S = 30.0

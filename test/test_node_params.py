@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ros_fixtures import run_to_exit  # noqa: E402
 
-from vpr_ros.node_params import BY_NAME, descriptor, ParamError, Params, SPECS, validate, yaml_text  # noqa: E402
-from vpr_ros.node_worker import DropOldestQueue, RateMeter, RollingStats  # noqa: E402
+from vpr_ros.ros.params import BY_NAME, descriptor, ParamError, Params, SPECS, validate, yaml_text  # noqa: E402
+from vpr_ros.ros.worker import DropOldestQueue, RateMeter, RollingStats  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

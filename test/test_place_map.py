@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from vpr_ros.errors import MapError, MapMismatchError
-from vpr_ros.place_map import KeyframeRecord, PlaceMap
+from vpr_ros.core.errors import MapError, MapMismatchError
+from vpr_ros.map.place_map import KeyframeRecord, PlaceMap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FP = 'a' * 64
@@ -258,7 +258,7 @@ def test_missing_map_is_an_error(tmp_path) -> None:
 CHILD = r'''
 import sys, time
 import numpy as np
-from vpr_ros import place_map
+from vpr_ros.map import place_map
 stage, d = sys.argv[1], sys.argv[2]
 m = place_map.PlaceMap.load(d, sys.argv[3], 64)
 rng = np.random.default_rng(5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.errors import PoseError
-from vpr_ros.pose_buffer import Pose, PoseBuffer
+from vpr_ros.core.errors import PoseError
+from vpr_ros.core.pose_buffer import Pose, PoseBuffer
 
 S = 1_000_000_000
 

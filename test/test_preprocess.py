@@ -7,8 +7,14 @@ import pytest
 import skimage.data
 import torch
 
-from vpr_ros.errors import ImageError
-from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, preprocess_batch, to_rgb
+from vpr_ros.core.errors import ImageError
+from vpr_ros.core.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    preprocess,
+    preprocess_batch,
+    to_rgb,
+)
 
 SIZE = (96, 128)
 

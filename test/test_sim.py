@@ -126,7 +126,7 @@ def test_bag_and_folder_agree(small_set):
 
 
 def test_loop_has_a_revisit(small_set):
-    fov = pytest.importorskip('vpr_ros.fov', reason='vpr_ros.fov is not written yet')
+    fov = pytest.importorskip('vpr_ros.core.fov', reason='vpr_ros.core.fov is not written yet')
     _, poses = _index(small_set.indices[0])
     xy, yaw = poses[:, :2], fov.yaw_from_quaternion(poses[:, 3:])
     best = 0.0

@@ -21,7 +21,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_train_demo_reduced(tmp_path, repo_root) -> None:
-    from vpr_ros.encoder import build_encoder
+    from vpr_ros.model.encoder import build_encoder
 
     corridor = os.path.join(os.path.dirname(repo_root), 'shared', 'data', 'corridor')
     corridor = corridor if os.path.isdir(corridor) else ''

@@ -9,8 +9,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from image_sequences import photo, unrelated_photos  # noqa: E402
 
-from vpr_ros.errors import ImageError, VPRError  # noqa: E402
-from vpr_ros.verification import (  # noqa: E402
+from vpr_ros.core.errors import ImageError, VPRError  # noqa: E402
+from vpr_ros.core.verification import (  # noqa: E402
     Features,
     features_from_bytes,
     features_to_bytes,

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.atomic_io import write_atomic
-from vpr_ros.errors import VPRError
+from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.errors import VPRError
 
 _LOG = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class TraverseImages:
     poses line up even though unreadable images are left out: `valid` lists the indices served,
     `skipped` the ones dropped up front. An image that breaks later (truncated data that passed
     the header check) is replaced by the next valid one, and its own index is returned with it.
-    Preprocessing is the shared `vpr_ros.preprocess.preprocess`, the one node and eval use.
+    Preprocessing is the shared `vpr_ros.core.preprocess.preprocess`, the one node and eval use.
     """
 
     def __init__(self, traverses: Traverse | Sequence[Traverse] | Sequence[str],
@@ -256,7 +256,7 @@ class TraverseImages:
 
     def __getitem__(self, k: int):
         """(preprocessed image, index in the image list) for the k-th readable image."""
-        from vpr_ros.preprocess import preprocess  # lazy: keeps this module importable alone
+        from vpr_ros.core.preprocess import preprocess  # lazy: keeps this module importable alone
 
         n = len(self.valid)
         if n == 0:

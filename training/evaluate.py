@@ -6,7 +6,7 @@ the built-in ImageNet MobileNetV2-GeM encoder is always evaluated alongside the 
 Two dataset layouts are read:
 
 * TB-Places-style traverses (``--map INDEX.json ... --query INDEX.json ...``): a retrieved map
-  image is a hit when the 2D field-of-view overlap ψ with the query is > 0.5 (``vpr_ros.fov``,
+  image is a hit when the 2D field-of-view overlap ψ with the query is > 0.5 (``vpr_ros.core.fov``,
   the GCL paper's graded similarity) or, with ``--hit distance``, when it lies within
   ``--max-dist`` metres.
 * A reference/query folder pair with a CSV listing the correct references of each query
@@ -28,9 +28,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 from tqdm import tqdm
-from vpr_ros.training.metrics import DEFAULT_KS, evaluate_descriptors, positives_from_distance
 
-from vpr_ros.fov import enclosing_circle, fov_overlap_many, yaw_from_quaternion
+from vpr_ros.core.fov import enclosing_circle, fov_overlap_many, yaw_from_quaternion
+from vpr_ros.core.metrics import DEFAULT_KS, evaluate_descriptors, positives_from_distance
 
 DEFAULT_MODEL_NAME = 'imagenet-mobilenetv2-gem'
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -206,7 +206,9 @@ def _resolve_models(models: Sequence[Any], include_default: bool, device: str
                     ) -> list[tuple[str, str, Any]]:
     """(row name, source, encoder) per model; str paths are loaded, encoders used as they are."""
     def build_encoder(path: str, device: str):
-        from vpr_ros.encoder import build_encoder as build  # torch only when a file is asked for
+        from vpr_ros.model.encoder import (
+            build_encoder as build,  # torch only when a file is asked for
+        )
         return build(path, device=device)
 
     items: list[tuple[str, str, Any]] = []
@@ -325,7 +327,7 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
         rows.append({'name': name, 'whitened': False, **base,
                      **evaluate_descriptors(qd, md, positives, ks)})
         if whiten_dim:
-            from vpr_ros.whitening import apply_whitening, fit_pca_whitening
+            from vpr_ros.model.whitening import apply_whitening, fit_pca_whitening
             dim = int(min(whiten_dim, md.shape[1], max(len(md) - 1, 1)))
             mean, proj = fit_pca_whitening(md, dim)
             mw, qw = apply_whitening(md, mean, proj), apply_whitening(qd, mean, proj)

@@ -3,8 +3,8 @@
 
 Reads ``best.pt`` (or any ``vpr-train`` checkpoint), rebuilds the `VPRNet` from its spec, can
 attach PCA whitening fitted on the map descriptors of given traverses (as the GCL evaluation
-does), and writes the one model file through `vpr_ros.model_file.save_model`, with provenance:
-loss, training data, validation metrics, date and git commit. The node then loads it with
+does), and writes the one model file through `vpr_ros.model.model_file.save_model`, with
+provenance: loss, training data, validation metrics, date and git commit. The node then loads it with
 ``build_encoder(path)``, so whatever the node embeds went through the same network and the same
 preprocessing as training and evaluation.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from vpr_ros.training.train import BEST, CHECKPOINT, load_traverses
 
-from vpr_ros.encoder import Encoder, ModelSpec, VPRNet
-from vpr_ros.errors import VPRError
-from vpr_ros.model_file import save_model
+from vpr_ros.core.errors import VPRError
+from vpr_ros.model.encoder import Encoder, ModelSpec, VPRNet
+from vpr_ros.model.model_file import save_model
 
 
 def git_commit(path: str | None = None) -> str | None:
@@ -95,7 +95,7 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
     if whiten_dim:
         if not whiten_map:
             raise VPRError('--whiten-dim needs --whiten-map traverses to fit on')
-        from vpr_ros.whitening import fit_pca_whitening
+        from vpr_ros.model.whitening import fit_pca_whitening
 
         paths = [p for t in load_traverses(data_root, whiten_map) for p in t.image_paths]
         descs = map_descriptors(net, paths, device)

@@ -3,8 +3,9 @@
 
 Robots record images and odometry as bags, while training and ``vpr-eval`` read TB-Places-style
 folders (images + a JSON index of 7-vector poses). This tool bridges the two with the same pose
-interpolation (:class:`vpr_ros.pose_buffer.PoseBuffer`) and keyframe sampling
-(:class:`vpr_ros.keyframe.KeyframePolicy`) the live node uses, so a map built offline matches what
+interpolation (:class:`vpr_ros.core.pose_buffer.PoseBuffer`) and keyframe sampling
+(:class:`vpr_ros.core.keyframe.KeyframePolicy`)
+the live node uses, so a map built offline matches what
 the node would have stored. rosbag2 (sqlite3, mcap) and ROS 1 bags are read through
 ``rosbags.highlevel.AnyReader``; images are decoded with ``rosbags-image``.
 
@@ -29,8 +30,8 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 from vpr_ros.training.dataset import write_index
 
-from vpr_ros.keyframe import KeyframePolicy
-from vpr_ros.pose_buffer import Pose, PoseBuffer
+from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.pose_buffer import Pose, PoseBuffer
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'nav_msgs/msg/Odometry',

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vpr_ros.encoder import VPRNet
+from vpr_ros.model.encoder import VPRNet
 
 
 def prefix_shape(net: VPRNet, cut: int, size_hw: Sequence[int]) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
 """
-Graded similarity labels ψ (2D FoV overlap, vpr_ros.fov) for image pairs, and `vpr-labels`.
+Graded similarity labels ψ (2D FoV overlap, vpr_ros.core.fov) for image pairs, and `vpr-labels`.
 
 Strong labels come from 6DOF poses (TB-Places indices, θ = 90°, r = 3.5 m); weak labels from
 GPS/UTM east, north and a compass heading (θ = 90°, r = 50 m), read from a CSV with the header
@@ -7,9 +7,9 @@ columns `easting,northing,heading_deg` (heading in degrees clockwise from north;
 ignored) or from an MSLS-style index with "loc".
 
 Only pairs whose sectors can overlap are computed: each sector fits in a circle of radius ρ
-(`vpr_ros.fov.enclosing_circle`, ρ = r/√2 for θ = 90°), so a KD-tree ball query of 2ρ around those
-circle centres finds every candidate, and ψ is computed exactly with numpy on chunks of candidate
-pairs: never a loop over n² pairs, memory bounded by the chunk size.
+(`vpr_ros.core.fov.enclosing_circle`, ρ = r/√2 for θ = 90°), so a KD-tree ball query of 2ρ
+around those circle centres finds every candidate, and ψ is computed exactly with numpy on
+chunks of candidate pairs: never a loop over n² pairs, memory bounded by the chunk size.
 
 The file (`.npz`) holds int32 `i`, `j` and float32 `psi` for the pairs with ψ > 0 only; every pair
 not stored has ψ = 0 (the hard negatives). Since every camera uses the same θ and r, area(Si) =
@@ -36,8 +36,8 @@ from vpr_ros.training.dataset import (
     Traverse,
 )
 
-from vpr_ros.errors import VPRError
-from vpr_ros.fov import (
+from vpr_ros.core.errors import VPRError
+from vpr_ros.core.fov import (
     DEFAULT_FOV_DEG,
     DEFAULT_RADIUS_M,
     enclosing_circle,
@@ -138,7 +138,7 @@ def compute_pairs(xy_rows: np.ndarray, yaw_rows: np.ndarray, xy_cols: np.ndarray
 def brute_force_pairs(xy_rows, yaw_rows, xy_cols=None, yaw_cols=None,
                       fov_deg: float = DEFAULT_FOV_DEG, radius: float = DEFAULT_RADIUS_M):
     """Compute (i, j, ψ) by a plain double loop over fov_overlap: the reference for tests."""
-    from vpr_ros.fov import fov_overlap
+    from vpr_ros.core.fov import fov_overlap
 
     within = xy_cols is None
     xy_c = xy_rows if within else xy_cols

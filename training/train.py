@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 from vpr_ros.training.losses import DEFAULT_MARGIN, PairLoss
 from vpr_ros.training.pairs import PairImages, PairSampler
 
-from vpr_ros.atomic_io import write_atomic
-from vpr_ros.encoder import ModelSpec, VPRNet
-from vpr_ros.errors import VPRError
+from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.errors import VPRError
+from vpr_ros.model.encoder import ModelSpec, VPRNet
 
 CHECKPOINT = 'checkpoint.pt'
 BEST = 'best.pt'
@@ -249,7 +249,7 @@ class ValSet:
 
     def evaluate(self, net, device, batch: int = 64, workers: int = 0) -> dict:
         """R@1/5/10 (and the rest of metrics.evaluate_descriptors) of net on this set."""
-        from vpr_ros.training.metrics import evaluate_descriptors
+        from vpr_ros.core.metrics import evaluate_descriptors
 
         was = net.training
         net.eval()

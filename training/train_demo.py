@@ -30,7 +30,7 @@ from typing import Sequence
 
 from vpr_ros.training.train_demo_report import format_table, plot_report, summarize
 
-from vpr_ros.errors import VPRError
+from vpr_ros.core.errors import VPRError
 from vpr_ros.sim.dataset import DatasetPaths, load_paths, TraverseConfig
 
 FIGURE8_REVERSED = ('S', 'SW', 'W', 'C', 'E', 'NE', 'N', 'C', 'S', 'SW')
@@ -161,7 +161,7 @@ def export_once(run_dir: str, model: str, whiten_dim: int, whiten_map: Sequence[
     from vpr_ros.training.export import export_model
     from vpr_ros.training.train import BEST
 
-    from vpr_ros.model_file import load_model_and_fingerprint
+    from vpr_ros.model.model_file import load_model_and_fingerprint
 
     best = os.path.join(run_dir, BEST)
     if os.path.isfile(model) and os.path.getmtime(model) >= os.path.getmtime(best):
@@ -199,7 +199,7 @@ def evaluate_models(model: str, data_root: str, corridor: str, out: str, split: 
 
 def run_demos(model: str, out: str, max_frames: int) -> dict[str, dict]:
     """Run the make-demo flow once with the built-in model and once with the trained one."""
-    from vpr_ros.demo import parse_args, run_demo
+    from vpr_ros.tools.demo import parse_args, run_demo
 
     runs = {}
     for name, path in (('default', ''), ('trained', model)):

@@ -7,7 +7,7 @@ It is fitted on descriptors (e.g. the map's) and then applied, or attached to a 
 """
 import numpy as np
 
-from vpr_ros.errors import VPRError
+from vpr_ros.core.errors import VPRError
 
 
 def fit_pca_whitening(descs: np.ndarray, out_dim: int,

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from vpr_ros.errors import VPRError
-from vpr_ros.keyframe import KeyframePolicy
-from vpr_ros.pose_buffer import Pose
-from vpr_ros.verification import Features, GeometricVerifier
+from vpr_ros.core.errors import VPRError
+from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.pose_buffer import Pose
+from vpr_ros.core.verification import Features, GeometricVerifier
 
 _LOG = logging.getLogger(__name__)
 

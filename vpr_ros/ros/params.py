@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from vpr_ros.detector import DEFAULT_SCORE_THRESHOLD, DetectorConfig
+from vpr_ros.core.detector import DEFAULT_SCORE_THRESHOLD, DetectorConfig
 
 
 class ParamError(ValueError):
@@ -300,7 +300,7 @@ def declare_all(node) -> Params:
 
 def yaml_text() -> str:
     """config/vpr.yaml generated from the table (the test compares the shipped file)."""
-    lines = ['# vpr_node parameters (generated from vpr_ros/node_params.py; descriptions and',
+    lines = ['# vpr_node parameters (generated from vpr_ros/ros/params.py; descriptions and',
              '# ranges: `ros2 param describe /vpr_node <name>` or README.md).',
              '/**:', '  ros__parameters:']
     for s in SPECS:

@@ -70,7 +70,7 @@ def _rows(msg: object) -> np.ndarray:
 def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
     """vpr_node with the shipped config, the demo's overrides, then the user's --param ones."""
     params = os.path.join(REPO_CONFIG, 'vpr.yaml')
-    cmd = [sys.executable, '-m', 'vpr_ros.node', '--ros-args', '--params-file', params,
+    cmd = [sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '--params-file', params,
            '-p', f'camera_topic:={args.image_topic}',
            '-p', f'image_transport:={args.transport}',
            '-p', f'pose_topic:={args.pose_topic}', '-p', f'pose_type:={args.pose_type}',
@@ -117,9 +117,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     """Run the pipeline once; return the summary (also written to OUT/demo_summary.json)."""
     import rclpy
 
-    from vpr_ros.bag_player import play
-    from vpr_ros.loop_eval import evaluate_loops, GroundTruth, plot_report
+    from vpr_ros.ros.bag_player import play
     from vpr_ros.sim.writers import read_bag_poses
+    from vpr_ros.tools.loop_eval import evaluate_loops, GroundTruth, plot_report
 
     os.makedirs(args.out, exist_ok=True)
     bag, gt_topic = (args.bag, args.gt_topic or args.pose_topic) if args.bag else default_bag()

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from vpr_ros.errors import ImageError
+from vpr_ros.core.errors import ImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

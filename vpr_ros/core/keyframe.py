@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from vpr_ros.pose_buffer import Pose
+from vpr_ros.core.pose_buffer import Pose
 
 REASON_FIRST = 'first'
 REASON_TIME_RESET = 'time_reset'

@@ -1,9 +1,10 @@
 """
-Atomic file writes: one definition for model files, dataset indices and checkpoints.
+Atomic file writes and file hashes: one definition for maps, models, indices and checkpoints.
 
 Temp file in the target's directory, fsync, rename, fsync of the directory: a crash or a kill
 leaves either the old file or the new one, never half a file.
 """
+import hashlib
 import os
 import tempfile
 
@@ -39,3 +40,12 @@ def write_atomic(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weights files and map files can be large)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()

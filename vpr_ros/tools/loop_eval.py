@@ -2,7 +2,7 @@
 Score published loop closures against ground-truth poses, and draw the report a person reads.
 
 A candidate (query stamp, match stamp) is correct when the two cameras' 2D field-of-view overlap
-ψ (vpr_ros.fov, the same definition training uses) exceeds 0.5 at their ground-truth poses. A
+ψ (vpr_ros.core.fov, the same definition training uses) exceeds 0.5 at their ground-truth poses. A
 query *could* close a loop when some earlier frame, outside the exclusion window, has ψ > 0.5
 with it: recall is counted over those queries.
 """
@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from vpr_ros.fov import (
+from vpr_ros.core.fov import (
     DEFAULT_FOV_DEG,
     DEFAULT_RADIUS_M,
     enclosing_circle,
     fov_overlap_many,
     yaw_from_quaternion,
 )
-from vpr_ros.pose_buffer import PoseBuffer
-from vpr_ros.training.metrics import average_precision, precision_recall_curve
+from vpr_ros.core.metrics import average_precision, precision_recall_curve
+from vpr_ros.core.pose_buffer import PoseBuffer
 
 
 @dataclass

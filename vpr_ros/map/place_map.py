@@ -42,7 +42,7 @@ import urllib.parse
 import faiss
 import numpy as np
 
-from vpr_ros.errors import MapError, MapMismatchError
+from vpr_ros.core.errors import MapError, MapMismatchError
 
 FORMAT_VERSION = 1
 INDEX_FILE = 'index.faiss'

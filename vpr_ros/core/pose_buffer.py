@@ -17,7 +17,7 @@ import math
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from vpr_ros.errors import PoseError
+from vpr_ros.core.errors import PoseError
 
 _LOG = logging.getLogger(__name__)
 

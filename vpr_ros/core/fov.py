@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.errors import VPRError
+from vpr_ros.core.errors import VPRError
 
 DEFAULT_FOV_DEG = 90.0
 DEFAULT_RADIUS_M = 3.5

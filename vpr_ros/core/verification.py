@@ -18,7 +18,7 @@ import struct
 import cv2
 import numpy as np
 
-from vpr_ros.errors import ImageError, VPRError
+from vpr_ros.core.errors import ImageError, VPRError
 
 FEATURE_TYPES = ('orb', 'sift')
 METHODS = ('fundamental', 'essential')

@@ -20,8 +20,8 @@ from torch import nn
 import torch.nn.functional as F  # noqa: N812
 import torchvision
 
-from vpr_ros.errors import ModelFileError, VPRError
-from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_batch
+from vpr_ros.core.errors import ModelFileError, VPRError
+from vpr_ros.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_batch
 
 BACKBONES = ('mobilenet_v2', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
              'densenet121', 'densenet161')
@@ -422,7 +422,7 @@ def build_encoder(model_path: str = '', device: str = 'auto', batch_size: int = 
         net, fingerprint = default_net()
     else:
         # Imported here: model_file imports this module.
-        from vpr_ros.model_file import load_model_and_fingerprint
+        from vpr_ros.model.model_file import load_model_and_fingerprint
         net, _, fingerprint = load_model_and_fingerprint(model_path)
     if image_size is not None:
         size = tuple(int(v) for v in image_size)

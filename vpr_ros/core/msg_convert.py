@@ -14,7 +14,7 @@ import numpy as np
 from rosbags.image import ImageError as RosbagsImageError
 from rosbags.image.image import convert_color, to_cvtype
 
-from vpr_ros.errors import ImageError, PoseError
+from vpr_ros.core.errors import ImageError, PoseError
 
 # Encodings the core takes as they are (see preprocess.to_rgb); others are converted to rgb8.
 CORE_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')

@@ -35,10 +35,10 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 
-from vpr_ros.errors import ImageError, MapError, ModelFileError, VPRError
-from vpr_ros.msg_convert import any_image_from_msg, pose_from_msg, stamp_ns, stamp_s
-from vpr_ros.node_params import BY_NAME, declare_all, ParamError, Params, validate
-from vpr_ros.node_worker import DropOldestQueue, RateMeter, RollingStats
+from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
+from vpr_ros.core.msg_convert import any_image_from_msg, pose_from_msg, stamp_ns, stamp_s
+from vpr_ros.ros.params import BY_NAME, declare_all, ParamError, Params, validate
+from vpr_ros.ros.worker import DropOldestQueue, RateMeter, RollingStats
 
 MATCH_COLUMNS = 'query_stamp,match_stamp,score,match_id,query_id'
 STATUS_COLUMNS = 'query_stamp,query_id,is_keyframe,candidates,core_ms,node_ms,dropped'
@@ -148,10 +148,10 @@ class VprNode(Node):
     # ------------------------------------------------------------------ set-up
     def _build_core(self, p: Params) -> None:
         """Build encoder, map and detector; each failure names the parameter to change."""
-        from vpr_ros.detector import LoopDetector
-        from vpr_ros.encoder import build_encoder
-        from vpr_ros.place_map import map_exists, PlaceMap
-        from vpr_ros.pose_buffer import PoseBuffer
+        from vpr_ros.core.detector import LoopDetector
+        from vpr_ros.core.pose_buffer import PoseBuffer
+        from vpr_ros.map.place_map import map_exists, PlaceMap
+        from vpr_ros.model.encoder import build_encoder
 
         size = tuple(p.image_size)
         try:

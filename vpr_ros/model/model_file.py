@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from vpr_ros.atomic_io import write_atomic
-from vpr_ros.encoder import ModelSpec, VPRNet
-from vpr_ros.errors import ModelFileError, VPRError
+from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.errors import ModelFileError, VPRError
+from vpr_ros.model.encoder import ModelSpec, VPRNet
 
 FORMAT = 'vpr_ros.model'
 VERSION = 1

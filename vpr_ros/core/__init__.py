@@ -1,0 +1,1 @@
+"""core layer of vpr_ros (see doc/ARCHITECTURE.md)."""

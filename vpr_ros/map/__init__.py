@@ -1,0 +1,1 @@
+"""map layer of vpr_ros (see doc/ARCHITECTURE.md)."""

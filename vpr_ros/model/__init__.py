@@ -1,0 +1,1 @@
+"""model layer of vpr_ros (see doc/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""ros layer of vpr_ros (see doc/ARCHITECTURE.md)."""

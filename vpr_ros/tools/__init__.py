@@ -1,0 +1,1 @@
+"""tools layer of vpr_ros (see doc/ARCHITECTURE.md)."""
