@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'test'))
 
 from image_sequences import make_sequence  # noqa: E402
 
-from vpr_ros.detector import DetectorConfig, LoopDetector  # noqa: E402
-from vpr_ros.encoder import build_encoder  # noqa: E402
-from vpr_ros.place_map import PlaceMap  # noqa: E402
-from vpr_ros.preprocess import preprocess_batch  # noqa: E402
+from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
+from vpr_ros.core.preprocess import preprocess_batch  # noqa: E402
+from vpr_ros.map.place_map import PlaceMap  # noqa: E402
+from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 GOAL = 1.15
 S = 1_000_000_000

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vpr_ros.place_map import PlaceMap  # noqa: E402
+from vpr_ros.map.place_map import PlaceMap  # noqa: E402
 
 GOAL_MS = 2.0
 GOAL_RECALL = 0.99

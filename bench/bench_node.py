@@ -45,7 +45,7 @@ def start_node(tmp: str, name: str, params: dict) -> subprocess.Popen:
     log = open(os.path.join(tmp, f'{name}.log'), 'w')
     env = os.environ.copy()
     env['PYTHONUNBUFFERED'] = '1'
-    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.node', '--ros-args',
+    proc = subprocess.Popen([sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args',
                              '--params-file', path, '-r', f'__node:={name}'],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name

@@ -27,7 +27,7 @@ from vpr_ros.training.losses import PairLoss
 from vpr_ros.training.pairs import PairImages, PairSampler
 from vpr_ros.training.synthetic import make_synthetic_garden
 
-from vpr_ros.encoder import ModelSpec, VPRNet
+from vpr_ros.model.encoder import ModelSpec, VPRNet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
