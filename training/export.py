@@ -4,7 +4,8 @@
 Reads ``best.pt`` (or any ``vpr-train`` checkpoint), rebuilds the `VPRNet` from its spec, can
 attach PCA whitening fitted on the map descriptors of given traverses (as the GCL evaluation
 does), and writes the one model file through `vpr_ros.model.model_file.save_model`, with
-provenance: loss, training data, validation metrics, date and git commit. The node then loads it with
+provenance: loss, training data, validation metrics, date and git commit.
+The node then loads it with
 ``build_encoder(path)``, so whatever the node embeds went through the same network and the same
 preprocessing as training and evaluation.
 """
