@@ -18,9 +18,6 @@ setup(
         f'{package_name}.sim',
         f'{package_name}.training',
     ],
-    # The top-level training/ directory is installed as vpr_ros.training, so nothing named
-    # plain `training` lands in site-packages.
-    package_dir={f'{package_name}.training': 'training'},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),
