@@ -1,0 +1,147 @@
+"""Tests for the calibrated operating point: hand-worked cases, ties, inliers, no positives."""
+import json
+
+import numpy as np
+import pytest
+
+from vpr_ros.core.calibration import calibrate, OperatingPoint, precision_recall
+from vpr_ros.core.errors import VPRError
+
+
+def _accepted(point, scores, inliers=None):
+    s = np.nan_to_num(np.asarray(scores, float), nan=-np.inf)
+    ok = s >= point.score_threshold
+    if inliers is not None:
+        ok &= np.asarray(inliers) >= point.min_inliers
+    return ok
+
+
+def test_hand_worked_precision_one():
+    # best-candidate scores, highest first: T T F T T F; one more query could close but got no
+    # candidate (NaN), one query could not close a loop at all.
+    scores = [0.95, 0.93, 0.90, 0.88, 0.85, 0.80, np.nan, 0.70]
+    correct = [1, 1, 0, 1, 1, 0, 0, 0]
+    can_close = [1, 1, 1, 1, 1, 1, 1, 0]
+    p = calibrate(scores, correct, can_close, data={'name': 'hand'})
+    # only 0.95 and 0.93 can be accepted without the false 0.90: recall 2 of 7 possible
+    assert p.precision == 1.0 and p.recall == pytest.approx(2 / 7)
+    assert p.score_threshold == pytest.approx((0.93 + 0.90) / 2)  # midway to the false one
+    assert p.min_inliers is None and p.n_queries == 8 and p.usable
+    assert p.data['name'] == 'hand' and p.data['n_possible'] == 7
+    assert p.data['n_accepted'] == 2 and p.data['n_false'] == 0
+    assert _accepted(p, scores).tolist() == [True, True] + [False] * 6
+
+
+def test_lower_target_precision_keeps_more_recall():
+    scores = [0.95, 0.93, 0.90, 0.88, 0.85, 0.80]
+    correct = [1, 1, 0, 1, 1, 0]
+    can_close = [1, 1, 1, 1, 1, 0]
+    p = calibrate(scores, correct, can_close, target_precision=0.8)
+    assert p.recall == pytest.approx(0.8) and p.precision == pytest.approx(0.8)
+    assert 0.80 < p.score_threshold < 0.85
+    assert calibrate(scores, correct, can_close, target_precision=1.0).recall == 0.4
+
+
+def test_ties_are_accepted_or_rejected_together():
+    # a true and a false candidate share the score 0.9: 0.9 can never be accepted at precision 1
+    scores = [0.95, 0.9, 0.9, 0.7]
+    correct = [1, 1, 0, 1]
+    p = calibrate(scores, correct)
+    assert p.recall == pytest.approx(1 / 4) and p.precision == 1.0
+    assert 0.9 < p.score_threshold < 0.95
+    # order of tied queries does not matter
+    q = calibrate([0.9, 0.9, 0.95, 0.7], [0, 1, 1, 1])
+    assert q.score_threshold == p.score_threshold and q.recall == p.recall
+    # tie among true ones only: all accepted, threshold midway to the next lower score
+    r = calibrate([0.9, 0.9, 0.8], [1, 1, 0])
+    assert r.recall == pytest.approx(2 / 3) and r.score_threshold == pytest.approx(0.85)
+
+
+def test_no_positive_accepts_nothing():
+    # no query could close a loop: every accepted candidate is false
+    p = calibrate([0.9, 0.8, np.nan], [0, 0, 0], [0, 0, 0])
+    assert p.recall == 0.0 and not p.usable and p.precision == 1.0
+    assert p.score_threshold > 0.9 and not _accepted(p, [0.9, 0.8, np.nan]).any()
+    assert p.data['n_possible'] == 0 and p.data['n_accepted'] == 0
+    # possible loops but the best-scoring candidate is wrong and the rest too
+    p = calibrate([0.99, 0.5], [0, 0], [1, 1])
+    assert p.recall == 0.0 and p.score_threshold > 0.99
+    # only NaN scores (no candidate at all)
+    p = calibrate([np.nan, np.nan], [0, 0], [1, 1])
+    assert p.recall == 0.0 and np.isfinite(p.score_threshold)
+
+
+def test_inliers_rescue_recall_lost_to_look_alikes():
+    # blank walls: false candidates with high scores and few inliers, true ones with many
+    scores = [0.99, 0.98, 0.97, 0.95, 0.90, 0.85]
+    correct = [0, 1, 0, 1, 1, 1]
+    inliers = [16, 80, 20, 60, 45, 30]
+    no_inl = calibrate(scores, correct)
+    assert no_inl.recall == 0.0  # the top score is false
+    p = calibrate(scores, correct, can_close=correct, inliers=inliers)
+    assert p.recall == 1.0 and p.precision == 1.0
+    assert 20 < p.min_inliers <= 30 and p.min_inliers == 25  # midway between 20 and 30
+    assert _accepted(p, scores, inliers).tolist() == [False, True, False, True, True, True]
+    assert p.score_threshold <= 0.85
+
+
+def test_inliers_unverified_count_as_none():
+    p = calibrate([0.9, 0.8], [1, 1], inliers=[-1, 40])
+    assert p.recall == 1.0 and p.min_inliers <= 0
+    q = calibrate([0.9, 0.8, 0.95], [1, 1, 0], inliers=[-1, 40, 10])
+    # accepting 0.9 (no inliers) would need min_inliers 0, which lets the false 0.95 in
+    assert q.recall == pytest.approx(1 / 3) and 10 < q.min_inliers <= 40
+
+
+def test_serialises_to_plain_dict_and_back():
+    p = calibrate([0.9, 0.8, 0.7], [1, 0, 1], inliers=[30, 10, 50],
+                  data={'name': 'corridor', 'traverses': ['ref', 'query']})
+    d = p.to_dict()
+    back = OperatingPoint.from_dict(json.loads(json.dumps(d)))
+    assert back == p
+    assert 'corridor' in p.describe() and 'min_inliers' in p.describe()
+    with pytest.raises(VPRError, match='missing'):
+        OperatingPoint.from_dict({k: v for k, v in d.items() if k != 'recall'})
+    with pytest.raises(VPRError, match='unknown'):
+        OperatingPoint.from_dict({**d, 'extra': 1})
+    with pytest.raises(VPRError, match='ill-typed'):
+        OperatingPoint.from_dict({**d, 'recall': 'high'})
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(VPRError):
+        calibrate([0.9, 0.8], [1])
+    with pytest.raises(VPRError):
+        calibrate([0.9], [1], [0])  # correct but could not close a loop
+    with pytest.raises(VPRError):
+        calibrate([], [])
+    with pytest.raises(VPRError):
+        calibrate([0.9], [1], target_precision=0.0)
+
+
+def test_random_fits_keep_their_counts():
+    """Property: the reported precision and recall are what the thresholds give on the data."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        can = rng.random(n) < 0.8
+        correct = can & (rng.random(n) < 0.6)
+        scores = np.round(rng.random(n) + 0.3 * correct, 2)  # rounding makes ties
+        scores[rng.random(n) < 0.1] = np.nan
+        inl = rng.integers(0, 60, n) + 20 * correct if rng.random() < 0.5 else None
+        target = float(rng.choice([1.0, 0.9]))
+        p = calibrate(scores, correct, can, inl, target_precision=target)
+        acc = _accepted(p, scores, inl)
+        if p.usable:
+            assert (acc & correct).sum() / acc.sum() == pytest.approx(p.precision)
+            assert p.precision >= target - 1e-9
+            assert (acc & correct).sum() / can.sum() == pytest.approx(p.recall)
+        else:
+            assert not (acc & correct).any()
+
+
+def test_precision_recall_curve_over_possible_loops():
+    prec, rec, thr = precision_recall([0.9, 0.8, 0.8, np.nan], [1, 0, 1, 0], [1, 1, 1, 1])
+    assert thr.tolist() == [0.9, 0.8]
+    assert prec.tolist() == [1.0, pytest.approx(2 / 3)]
+    assert rec.tolist() == [0.25, 0.5]

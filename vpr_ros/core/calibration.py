@@ -1,0 +1,214 @@
+"""
+A calibrated operating point: the score (and inlier) threshold that reaches a target precision.
+
+A false loop closure corrupts a SLAM pose graph while a missed one only costs a little drift, so
+the node's acceptance threshold is not a taste but a measured point on a precision-recall curve:
+the threshold that reaches the target precision (default 1.0) on named validation data and keeps
+the most recall there. `calibrate` finds it from per-query results and `OperatingPoint` carries
+it, with what it was fitted on, into the model file and the node's log.
+
+Per query the input is the score of its best candidate (NaN: no candidate), optionally the
+geometric-verification inlier count of that candidate, whether that candidate is correct, and
+whether the query could close a loop at all (a true match exists in the map). A query is
+*accepted* when ``score >= score_threshold`` and, with inliers, ``inliers >= min_inliers``: the
+node's own rule. Precision = correct accepted / accepted; recall = correct accepted / queries
+that could close a loop, so queries without a possible loop can only cost precision.
+
+Choice of the point: highest recall at ``precision >= target``; ties go to the higher
+precision, then the larger ``min_inliers`` (geometric evidence transfers between models better
+than a score scale does). The threshold is then put midway between the lowest accepted value
+and the highest rejected value below it, which changes none of the fitted counts but keeps the
+largest margin on both sides for unseen data; with nothing below, it is the lowest accepted
+value. Tied scores are accepted or rejected together, so the result never depends on order.
+When no threshold reaches the target with any correct query (no possible loop, or every
+high-scoring candidate wrong) the point accepts nothing: threshold just above the highest score,
+recall 0, precision 1.0 (vacuously: no false positive), and `usable` is False.
+"""
+from dataclasses import asdict, dataclass, field
+import math
+
+import numpy as np
+
+from vpr_ros.core.errors import VPRError
+
+DEFAULT_TARGET_PRECISION = 1.0
+_FIELDS = ('score_threshold', 'min_inliers', 'target_precision', 'precision', 'recall',
+           'n_queries', 'data')
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """
+    A fitted threshold pair and what it achieved on the data named in `data`.
+
+    `min_inliers` is None when the fit had no inlier counts (verification off). `data` is a
+    plain dict: the caller's description of the validation set (name, traverses, ground truth)
+    plus the counts the fit saw (`n_possible`, `n_accepted`, `n_false`).
+    """
+
+    score_threshold: float
+    min_inliers: int | None
+    target_precision: float
+    precision: float
+    recall: float
+    n_queries: int
+    data: dict = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the point accepts anything at all (recall > 0) on its own data."""
+        return self.recall > 0.0
+
+    def to_dict(self) -> dict:
+        """Plain dict of builtins (for torch.save with weights_only, JSON or YAML)."""
+        out = asdict(self)
+        out['data'] = dict(self.data)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'OperatingPoint':
+        """Inverse of `to_dict`; a missing, unknown or ill-typed field raises a VPRError."""
+        if not isinstance(d, dict):
+            raise VPRError(f'operating point must be a dict, got {type(d).__name__}')
+        missing = [k for k in _FIELDS if k not in d]
+        unknown = sorted(set(d) - set(_FIELDS))
+        if missing or unknown:
+            raise VPRError(f'operating point: missing fields {missing}, unknown fields {unknown}')
+        try:
+            point = cls(float(d['score_threshold']),
+                        None if d['min_inliers'] is None else int(d['min_inliers']),
+                        float(d['target_precision']), float(d['precision']),
+                        float(d['recall']), int(d['n_queries']), dict(d['data']))
+        except (TypeError, ValueError) as exc:
+            raise VPRError(f'operating point has an ill-typed field: {exc}') from None
+        if not math.isfinite(point.score_threshold):
+            raise VPRError(f'operating point score_threshold is {point.score_threshold}')
+        return point
+
+    def describe(self) -> str:
+        """One line for a log: the thresholds, what they kept and on which data."""
+        name = self.data.get('name', 'unnamed data')
+        inl = '' if self.min_inliers is None else f', min_inliers {self.min_inliers}'
+        return (f'score_threshold {self.score_threshold:.4f}{inl} (precision '
+                f'{self.precision:.3f}, recall {self.recall:.3f} at target precision '
+                f'{self.target_precision:g}, fitted on {name}, {self.n_queries} queries)')
+
+
+def _as_arrays(scores, correct, can_close, inliers):
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(correct, dtype=bool).ravel()
+    n = s.size
+    pos = np.ones(n, bool) if can_close is None else np.asarray(can_close, dtype=bool).ravel()
+    if y.size != n or pos.size != n:
+        raise VPRError(f'calibration: {n} scores, {y.size} correct flags, {pos.size} '
+                       'can_close flags: one of each per query')
+    if np.any(y & ~pos):
+        raise VPRError('calibration: a query marked correct must be able to close a loop')
+    inl = None
+    if inliers is not None:
+        inl = np.nan_to_num(np.asarray(inliers, dtype=np.float64).ravel(), nan=0.0)
+        if inl.size != n:
+            raise VPRError(f'calibration: {inl.size} inlier counts for {n} queries')
+        inl = np.maximum(inl, 0.0).astype(np.int64)  # -1 (unverified) counts as no inliers
+    s = np.where(np.isfinite(s), s, -np.inf)  # no candidate: never accepted
+    return s, y, pos, inl
+
+
+def _best_threshold(s: np.ndarray, y: np.ndarray, target: float):
+    """(tp, n_accepted, lowest accepted score) of the highest-recall threshold, or None."""
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    if s.size == 0:
+        return None
+    order = np.argsort(-s, kind='mergesort')
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # end of each tie group
+    tp = np.cumsum(y)[last]
+    n = last + 1
+    ok = (tp > 0) & (tp >= target * n - 1e-9)
+    if not ok.any():
+        return None
+    best = int(np.argmax(np.where(ok, tp, -1)))  # first max: highest threshold, fewest FPs
+    return int(tp[best]), int(n[best]), float(s[last[best]])
+
+
+def _midpoint(accepted_low: float, values_below: np.ndarray) -> float:
+    """Midway between the lowest accepted value and the highest rejected one below it."""
+    below = values_below[np.isfinite(values_below) & (values_below < accepted_low)]
+    if below.size == 0:
+        return accepted_low
+    return 0.5 * (accepted_low + float(below.max()))
+
+
+def calibrate(scores, correct, can_close=None, inliers=None,
+              target_precision: float = DEFAULT_TARGET_PRECISION,
+              data: dict | None = None) -> OperatingPoint:
+    """
+    Fit the operating point on per-query best-candidate results; see the module docstring.
+
+    `scores` (N,) best-candidate score (NaN: none); `correct` (N,) bool; `can_close` (N,) bool
+    (None: every query could close a loop); `inliers` (N,) counts or None.
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise VPRError(f'target_precision must be in (0, 1], got {target_precision}')
+    s, y, pos, inl = _as_arrays(scores, correct, can_close, inliers)
+    if s.size == 0:
+        raise VPRError('calibration needs at least one query')
+    n_possible = int(pos.sum())
+    levels = [None] if inl is None else [int(inl.min())] + sorted(set(inl[y].tolist()))
+    best = None  # (tp, precision, min_inliers, n_accepted, lowest accepted score)
+    for m in levels:
+        mask = np.ones(s.size, bool) if m is None else inl >= m
+        found = _best_threshold(np.where(mask, s, -np.inf), y, target_precision)
+        if found is None:
+            continue
+        tp, n_acc, low = found
+        key = (tp, tp / n_acc, -1 if m is None else m)
+        if best is None or key > best[:3]:
+            best = key + (n_acc, low)
+    info = {'n_possible': n_possible}
+    info.update(data or {})
+    if best is None:
+        finite = s[np.isfinite(s)]
+        thr = float(np.nextafter(finite.max(), np.inf)) if finite.size else 1.0
+        info.update(n_accepted=0, n_false=0)
+        return OperatingPoint(thr, None if inl is None else int(inl.max()) + 1,
+                              float(target_precision), 1.0, 0.0, int(s.size), info)
+    tp, precision, m, n_acc, low = best
+    min_inliers = None
+    if inl is not None:
+        in_set = s >= low
+        m = int(math.ceil(_midpoint(float(inl[in_set & (inl >= m)].min()),
+                                    inl[in_set].astype(np.float64))))
+        min_inliers = m
+    cand = s if inl is None else np.where(inl >= min_inliers, s, -np.inf)
+    thr = _midpoint(low, cand)
+    accepted = cand >= thr
+    assert int((accepted & y).sum()) == tp and int(accepted.sum()) == n_acc  # margins keep counts
+    info.update(n_accepted=n_acc, n_false=n_acc - tp)
+    recall = tp / n_possible if n_possible else 0.0
+    return OperatingPoint(float(thr), min_inliers, float(target_precision), float(precision),
+                          float(recall), int(s.size), info)
+
+
+def precision_recall(scores, correct, can_close=None) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+    """
+    Precision and recall of best candidates at every distinct score, highest threshold first.
+
+    Recall is over the queries that could close a loop (not over the published candidates), so
+    the curve's end shows how much recall retrieval alone can reach. For the PR plot.
+    """
+    s, y, pos, _ = _as_arrays(scores, correct, can_close, None)
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    if s.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-s, kind='mergesort')
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tp = np.cumsum(y)[last].astype(np.float64)
+    precision = tp / (last + 1)
+    n_possible = int(pos.sum())
+    recall = tp / n_possible if n_possible else np.zeros_like(tp)
+    return precision, recall, s[last]
