@@ -1,0 +1,119 @@
+"""
+Plausibility of image stamps: refuse frames stamped years ahead, far back, or twice.
+
+A keyframe is stored with its stamp forever, and the detector's temporal exclusion, the keyframe
+policy and every `/vpr/matches` row read that stamp. One frame from a driver with a broken clock
+(stamp years ahead, or the epoch) used to become a permanent keyframe that later queries matched
+outside any exclusion window. The gate judges each frame's stamp against two references:
+
+- the recent frames: the last accepted stamp, plus the wall time that passed since it (a paused
+  camera or node may resume far ahead, but never further ahead than the time that passed), give
+  or take `window_s`;
+- the pose stream: the newest pose stamp, likewise plus the wall time since it arrived, give or
+  take `window_s`.
+
+A frame is plausible when it agrees with at least one reference (a pose stream that stopped, or
+a camera clock that disagrees with odometry, must not refuse every frame), and refused when it
+agrees with none. A stamp equal to one of the recently accepted ones is a duplicate, refused
+whatever the references say. A real jump of the camera clock (a bag that restarts without
+poses) is accepted once `confirm_frames` consecutive refused frames agree with each other: one
+glitch is refused, a new timeline is followed after a few frames. ROS-free; the node feeds it.
+"""
+from collections import deque
+from typing import NamedTuple
+
+OK = ''
+DUPLICATE = 'image_stamp_duplicate'
+IMPLAUSIBLE = 'image_stamp_implausible'
+NEW_TIMELINE = 'image_stamp_new_timeline'
+
+
+class StampVerdict(NamedTuple):
+    """`kind` is OK, NEW_TIMELINE (both accepted) or DUPLICATE / IMPLAUSIBLE (refused)."""
+
+    kind: str
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.kind in (OK, NEW_TIMELINE)
+
+
+def _within(stamp_ns: int, ref_ns: int, elapsed_s: float, window_ns: int) -> bool:
+    """Whether a stamp lies in [ref - window, ref + elapsed wall time + window]."""
+    ahead_ns = int(max(0.0, elapsed_s) * 1e9) + window_ns
+    return ref_ns - window_ns <= stamp_ns <= ref_ns + ahead_ns
+
+
+class StampGate:
+    """
+    Judge image stamps against recent frames and the pose stream (see the module docstring).
+
+    `window_s` 0 turns the gate off (every stamp accepted). Wall times are monotonic seconds
+    (`time.monotonic()`), stamps integer nanoseconds. Not thread-safe: the node's worker owns it.
+    """
+
+    def __init__(self, window_s: float = 10.0, confirm_frames: int = 3,
+                 remember: int = 32) -> None:
+        if window_s < 0 or confirm_frames < 2 or remember < 1:
+            raise ValueError('window_s must be >= 0, confirm_frames >= 2 and remember >= 1')
+        self.window_ns = int(window_s * 1e9)
+        self.confirm_frames = int(confirm_frames)
+        self._recent: deque = deque(maxlen=remember)
+        self._last: tuple[int, float] | None = None   # (stamp_ns, wall_s) of the last accepted
+        self._pending: list[tuple[int, float]] = []   # refused frames agreeing with each other
+        self.counters = {DUPLICATE: 0, IMPLAUSIBLE: 0, NEW_TIMELINE: 0}
+
+    def reset(self) -> None:
+        """Forget the frame history (after a map reset, the next frame starts afresh)."""
+        self._recent.clear()
+        self._last = None
+        self._pending.clear()
+
+    def check(self, stamp_ns: int, wall_s: float, pose_stamp_ns: int | None = None,
+              pose_wall_s: float | None = None) -> StampVerdict:
+        """
+        Accept (and remember) or refuse the frame stamped `stamp_ns`, processed at `wall_s`.
+
+        `pose_stamp_ns` is the newest pose's stamp and `pose_wall_s` when it arrived, or None
+        without a pose stream.
+        """
+        stamp_ns = int(stamp_ns)
+        if stamp_ns in self._recent:
+            self.counters[DUPLICATE] += 1
+            return StampVerdict(DUPLICATE, 'the same stamp as a recent frame (a duplicate)')
+        if self.window_ns == 0:
+            return self._accept(stamp_ns, wall_s, OK, '')
+        refs = []
+        if self._last is not None:
+            refs.append(('the previous frame', *self._last))
+        if pose_stamp_ns is not None:
+            refs.append(('the newest pose', int(pose_stamp_ns),
+                         wall_s if pose_wall_s is None else pose_wall_s))
+        if not refs or any(_within(stamp_ns, ref, wall_s - w, self.window_ns)
+                           for _, ref, w in refs):
+            return self._accept(stamp_ns, wall_s, OK, '')
+        if self._confirms_new_timeline(stamp_ns, wall_s):
+            self.counters[NEW_TIMELINE] += 1
+            return self._accept(stamp_ns, wall_s, NEW_TIMELINE,
+                                f'{self.confirm_frames} consecutive frames agree on a new '
+                                'timeline: following it')
+        self.counters[IMPLAUSIBLE] += 1
+        parts = [f'{(stamp_ns - ref) / 1e9:+.3f} s from {name}' for name, ref, _ in refs]
+        return StampVerdict(IMPLAUSIBLE, ', '.join(parts) + f' (window {self.window_ns / 1e9:g}'
+                            ' s plus the wall time since)')
+
+    def _confirms_new_timeline(self, stamp_ns: int, wall_s: float) -> bool:
+        """Record a refused frame; True when it completes `confirm_frames` agreeing ones."""
+        if self._pending:
+            prev, w = self._pending[-1]
+            if not (prev < stamp_ns and _within(stamp_ns, prev, wall_s - w, self.window_ns)):
+                self._pending.clear()
+        self._pending.append((stamp_ns, wall_s))
+        return len(self._pending) >= self.confirm_frames
+
+    def _accept(self, stamp_ns: int, wall_s: float, kind: str, reason: str) -> StampVerdict:
+        self._recent.append(stamp_ns)
+        self._last = (stamp_ns, wall_s)
+        self._pending.clear()
+        return StampVerdict(kind, reason)
