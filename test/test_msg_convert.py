@@ -1,4 +1,12 @@
 """msg_convert turns rclpy and rosbags messages into the arrays the core takes, or says why not."""
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+
 import cv2
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
@@ -145,3 +153,93 @@ def test_pose_from_pose_stamped_and_odometry() -> None:
     assert np.isnan(q.position[0]) and q.frame_id == 'map'
     with pytest.raises(PoseError):
         pose_from_msg(Image())
+
+
+# ----------------------------------------------------------------------------- bombs (issue 11 #3)
+def _jpeg_declaring(w: int, h: int) -> bytes:
+    """Encode a valid tiny grey JPEG, then patch its frame header to declare w x h."""
+    ok, enc = cv2.imencode('.jpg', np.full((8, 8), 128, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    data = bytearray(enc.tobytes())
+    sof = data.index(b'\xff\xc0')
+    data[sof + 5:sof + 9] = struct.pack('>HH', h, w)
+    return bytes(data)
+
+
+def _png_declaring(w: int, h: int) -> bytes:
+    """Encode a tiny PNG, then make its IHDR (CRC kept valid) declare w x h."""
+    data = bytearray(cv2.imencode('.png', np.zeros((4, 4), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack('>II', w, h)
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _compressed_bytes(data: bytes, fmt: str) -> CompressedImage:
+    msg = CompressedImage(format=fmt)
+    msg.data = data
+    return msg
+
+
+def test_jpeg_bomb_is_refused_from_its_header_fast() -> None:
+    data = _jpeg_declaring(16000, 16000)
+    assert len(data) < 1000  # a few hundred bytes declaring 256 Mpx (768 MB decoded)
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match='16000x16000.*over the limit'):
+        compressed_from_msg(_compressed_bytes(data, 'jpeg'))
+    assert time.perf_counter() - t0 < 0.05
+    # The same file under the limit decodes: the refusal is the bound, not a broken file.
+    img, enc = compressed_from_msg(_compressed_bytes(_jpeg_declaring(8, 8), 'jpeg'))
+    assert enc == 'mono8' and img.shape == (8, 8)
+
+
+def test_jpeg_bomb_allocates_nothing_big() -> None:
+    """Peak memory (ru_maxrss of a fresh process) barely moves while the bomb is refused."""
+    code = textwrap.dedent(f'''
+        import resource, sys
+        from sensor_msgs.msg import CompressedImage
+        from vpr_ros.core.errors import ImageError
+        from vpr_ros.core.msg_convert import any_image_from_msg
+        msg = CompressedImage(format='jpeg')
+        msg.data = {_jpeg_declaring(16000, 16000)!r}
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            any_image_from_msg(msg)
+            sys.exit('decoded')
+        except ImageError:
+            pass
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) < 20_000  # kB: far below the 768 MB a decode would take
+
+
+def test_png_bomb_is_refused_from_its_header() -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match='100000x100000.*over the limit'):
+        compressed_from_msg(_compressed_bytes(_png_declaring(100000, 100000), 'png'))
+    assert time.perf_counter() - t0 < 0.05
+    with pytest.raises(ImageError, match='over the limit'):  # the bound is an argument
+        compressed_from_msg(_compressed_bytes(_png_declaring(64, 64), 'png'), max_pixels=1000)
+
+
+def test_jpeg_cut_in_half_with_an_end_marker_is_refused() -> None:
+    big = cv2.resize(RGB, (320, 240))
+    data = compressed(big, '.jpg').data
+    data = bytes(data)
+    msg = _compressed_bytes(data[:len(data) // 2] + b'\xff\xd9', 'jpeg')
+    with pytest.raises(ImageError, match='corrupt or truncated'):
+        compressed_from_msg(msg)
+    img, _ = compressed_from_msg(_compressed_bytes(data, 'jpeg'))  # the whole file is fine
+    assert img.shape == (240, 320, 3)
+
+
+def test_raw_image_over_the_pixel_limit_is_refused() -> None:
+    msg = Image(height=5000, width=5000, encoding='rgb8', step=15000)
+    msg.data = bytes(16)  # the size check comes before anything reads the buffer
+    with pytest.raises(ImageError, match='5000x5000.*over the limit'):
+        image_from_msg(msg)
+    ok = image_msg(RGB, 'rgb8')
+    with pytest.raises(ImageError, match='over the limit'):
+        any_image_from_msg(ok, max_pixels=29)
+    assert any_image_from_msg(ok, max_pixels=30)[0].shape == RGB.shape

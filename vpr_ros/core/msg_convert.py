@@ -3,24 +3,31 @@ ROS message → numpy, without importing rclpy, so the conversions are testable 
 
 Duck-typed on the fields of `sensor_msgs/Image`, `sensor_msgs/CompressedImage`,
 `geometry_msgs/PoseStamped`, `nav_msgs/Odometry` (and `PoseWithCovarianceStamped`): rclpy
-messages and rosbags messages both work. Decoding goes through rosbags-image, since cv_bridge is
-not available from PyPI. Everything a camera driver can get wrong (unknown encoding, short data,
-zero size, truncated JPEG) raises `ImageError` with a message naming what is wrong, so the node
+messages and rosbags messages both work, so the node and `vpr-extract-bag` decode alike. Raw
+conversion goes through rosbags-image, since cv_bridge is not available from PyPI; JPEG through
+simplejpeg (libjpeg-turbo, strict), PNG through OpenCV. Everything a camera driver or a hostile
+publisher can get wrong (unknown encoding, short data, zero size, truncated JPEG, a header
+declaring a giant image) raises `ImageError` with a message naming what is wrong, so the node
 counts it and carries on instead of dying on one bad frame.
 """
+import struct
 from typing import NamedTuple
 
 import numpy as np
 from rosbags.image import ImageError as RosbagsImageError
 from rosbags.image.image import convert_color, to_cvtype
+import simplejpeg
 
+from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.errors import ImageError, PoseError
 
 # Encodings the core takes as they are (see preprocess.to_rgb); others are converted to rgb8.
 CORE_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
 _JPEG_SOI = b'\xff\xd8'
-_JPEG_EOI = b'\xff\xd9'
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+#: Largest image accepted by default: 4096x4096, above any camera a robot runs VPR on; the
+#: node passes its max_image_pixels parameter.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class StampedPose(NamedTuple):
@@ -53,18 +60,28 @@ def _buffer(data) -> memoryview:
         return memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast('B')
 
 
-def image_from_msg(msg) -> tuple[np.ndarray, str]:
+def _check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
+    """Refuse a declared size before any buffer of that size exists (decompression bombs)."""
+    if w <= 0 or h <= 0:
+        raise ImageError(f'{what} has zero size ({w}x{h})')
+    if max_pixels and w * h > max_pixels:
+        raise ImageError(f'{what} of {w}x{h} = {w * h} pixels is over the limit of '
+                         f'{max_pixels} (max_image_pixels)')
+
+
+def image_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """
     sensor_msgs/Image → (array, encoding) with the encoding one the core takes.
 
     Rows are read with the message's `step`, so padded rows (common on GigE cameras) work; the
     result is a view of the message's buffer when no conversion is needed (no copy on the hot
-    path). Bayer, YUV and 16-bit colour images are converted to rgb8 (mono16 is kept).
+    path). Bayer, YUV and 16-bit colour images are converted to rgb8 (mono16 is kept; 16-bit
+    colour goes through `bitdepth.to_8bit`, the scaling mono16 gets in preprocessing). Images
+    over `max_pixels` (0: no limit) are refused before anything is converted.
     """
     enc = str(msg.encoding)
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageError(f'image has zero size ({w}x{h})')
+    _check_pixels(w, h, max_pixels, 'image')
     try:
         _, _, typestr, nchan = to_cvtype(enc)
     except RosbagsImageError:
@@ -94,18 +111,55 @@ def image_from_msg(msg) -> tuple[np.ndarray, str]:
         img = img.byteswap()
     if enc in CORE_ENCODINGS:
         return img, enc
+    if dtype == np.uint16 and enc.endswith('16'):  # rgb16, bayer_rggb16, ...: one scaling
+        img, enc = to_8bit(img), enc[:-2] + '8'
+        if enc in CORE_ENCODINGS:
+            return img, enc
     try:
         return np.ascontiguousarray(convert_color(np.ascontiguousarray(img), enc, 'rgb8')), 'rgb8'
     except Exception as err:  # cv2.error and rosbags' errors: both mean 'cannot convert'
         raise ImageError(f'cannot convert {enc!r} image to rgb8: {err}') from None
 
 
-def compressed_from_msg(msg) -> tuple[np.ndarray, str]:
-    """
-    sensor_msgs/CompressedImage (JPEG or PNG) → (array, 'bgr8' | 'mono8' | 'mono16').
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) declared in a PNG's IHDR chunk, read without decoding anything."""
+    if len(data) < 24 or data[12:16] != b'IHDR':
+        raise ImageError(f'PNG data has no IHDR header ({len(data)} bytes)')
+    w, h = struct.unpack('>II', data[16:24])
+    return int(w), int(h)
 
-    A JPEG without its end-of-image marker is refused: libjpeg would otherwise fill the missing
-    rows with grey and the map would store a half-grey keyframe.
+
+def _decode_jpeg(buf: memoryview, max_pixels: int) -> tuple[np.ndarray, str]:
+    """
+    JPEG → (bgr8 | mono8) with its size checked first and libjpeg's warnings as errors.
+
+    libjpeg fills what it cannot decode with flat blocks and only warns ('premature end of data
+    segment'): a JPEG cut short with an end marker appended decodes to a half-flat picture that
+    would be stored as a keyframe. simplejpeg's strict mode (libjpeg-turbo) turns the warning
+    into an error; OpenCV and Pillow cannot.
+    """
+    try:
+        h, w, colour, _ = simplejpeg.decode_jpeg_header(buf)
+    except ValueError as err:
+        raise ImageError(f'JPEG header unreadable ({len(buf)} bytes): {err}') from None
+    _check_pixels(int(w), int(h), max_pixels, 'JPEG image')
+    if colour not in ('Gray', 'YCbCr', 'RGB'):
+        raise ImageError(f'JPEG colour space {colour!r} is not a camera image')
+    gray = colour == 'Gray'
+    try:
+        img = simplejpeg.decode_jpeg(buf, colorspace='GRAY' if gray else 'BGR', strict=True)
+    except ValueError as err:
+        raise ImageError(f'JPEG data corrupt or truncated ({len(buf)} bytes): {err}') from None
+    return (img[:, :, 0], 'mono8') if gray else (img, 'bgr8')
+
+
+def compressed_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """
+    sensor_msgs/CompressedImage (JPEG or PNG) → (array, 'bgr8' | 'bgra8' | 'mono8' | 'mono16').
+
+    The size the header declares is checked against `max_pixels` (0: no limit) before decoding,
+    so a few hundred bytes declaring 16000x16000 cost no memory. A JPEG whose entropy data is
+    incomplete is refused (see `_decode_jpeg`); so is a PNG that libpng cannot finish.
     """
     import cv2  # imported here: only compressed input needs the decoder
 
@@ -114,29 +168,28 @@ def compressed_from_msg(msg) -> tuple[np.ndarray, str]:
         raise ImageError('compressed image has no data')
     head = bytes(buf[:8])
     if head.startswith(_JPEG_SOI):
-        tail = bytes(buf[-32:])
-        if _JPEG_EOI not in tail:
-            raise ImageError(f'JPEG data truncated ({len(buf)} bytes, no end-of-image marker)')
-    elif not head.startswith(_PNG_MAGIC):
+        return _decode_jpeg(buf, max_pixels)
+    if not head.startswith(_PNG_MAGIC):
         fmt = str(getattr(msg, 'format', ''))
         raise ImageError(f'compressed image is neither JPEG nor PNG (format {fmt!r})')
+    w, h = png_size(bytes(buf[:24]))
+    _check_pixels(w, h, max_pixels, 'PNG image')
     img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     if img is None or img.size == 0:
         raise ImageError(f'compressed image could not be decoded ({len(buf)} bytes)')
     if img.ndim == 2:
         return img, ('mono16' if img.dtype == np.uint16 else 'mono8')
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+    img = to_8bit(img)
     if img.shape[2] == 4:
         return img, 'bgra8'
     return img, 'bgr8'
 
 
-def any_image_from_msg(msg) -> tuple[np.ndarray, str]:
+def any_image_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Image or CompressedImage (told apart by the `format` field, as rosbags-image does)."""
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
-        return compressed_from_msg(msg)
-    return image_from_msg(msg)
+        return compressed_from_msg(msg, max_pixels)
+    return image_from_msg(msg, max_pixels)
 
 
 def pose_from_msg(msg) -> StampedPose:

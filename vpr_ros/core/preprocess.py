@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.errors import ImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,17 +65,10 @@ def _check(image: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
     return image, enc
 
 
-def _mono16_to_8(image: np.ndarray) -> np.ndarray:
-    # Full-range scaling (65535 -> 255), as cv_bridge converts 16 to 8 bit: fixed, so the
-    # descriptor of a scene does not depend on what else is in the frame, and a mono8 picture
-    # stored as value * 257 gives back exactly the same pixels.
-    return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
 def _to_rgb_small(image: np.ndarray, enc: str) -> np.ndarray:
     """Channel conversion of an already validated (and usually already resized) image."""
     if enc == 'mono16':
-        image = _mono16_to_8(image)
+        image = to_8bit(image)  # the one 16 -> 8 bit scaling (vpr_ros.core.bitdepth)
         enc = 'mono8'
     if enc == 'mono8':
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2RGB)

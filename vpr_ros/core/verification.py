@@ -18,6 +18,7 @@ import struct
 import cv2
 import numpy as np
 
+from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.errors import ImageError, VPRError
 
 FEATURE_TYPES = ('orb', 'sift')
@@ -96,7 +97,7 @@ def _to_gray(image: np.ndarray, encoding: str) -> np.ndarray:
     if img.size == 0 or img.ndim not in (2, 3):
         raise ImageError(f'cannot extract features from an image of shape {img.shape}')
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = to_8bit(img)  # the scaling the encoder sees too
     elif img.dtype != np.uint8:
         raise ImageError(f'image dtype must be uint8 or uint16, got {img.dtype}')
     if img.ndim == 2:
