@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WEIGHTS_STAMP := $(VENV)/.weights
 SYSDEPS_STAMP := $(VENV)/.sysdeps
+# The real ROS 2 launch/CLI tools and colcon (tests of the launch file and of a colcon workspace),
+# when ../shared/ros2-tools is beside this checkout; install.sh writes this stamp itself.
+ROS2_TOOLS := $(wildcard $(CURDIR)/../shared/ros2-tools/install.sh)
+ROS2_TOOLS_STAMP := $(if $(ROS2_TOOLS),$(VENV)/.ros2-tools-installed)
 # Network rule: DDS traffic of everything started from here stays on loopback.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm16mb.xml
@@ -29,7 +33,7 @@ OUT ?= demo_out
 TRAIN_OUT ?= train_demo_out
 TRAIN_ARGS ?=
 
-setup: $(STAMP) $(WEIGHTS_STAMP) $(SYSDEPS_STAMP)
+setup: $(STAMP) $(WEIGHTS_STAMP) $(SYSDEPS_STAMP) $(ROS2_TOOLS_STAMP)
 
 # Debian's OSMesa for headless rendering of the simulated garden.
 $(SYSDEPS_STAMP): | $(STAMP)
@@ -38,9 +42,20 @@ $(SYSDEPS_STAMP): | $(STAMP)
 	  || { echo "install Debian's libosmesa6 (needed for the simulated garden)"; exit 1; }; fi
 	@touch $@
 
-$(STAMP): requirements.txt requirements-post.txt setup.py
+# cmake and ninja build composition_interfaces (which launch_ros needs) in install.sh.
+$(ROS2_TOOLS_STAMP): | $(STAMP)
+	@if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build \
+	   >/dev/null) || { echo "install Debian's cmake and ninja-build (for ros2-tools)"; exit 1; }; fi
+	bash $(ROS2_TOOLS) $(VENV)
+
+# requirements-ros.txt: the ROS 2 wheels (this venv has no ROS 2 install); requirements.txt: what
+# a ROS 2 user installs with pip; requirements-dev.txt: tests and lint.
+$(STAMP): requirements.txt requirements-nokey.txt requirements-ros.txt requirements-dev.txt \
+          requirements-post.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-ros.txt \
+	  -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-post.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
