@@ -13,6 +13,7 @@ import torchvision
 from vpr_ros.core.errors import ModelFileError, VPRError
 from vpr_ros.core.preprocess import preprocess
 from vpr_ros.model import encoder as encoder_mod
+from vpr_ros.model import imagenet
 from vpr_ros.model.encoder import build_encoder, Encoder, GeM, ModelSpec, VPRNet
 from vpr_ros.model.whitening import apply_whitening, fit_pca_whitening
 
@@ -206,7 +207,7 @@ def test_set_trainable_blocks(backbone: str, trainable: set) -> None:
 def test_missing_resnet_weights_fail_fast(tmp_path, monkeypatch) -> None:
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))
-    monkeypatch.setattr(encoder_mod, '_can_reach', lambda url, timeout=3.0: False)
+    monkeypatch.setattr(imagenet, '_can_reach', lambda url, timeout=3.0: False)
     try:
         t = time.monotonic()
         with pytest.raises(ModelFileError, match='resnet18.*not available offline'):

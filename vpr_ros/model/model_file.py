@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.atomic_io import sha256_file, write_atomic
 from vpr_ros.core.errors import ModelFileError, VPRError
-from vpr_ros.model.encoder import ModelSpec, VPRNet
+from vpr_ros.model.network import ModelSpec, VPRNet
 
 FORMAT = 'vpr_ros.model'
 VERSION = 1
@@ -39,14 +39,10 @@ WHITENING_FIELDS = ('mean', 'proj')
 
 def file_fingerprint(path: str) -> str:
     """Sha256 hex digest of the file at ``path``: the model's identity for maps."""
-    h = hashlib.sha256()
     try:
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
-    return h.hexdigest()
 
 
 def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
