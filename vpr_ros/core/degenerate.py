@@ -35,9 +35,8 @@ Measured (2026-12-01) with the defaults, by `test/test_degenerate.py`:
   sigma 2 (low_contrast), a wall with a brightness gradient and noise (few_keypoints, contrast
   11.8), a white-out (overexposed), and corridor frames under a Gaussian blur of sigma 4 px
   (no corners left: few_keypoints; with the corner check off, sharpness < 50: blurred). Milder
-  blur (sigma 2, a 9 px motion streak) passes
-  on the corridor: the gate removes frames with nothing in them, it does not grade image
-  quality; geometric verification handles the rest.
+  blur (sigma 2, a 9 px motion streak) passes on the corridor: the gate removes frames with
+  nothing in them, it does not grade image quality; geometric verification handles the rest.
 """
 from dataclasses import dataclass
 
