@@ -12,8 +12,8 @@ import torchvision
 
 from vpr_ros.core.errors import ModelFileError, VPRError
 from vpr_ros.core.preprocess import preprocess
+from vpr_ros.model import backbones, imagenet
 from vpr_ros.model import encoder as encoder_mod
-from vpr_ros.model import imagenet
 from vpr_ros.model.encoder import build_encoder, Encoder, GeM, ModelSpec, VPRNet
 from vpr_ros.model.whitening import apply_whitening, fit_pca_whitening
 
@@ -287,3 +287,52 @@ def test_default_encoder_corridor_recall(corridor_dir: str, default_encoder: Enc
     print(f'corridor R@1={recall[1]:.3f} R@5={recall[5]:.3f}')
     assert recall[1] >= 0.60, recall
     assert recall[5] >= recall[1]
+
+
+@pytest.mark.parametrize('name', backbones.BACKBONES)
+def test_backbone_table_rows_agree_with_the_networks(name: str) -> None:
+    # One row per backbone; its channels, trunk keys and blocks must match what torchvision
+    # builds, so nothing else in the package needs to describe a backbone.
+    entry = backbones.get(name)
+    assert entry.name == name and entry.weights_file.startswith(name + '-')
+    assert entry.url.endswith('/' + entry.weights_file) and len(entry.hash_prefix) == 8
+    assert entry.sha256 is None or (len(entry.sha256) == 64
+                                    and entry.sha256.startswith(entry.hash_prefix))
+    assert torchvision.models.get_model_weights(name).IMAGENET1K_V1.url == entry.url
+    classifier = entry.build()
+    trunk_state = entry.to_trunk_state(classifier.state_dict())
+    net = VPRNet(ModelSpec(backbone=name, image_size=(64, 64)))
+    assert set(trunk_state) == set(net.backbone.state_dict())
+    assert net.feature_dim == entry.channels == net.dim
+    with torch.no_grad():
+        feats = net.backbone.eval()(torch.zeros(1, 3, 64, 64))
+    assert feats.shape[1] == entry.channels
+    children = [n for n, _ in net.backbone.named_children()]
+    assert [n for block in net._blocks for n in block] == children  # blocks tile the trunk
+
+
+def test_densenet_old_checkpoint_keys_are_renamed() -> None:
+    entry = backbones.get('densenet121')
+    new = 'features.denseblock1.denselayer1.norm1.weight'
+    old = 'features.denseblock1.denselayer1.norm.1.weight'
+    assert entry.to_trunk_state({old: 1, 'classifier.weight': 2}) == \
+        {'denseblock1.denselayer1.norm1.weight': 1}
+    assert entry.to_trunk_state({new: 1}) == {'denseblock1.denselayer1.norm1.weight': 1}
+    with pytest.raises(VPRError, match='unknown backbone .*supported: mobilenet_v2'):
+        backbones.get('vgg16')
+
+
+def test_embed_of_a_list_is_one_forward(default_encoder: Encoder, images: list) -> None:
+    # Several queued frames: one preprocessing buffer and one forward pass, not one per frame.
+    calls = []
+    hook = default_encoder.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    try:
+        many = default_encoder.embed(images * 2, 'rgb8')
+        assert calls == [torch.Size([8, 3, 224, 224])]
+        one = default_encoder.embed_one(images[1], 'rgb8')
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and np.allclose(many[5], one, atol=1e-5)
+    assert default_encoder.fp16 is False  # fp16 autocast is CUDA-only
+    assert Encoder(VPRNet(ModelSpec(image_size=(64, 64))), 'x', device='cpu',
+                   fp16=True).fp16 is False
