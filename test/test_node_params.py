@@ -15,7 +15,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ros_fixtures import run_to_exit  # noqa: E402
 
-from vpr_ros.ros.params import BY_NAME, descriptor, ParamError, Params, SPECS, validate, yaml_text  # noqa: E402
+from vpr_ros.ros.params import (  # noqa: E402
+    BY_NAME,
+    check_map_dir,
+    cost_warnings,
+    descriptor,
+    ParamError,
+    Params,
+    SPECS,
+    validate,
+    yaml_text,
+)
 from vpr_ros.ros.worker import DropOldestQueue, RateMeter, RollingStats  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +69,19 @@ def test_descriptors_carry_ranges_and_read_only() -> None:
     ('load_map', 'yes', 'bool'),
     ('image_size', [224], 'two integers'),
     ('top_k', 2.0, 'integer'),
+    # issue 11 #9/#10: absurd values (overflow, busy loops, gigabytes per frame) are refused
+    ('top_k', 5.5, 'integer in [1, 100]'),
+    ('hnsw_ef_search', 10**12, 'integer in [8, 65536]'),
+    ('hnsw_m', 10**12, 'integer in [4, 256]'),
+    ('hnsw_m', 1e12, 'integer'),
+    ('hnsw_ef_construction', 0, 'integer in [8, 4096]'),
+    ('markers_period_s', 0.0001, '0 (off) or double in [0.1, 3600.0]'),
+    ('autosave_period_s', 0.001, '0 (off) or double in [1.0, 86400.0]'),
+    ('image_size', [4096, 4096], 'two integers, each in [0, 1024]'),
+    ('max_image_pixels', 2**40, 'integer in [4096, 1073741824]'),
+    ('max_image_pixels', 0, 'integer in [4096'),
+    ('stamp_window_s', -1.0, 'double in [0.0, 10000000.0]'),
+    ('stamp_window_s', float('inf'), 'double'),
 ])
 def test_validate_names_parameter_and_range(name, value, words) -> None:
     with pytest.raises(ParamError) as err:
@@ -79,6 +102,44 @@ def test_params_checks_and_mapping() -> None:
     c = p.detector_config()
     assert c.top_k == 7 and c.exclusion_s == 12.0
     assert p.with_changes({'top_k': 9}).top_k == 9 and p.top_k == 7
+
+
+def test_off_values_and_bounds_accepted_and_costs_warned() -> None:
+    p = Params({'markers_period_s': 0.0, 'autosave_period_s': 0.0, 'hnsw_m': 4,
+                'hnsw_ef_search': 65536, 'image_size': [1024, 1024], 'stamp_window_s': 0.0})
+    assert p.markers_period_s == 0.0 and p.autosave_period_s == 0.0
+    assert Params({}).max_image_pixels == 4096 * 4096 and cost_warnings(Params({})) == []
+    warned = ' | '.join(cost_warnings(Params({'image_size': [1024, 1024],
+                                              'autosave_period_s': 1.0,
+                                              'markers_period_s': 0.1,
+                                              'max_image_pixels': 1 << 30})))
+    for words in ('image_size 1024x1024 is 21x', 'autosave_period_s 1:', 'markers_period_s 0.1',
+                  'max_image_pixels 1073741824: one decoded frame may take up to 4096 MiB'):
+        assert words in warned, warned
+
+
+def test_map_dir_must_be_writable_and_the_check_leaves_no_trace(tmp_path) -> None:
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('not a directory')
+    for bad in (a_file, a_file / 'map', '/proc/vpr_map', '/proc/self'):
+        with pytest.raises(ParamError, match="parameter 'map_dir'.*not a writable directory"):
+            check_map_dir(str(bad))
+    new = tmp_path / 'new' / 'deeper' / 'map'
+    check_map_dir(str(new))
+    assert sorted(os.listdir(tmp_path)) == ['a_file']  # created to probe, removed again
+    existing = tmp_path / 'map'
+    existing.mkdir()
+    (existing / 'keep').write_text('x')
+    check_map_dir(str(existing))
+    assert os.listdir(existing) == ['keep']
+    check_map_dir('')  # memory only: nothing to check
+    if os.geteuid() != 0:  # root writes into mode 0555 directories anyway
+        existing.chmod(0o555)
+        try:
+            with pytest.raises(ParamError, match="'map_dir'"):
+                check_map_dir(str(existing))
+        finally:
+            existing.chmod(0o755)
 
 
 def test_drop_oldest_queue_never_blocks_and_counts() -> None:
@@ -112,9 +173,16 @@ def test_stats() -> None:
     ({'score_threshold': 2.0}, ["'score_threshold'", '[-1.0, 1.0]']),
     ({'image_transport': 'theora'}, ["'image_transport'", "'compressed'"]),
     ({'model_path': '/no/such/model.pt'}, ["'model_path'", 'does not exist']),
+    ({'top_k': 5.5}, ["'top_k'", 'wrong type', 'integer in [1, 100]']),
+    ({'hnsw_ef_search': 10**12}, ["'hnsw_ef_search'", '[8, 65536]']),
+    ({'hnsw_m': 1e12}, ["'hnsw_m'", 'wrong type']),
+    ({'markers_period_s': 0.0001}, ["'markers_period_s'", '0 (off) or double in [0.1']),
+    ({'autosave_period_s': 0.001}, ["'autosave_period_s'", '0 (off) or double in [1.0']),
+    ({'image_size': [4096, 4096]}, ["'image_size'", '[0, 1024]']),
 ])
 def test_bad_parameters_stop_start_up(tmp_path, params, words) -> None:
-    res = run_to_exit({'map_dir': str(tmp_path / 'map'), **params}, str(tmp_path), 'vpr_bad')
+    res = run_to_exit({'map_dir': str(tmp_path / 'map'), **params}, str(tmp_path), 'vpr_bad',
+                      timeout=60.0)
     assert res.returncode == 2, res.stderr
     for w in words:
         assert w in res.stderr, res.stderr
@@ -130,3 +198,19 @@ def test_corrupt_model_file_stops_start_up(tmp_path) -> None:
     assert res.returncode == 2, res.stderr
     assert "'model_path'" in res.stderr, res.stderr
     assert not os.path.exists(tmp_path / 'map')
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize('where', ['file', 'under_file', 'proc'])
+def test_unwritable_map_dir_stops_start_up_first(tmp_path, where) -> None:
+    """Issue 11 #8: exit 2 naming map_dir at once (the model is not even loaded)."""
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    map_dir = {'file': str(a_file), 'under_file': str(a_file / 'map'),
+               'proc': '/proc/vpr_map'}[where]
+    res = run_to_exit({'map_dir': map_dir}, str(tmp_path), 'vpr_bad_map', timeout=60.0)
+    assert res.returncode == 2, res.stderr
+    assert "parameter 'map_dir'" in res.stderr and 'not a writable directory' in res.stderr
+    assert 'vpr_node ready' not in res.stdout + res.stderr
+    assert a_file.read_text() == 'x' and sorted(os.listdir(tmp_path)) == [
+        'a_file', 'vpr_bad_map.yaml']

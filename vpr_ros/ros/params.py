@@ -10,6 +10,7 @@ message instead of running with a value nobody meant.
 from dataclasses import dataclass
 import math
 import os
+import tempfile
 from typing import Any
 
 from vpr_ros.core.detector import DEFAULT_SCORE_THRESHOLD, DetectorConfig
@@ -21,7 +22,12 @@ class ParamError(ValueError):
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter: `lo`/`hi` bound numbers (inclusive), `choices` bound strings."""
+    """
+    One parameter: `lo`/`hi` bound numbers (inclusive), `choices` bound strings.
+
+    `min_on` > 0: the value 0 means off, and values in (0, min_on) are refused, for periods
+    whose tiny values cost far more than anyone means (a busy core, a save after every frame).
+    """
 
     name: str
     default: Any
@@ -30,6 +36,7 @@ class ParamSpec:
     hi: float | None = None
     choices: tuple[str, ...] | None = None
     read_only: bool = True
+    min_on: float | None = None
 
     @property
     def type_name(self) -> str:
@@ -53,6 +60,8 @@ class ParamSpec:
             if self.type_name == 'integer array':
                 return f'two integers, each in [{int(self.lo)}, {int(self.hi)}]'
             fmt = int if self.type_name == 'integer' else float
+            if self.min_on is not None:
+                return f'0 (off) or {self.type_name} in [{fmt(self.min_on)}, {fmt(self.hi)}]'
             return f'{self.type_name} in [{fmt(self.lo)}, {fmt(self.hi)}]'
         return f'any {self.type_name}'
 
@@ -81,6 +90,16 @@ SPECS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec('pose_timeout_s', 2.0, 'A pose topic silent this long counts as stopped '
               '(warning, diagnostics WARN).', 0.1, 3600.0, read_only=False),
+    # A 629-byte JPEG can declare 16000x16000 (768 MB decoded): the declared size is checked
+    # against this before decoding (msg_convert), and raw Image sizes too.
+    ParamSpec('max_image_pixels', 4096 * 4096, 'Frames declaring more pixels than this '
+              '(width x height, read before decoding) are refused as bad_image_data; the '
+              'default fits any real camera (4096x4096).', 64 * 64, 1 << 30),
+    ParamSpec('stamp_window_s', 10.0, 'An image stamp further than this from both the '
+              'previous frame (plus the wall time since) and the newest pose is refused '
+              '(image_stamp_implausible), as is a repeated stamp (image_stamp_duplicate); 3 '
+              'consecutive frames agreeing on a new timeline are followed (0: no check).',
+              0.0, 1e7),
     # ---- model
     ParamSpec('model_path', '', 'Model file written by vpr-export; empty: the built-in '
               'ImageNet MobileNetV2 + GeM.'),
@@ -88,7 +107,8 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=('auto', 'cpu', 'cuda')),
     ParamSpec('image_size', [0, 0], "Network input [height, width]; [0, 0]: the model's own "
               '(224x224 for the default). Another size changes descriptors, so a map made '
-              'with one size cannot be continued with another.', 0, 4096),
+              'with one size cannot be continued with another (the encoder time and memory '
+              'grow with the pixels: 1024x1024 is 21x the default).', 0, 1024),
     # ---- keyframes
     ParamSpec('keyframe_min_distance_m', _C.kf_min_distance_m,
               'A frame is a keyframe once the robot moved this far (0: off).', 0.0, 1000.0,
@@ -129,13 +149,21 @@ SPECS: tuple[ParamSpec, ...] = (
               'start a new map, which replaces the saved one at the first save.'),
     ParamSpec('map_index', 'flat', 'FAISS index: flat (exact) or hnsw (approximate, for '
               'large maps).', choices=('flat', 'hnsw')),
+    ParamSpec('hnsw_m', 32, 'HNSW links per node (map_index hnsw): memory per keyframe grows '
+              'with it.', 4, 256),
+    ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw): '
+              'add time grows with it.', 8, 4096),
+    ParamSpec('hnsw_ef_search', 256, 'HNSW candidate list while searching (map_index hnsw): '
+              'search time grows with it, recall too.', 8, 65536),
     ParamSpec('autosave_period_s', 300.0, 'Save the map this often (0: only on shutdown and '
-              'on ~/save_map).', 0.0, 86400.0),
+              'on ~/save_map). Each save writes the whole map, so under 1 s is refused.',
+              0.0, 86400.0, min_on=1.0),
     # ---- outputs
     ParamSpec('loop_closure_output', False, 'Publish /vpr/loop_closure [t_query, t_match] '
               "(LIO-SAM's external loop-closure input)."),
-    ParamSpec('markers_period_s', 1.0, 'Publish /vpr/markers this often (0: never).',
-              0.0, 3600.0),
+    ParamSpec('markers_period_s', 1.0, 'Publish /vpr/markers this often (0: never); under '
+              '0.1 s is refused (RViz gains nothing, a core is kept busy).', 0.0, 3600.0,
+              min_on=0.1),
     ParamSpec('diagnostics_period_s', 1.0, 'Publish /diagnostics this often.', 0.1, 3600.0),
     ParamSpec('publish_status', False, 'Publish /vpr/status for every processed frame '
               '(debugging, benchmarks, tests).'),
@@ -177,6 +205,8 @@ def validate(name: str, value: Any) -> Any:
         if not math.isfinite(value):
             raise ParamError(bad)
     if (spec.lo is not None and value < spec.lo) or (spec.hi is not None and value > spec.hi):
+        raise ParamError(bad)
+    if spec.min_on is not None and 0 < value < spec.min_on:
         raise ParamError(bad)
     return value
 
@@ -246,6 +276,70 @@ class Params:
             kf_min_angle_deg=self.keyframe_min_angle_deg,
             kf_max_interval_s=self.keyframe_max_interval_s,
             kf_novelty_threshold=self.keyframe_novelty_threshold)
+
+
+def cost_warnings(p: Params) -> list[str]:
+    """Warn about accepted values that cost more than one likely means, naming the cost."""
+    out = []
+    h, w = p.image_size
+    if h * w > 4 * 224 * 224:
+        out.append(f'image_size {h}x{w} is {h * w / (224 * 224):.0f}x the pixels of the '
+                   'default 224x224: expect about that factor in encoder time and memory per '
+                   'frame')
+    if 0 < p.autosave_period_s < 30.0:
+        out.append(f'autosave_period_s {p.autosave_period_s:g}: every save writes the whole '
+                   'map (seconds for tens of thousands of keyframes) while frames wait; the map '
+                   'is also saved on shutdown and on ~/save_map')
+    if 0 < p.markers_period_s < 0.5:
+        out.append(f'markers_period_s {p.markers_period_s:g}: each marker message carries '
+                   'every keyframe position; RViz needs no more than a few per second')
+    if p.max_image_pixels > BY_NAME['max_image_pixels'].default:
+        out.append(f'max_image_pixels {p.max_image_pixels}: one decoded frame may take up to '
+                   f'{p.max_image_pixels * 4 / 2**20:.0f} MiB')
+    return out
+
+
+def check_map_dir(path: str) -> None:
+    """
+    Raise ParamError naming map_dir unless a map can be written there; leave no trace.
+
+    An unwritable map_dir (a file, a read-only filesystem, /proc) used to fail at the first
+    save, after the robot had mapped for minutes, and the node exited 0 having lost the map.
+    Missing directories are created to probe them and removed again, and the probe file is
+    created with O_EXCL (never through a link), so a refused start-up leaves nothing behind.
+    """
+    if not path:
+        return
+    created: list[str] = []
+    probe = None
+    try:
+        missing, d = [], os.path.abspath(path)
+        while not os.path.lexists(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.append(d)
+        if not os.path.isdir(path):
+            raise NotADirectoryError(20, 'not a directory')
+        fd, probe = tempfile.mkstemp(prefix='.vpr_write_probe_', dir=path)
+        try:
+            os.write(fd, b'x')
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise ParamError(f"parameter 'map_dir': {path!r} is not a writable directory "
+                         f'({err.strerror or err}); expected a directory the node can create '
+                         "and write, or '' to keep the map in memory only") from None
+    finally:
+        if probe is not None:
+            os.unlink(probe)
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------ ROS side (lazy imports)
