@@ -15,8 +15,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from hostile_inputs import jpeg_bomb, patch_jpeg_size, png_declaring  # noqa: E402
 from image_sequences import make_sequence  # noqa: E402
-from ros_fixtures import Client, NodeProcess, rows  # noqa: E402
+from ros_fixtures import Client, diag_values, NodeProcess, rows  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 S = 10**9
@@ -157,3 +158,63 @@ def test_good_frames_still_find_the_revisit(run, seq) -> None:
 def test_pose_gap_frames_were_processed_without_pose(run) -> None:
     for i in POSE_GAP:
         assert run['good'][i][3] >= 0  # processed (not refused), just without a pose
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process, KiB."""
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    raise AssertionError('no VmHWM')
+
+
+def test_decompression_bombs_are_refused_without_decoding(seq, tmp_path) -> None:
+    """
+    Refuse decompression bombs from their header (issue 11 #3); peak memory stays put.
+
+    A ~600-byte JPEG declaring 16000x16000 (768 MB decoded) and PNGs declaring 100000x100000
+    are refused as bad_image_data under the default max_image_pixels, without decoding.
+    """
+    from sensor_msgs.msg import CompressedImage
+
+    name = 'vpr_bombs'
+    node = NodeProcess(str(tmp_path), name, {'pose_type': 'none', 'qos': 'reliable',
+                                             'image_transport': 'compressed', 'map_dir': ''})
+    client = None
+    try:
+        node.wait_ready()
+        client = Client(f'client_{name}', node)
+        topic = node.topic('camera/image_raw/compressed')
+        client.wait_connected([(CompressedImage, topic)])
+        pub = client.publisher(CompressedImage, topic)
+        for i in range(3):  # warm up: the encoder's first frames allocate what it keeps
+            pub.publish(client.jpeg_msg(seq.frames[i], int(seq.stamps_ns[i])))
+            assert client.wait_status(int(seq.stamps_ns[i]))[3] >= 0
+        before = _vm_hwm_kib(node.proc.pid)
+        big_jpeg = bytes(client.jpeg_msg(seq.frames[3], 0).data)
+        bombs = [('jpeg', jpeg_bomb()), ('png', png_declaring(100000, 100000)),
+                 ('jpeg', patch_jpeg_size(big_jpeg, 30000, 30000))] * 3
+        stamp = int(seq.stamps_ns[3])
+        for fmt, data in bombs:
+            stamp += S // 10
+            msg = client.jpeg_msg(seq.frames[3], stamp)
+            msg.format, msg.data = fmt, data
+            t0 = time.monotonic()
+            pub.publish(msg)
+            assert client.wait_status(stamp)[3] == -1
+            assert time.monotonic() - t0 < 5.0  # decoding 16000x16000 took 4.9 s on its own
+        pub.publish(client.jpeg_msg(seq.frames[4], int(seq.stamps_ns[4])))
+        assert client.wait_status(int(seq.stamps_ns[4]))[3] >= 0  # still working
+        grown_mib = (_vm_hwm_kib(node.proc.pid) - before) / 1024
+        assert grown_mib < 100, f'peak RSS grew by {grown_mib:.0f} MiB while bombs arrived'
+        diag = client.wait_for(
+            lambda: next((v for v in (diag_values(m) for m in client.diags[-2:])
+                          if v.get('bad_image_data') == str(len(bombs))), None),
+            what=f'bad_image_data == {len(bombs)}')
+        assert diag['processing_errors'] == '0', diag
+        assert 'max_image_pixels' in node.log(), node.log()
+    finally:
+        if client is not None:
+            client.close()
+        assert node.stop() == 0, node.log()

@@ -1,0 +1,53 @@
+"""FrameIntake: what the node refuses before the detector, and under which counter."""
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from vpr_ros.core.errors import ImageError
+from vpr_ros.ros.frame_intake import FrameIntake, MIN_IMAGE_SIDE, refusal_kind, Refused
+
+S = 10**9
+
+
+def _image(img: np.ndarray, stamp: int, encoding: str = 'rgb8'):
+    sec, nsec = divmod(stamp, S)
+    return SimpleNamespace(height=img.shape[0], width=img.shape[1], encoding=encoding,
+                           is_bigendian=0, step=int(img.strides[0]) if img.size else 0,
+                           data=np.ascontiguousarray(img).tobytes(),
+                           header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nsec)))
+
+
+def _refused(intake: FrameIntake, msg, wall: float = 0.0, *pose) -> str:
+    with pytest.raises(Refused) as err:
+        intake.accept(msg, wall, *pose)
+    return err.value.key
+
+
+def test_good_frames_pass_and_each_refusal_has_its_kind() -> None:
+    intake = FrameIntake(max_pixels=240 * 320, stamp_window_s=10.0)
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    t = 1_700_000_000 * S
+    got, enc, stamp = intake.accept(_image(img, t), 0.0)
+    assert got.shape == img.shape and enc == 'rgb8' and stamp == t
+    assert _refused(intake, _image(img, t + S, 'no_such_encoding')) == 'bad_encoding'
+    big = np.zeros((480, 640, 3), np.uint8)
+    assert _refused(intake, _image(big, t + S)) == 'bad_image_data'  # over max_pixels
+    for tiny in (img[:1], img[:, :1], img[:MIN_IMAGE_SIDE - 1]):
+        assert _refused(intake, _image(np.ascontiguousarray(tiny), t + S)) == 'bad_image_data'
+    assert _refused(intake, _image(img, t)) == 'image_stamp_duplicate'
+    assert _refused(intake, _image(img, t + 10**8 * S)) == 'image_stamp_implausible'
+    assert intake.accept(_image(img, t + S), 0.1)[2] == t + S
+    # the pose stream vouches for a restart far back
+    assert intake.accept(_image(img, 5 * S), 0.2, 5 * S, 0.2)[2] == 5 * S
+    assert intake.last_note == ''
+
+
+def test_refusal_kind_names_opencv_and_other_errors() -> None:
+    assert refusal_kind(ImageError('unsupported image encoding x')) == 'bad_encoding'
+    assert refusal_kind(ImageError('image data truncated')) == 'bad_image_data'
+    with pytest.raises(cv2.error) as err:
+        cv2.ORB_create().detectAndCompute(np.zeros((1, 640), np.uint8), None)
+    assert refusal_kind(err.value) == 'bad_image_data'
+    assert refusal_kind(RuntimeError('boom')) == 'processing_errors'

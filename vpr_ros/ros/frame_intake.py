@@ -1,0 +1,77 @@
+"""
+What the node's worker checks before a frame reaches the detector, and how refusals are named.
+
+Every refused frame is counted under exactly one kind and gets its `/vpr/status` row (clients
+pacing themselves on that row would otherwise wait forever), so the counters always add up to
+what was sent. The checks, cheapest first:
+
+- decoding with the size the header declares checked against `max_image_pixels` before any
+  pixel is decoded (msg_convert): `bad_encoding` for encodings the node cannot read,
+  `bad_image_data` for everything else wrong with the bytes;
+- a minimum side of MIN_IMAGE_SIDE pixels: a 1-pixel-high or -wide image describes no place,
+  and OpenCV's ORB pyramid asserts on it (it used to escape as an uncounted processing error);
+- the stamp gate (core/stamp_gate.py): stamps that agree with neither the recent frames nor
+  the pose stream, and repeated stamps, never become keyframes.
+
+`refusal_kind` names whatever a frame raised later on (OpenCV errors are image problems too), so
+the worker can count it and publish the row instead of losing the frame silently.
+"""
+from vpr_ros.core.errors import ImageError
+from vpr_ros.core.msg_convert import any_image_from_msg, stamp_ns, stamp_s
+from vpr_ros.core.stamp_gate import DUPLICATE, IMPLAUSIBLE, NEW_TIMELINE, StampGate
+
+MIN_IMAGE_SIDE = 8
+STAMP_KEYS = (DUPLICATE, IMPLAUSIBLE)
+
+
+class Refused(Exception):
+    """A frame the node will not process: `key` is its counter, the message says why."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def refusal_kind(err: BaseException) -> str:
+    """Counter for an exception a frame raised: image problems are bad_image_data."""
+    if isinstance(err, ImageError):
+        return 'bad_encoding' if 'encoding' in str(err) else 'bad_image_data'
+    if type(err).__module__ == 'cv2':  # cv2.error: OpenCV refused the image's size or content
+        return 'bad_image_data'
+    return 'processing_errors'
+
+
+class FrameIntake:
+    """Decode, size-check and stamp-check frames for the worker (not thread-safe: one worker)."""
+
+    def __init__(self, max_pixels: int, stamp_window_s: float) -> None:
+        self.max_pixels = int(max_pixels)
+        self.gate = StampGate(window_s=stamp_window_s)
+        self.last_note = ''
+
+    def accept(self, msg, wall_s: float, pose_stamp_ns: int | None = None,
+               pose_wall_s: float | None = None):
+        """
+        Return (image, encoding, stamp_ns) of an acceptable frame, else raise Refused.
+
+        `pose_stamp_ns` / `pose_wall_s`: the newest pose and when it arrived (None without a
+        pose stream). `last_note` says when the stamp gate followed a new timeline.
+        """
+        self.last_note = ''
+        try:
+            image, encoding = any_image_from_msg(msg, self.max_pixels)
+        except ImageError as err:
+            raise Refused(refusal_kind(err), f'image refused: {err}') from None
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise Refused('bad_image_data', f'image refused: {w}x{h} is smaller than '
+                          f'{MIN_IMAGE_SIDE} pixels a side')
+        stamp = stamp_ns(msg.header)
+        verdict = self.gate.check(stamp, wall_s, pose_stamp_ns, pose_wall_s)
+        if not verdict.accepted:
+            raise Refused(verdict.kind, f'image stamp {stamp_s(stamp):.3f} s refused: '
+                          f'{verdict.reason}')
+        if verdict.kind == NEW_TIMELINE:
+            self.last_note = (f'image stamps moved to {stamp_s(stamp):.3f} s: '
+                              f'{verdict.reason}')
+        return image, encoding, stamp
