@@ -153,3 +153,16 @@ def test_ground_truth_from_body_poses_matches_the_estimate_convention():
     assert rotation_error_deg(q, Rotation.from_euler('y', -10, degrees=True).as_quat()) < 1e-6
     q_body, t_body = relative_from_poses([0, 1, 0, *yaw], [0, 0, 0, 0, 0, 0, 1], optical=False)
     assert np.allclose(t_body, [0, 1, 0])
+
+
+def test_pure_rotation_keeps_the_rotation_and_reports_no_parallax():
+    """A revisit from the same spot: rotation still right, parallax ~0 flags the direction."""
+    rng = np.random.default_rng(6)
+    R = Rotation.from_euler('y', 15, degrees=True).as_matrix()
+    pq, pm, _, q_true, _ = _scene(rng, R=R, t=[0.0, 0.0, 0.0], noise_px=0.3)
+    res = estimate_relative_pose(pq, pm, CAM, (H, W))
+    assert res.ok, res.reason
+    assert rotation_error_deg(res.quaternion, q_true) < 0.5
+    assert res.parallax_deg < 0.2 and res.inlier_ratio > 0.9
+    moving = estimate_relative_pose(*_scene(rng)[:2], CAM, (H, W))
+    assert moving.parallax_deg > 2.0
