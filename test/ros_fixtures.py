@@ -1,9 +1,10 @@
 """
 Helpers for tests of `vpr_node` over real DDS: the node in a subprocess, a client in pytest.
 
-`NodeProcess` starts `python -m vpr_ros.ros.node` with a params file and remaps every output
-under a prefix (so two nodes of one module never hear each other) and the node's name (so its
-services are `/<name>/save_map`...). `Client` is an rclpy node in the test process, with its own
+`NodeProcess` starts `python -m vpr_ros.ros.node` with a params file in its own namespace
+(`/<name>` unless told otherwise; every topic of the node is relative, so two nodes of one module
+never hear each other) and under its own name (services `/<ns>/<name>/save_map`...).
+`Client` is an rclpy node in the test process, with its own
 context and a background executor, that publishes images and poses and records what the node
 publishes. `Client.send` publishes a frame and waits for the node's per-frame `/vpr/status`
 row (publish_status is on in tests), so a test paces itself on the node and stays
@@ -24,10 +25,11 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 import yaml
 
+from vpr_ros.ros.topics import input_remaps
+
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
-OUTPUTS = ('/vpr/matches', '/vpr/status', '/vpr/loop_closure', '/vpr/markers', '/diagnostics')
 START_TIMEOUT_S = 120.0
 FRAME_TIMEOUT_S = 60.0
 
@@ -40,35 +42,51 @@ def node_env() -> dict:
     return env
 
 
-class NodeProcess:
-    """`vpr_node` in a subprocess with its outputs under `prefix` and the name `name`."""
+def node_args(params: dict, params_file: str, name: str, namespace: str = '/') -> list[str]:
+    """
+    Command line of a node: params file, name, namespace and input remaps.
 
-    def __init__(self, tmp_dir: str, name: str, params: dict, prefix: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    `camera_topic` / `pose_topic` in `params` are no node parameters: they name the topics the
+    test publishes on and become remap rules (topics.input_remaps), as the launch file does.
+    `/diagnostics` (the node's one absolute topic) is moved into the namespace as well.
+    """
+    params = dict(params)
+    rules = input_remaps(params.pop('camera_topic', ''), params.get('image_transport', 'raw'),
+                         params.pop('pose_topic', ''), params.get('pose_type', 'Odometry'))
+    with open(params_file, 'w') as f:
+        yaml.safe_dump({'/**': {'ros__parameters': params}}, f)
+    args = [sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '--params-file',
+            params_file, '-r', f'__node:={name}', '-r', f'__ns:={namespace}']
+    if namespace != '/':
+        rules.append(f'/diagnostics:={namespace}/diagnostics')
+    for rule in rules:
+        args += ['-r', rule]
+    return args
+
+
+class NodeProcess:
+    """`vpr_node` in a subprocess named `name`, in `namespace` (default `/<name>`)."""
+
+    def __init__(self, tmp_dir: str, name: str, params: dict, namespace: str | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict | None = None) -> None:
         self.name = name
-        self.prefix = prefix if prefix is not None else '/' + name
+        self.namespace = namespace if namespace is not None else '/' + name
         self.params = {'publish_status': True, 'diagnostics_period_s': 0.5,
                        'markers_period_s': 0.5, **params}
         os.makedirs(tmp_dir, exist_ok=True)
         self.params_file = os.path.join(tmp_dir, f'{name}.yaml')
-        with open(self.params_file, 'w') as f:
-            yaml.safe_dump({'/**': {'ros__parameters': self.params}}, f)
         self.log_path = os.path.join(tmp_dir, f'{name}.log')
-        args = [sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args',
-                '--params-file', self.params_file, '-r', f'__node:={name}']
-        for topic in OUTPUTS:
-            args += ['-r', f'{topic}:={self.topic(topic)}']
-        args += list(extra_args)
+        args = node_args(self.params, self.params_file, name, self.namespace) + list(extra_args)
         self._log_file = open(self.log_path, 'w')
-        self.proc = subprocess.Popen(args, env=node_env(), stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(args, env={**node_env(), **(env or {})},
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, text=True)
 
     def topic(self, name: str) -> str:
-        """Where output `name` ('/vpr/matches', '/diagnostics') of this node is published."""
-        return self.prefix + name
+        """Resolve the node's topic `name` ('vpr/matches', 'camera/image_raw') in its namespace."""
+        return f'{self.namespace.rstrip("/")}/{name.lstrip("/")}'
 
     def service(self, name: str) -> str:
-        return f'/{self.name}/{name}'
+        return f'{self.namespace.rstrip("/")}/{self.name}/{name}'
 
     def log(self) -> str:
         if not self._log_file.closed:
@@ -88,6 +106,19 @@ class NodeProcess:
             time.sleep(0.1)
         raise AssertionError(f'{self.name} not ready after {timeout} s:\n{self.log()}')
 
+    def wait_log(self, text: str, timeout: float = 60.0) -> str:
+        """Block until the node's output contains `text`; return the output."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            log = self.log()
+            if text in log:
+                return log
+            if self.proc.poll() is not None:
+                raise AssertionError(f'{self.name} exited ({self.proc.returncode}) before '
+                                     f'{text!r}:\n{log}')
+            time.sleep(0.01)
+        raise AssertionError(f'{text!r} not in the output of {self.name}:\n{self.log()}')
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send `sig` and wait; return the exit code (kills after `timeout`)."""
         if self.proc.poll() is None:
@@ -104,12 +135,8 @@ class NodeProcess:
 def run_to_exit(params: dict, tmp_dir: str, name: str, timeout: float = 120.0
                 ) -> subprocess.CompletedProcess:
     """Run a node that should fail at start-up; return its result (stderr included)."""
-    path = os.path.join(tmp_dir, f'{name}.yaml')
-    with open(path, 'w') as f:
-        yaml.safe_dump({'/**': {'ros__parameters': params}}, f)
-    return subprocess.run([sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '--params-file',
-                           path, '-r', f'__node:={name}'], env=node_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    args = node_args(params, os.path.join(tmp_dir, f'{name}.yaml'), name)
+    return subprocess.run(args, env=node_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def rows(msg) -> np.ndarray:
@@ -142,11 +169,11 @@ class Client:
         self.markers: list = []
         self._pubs: dict[str, object] = {}
         sub = self.node.create_subscription
-        sub(Float64MultiArray, node.topic('/vpr/matches'), self._keep(self.matches), RELIABLE)
-        sub(Float64MultiArray, node.topic('/vpr/loop_closure'), self._keep(self.loops), RELIABLE)
+        sub(Float64MultiArray, node.topic('vpr/matches'), self._keep(self.matches), RELIABLE)
+        sub(Float64MultiArray, node.topic('vpr/loop_closure'), self._keep(self.loops), RELIABLE)
         sub(DiagnosticArray, node.topic('/diagnostics'), self._keep(self.diags), RELIABLE)
-        sub(MarkerArray, node.topic('/vpr/markers'), self._keep(self.markers), 10)
-        sub(Float64MultiArray, node.topic('/vpr/status'), self._on_status, RELIABLE)
+        sub(MarkerArray, node.topic('vpr/markers'), self._keep(self.markers), 10)
+        sub(Float64MultiArray, node.topic('vpr/status'), self._on_status, RELIABLE)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
@@ -180,7 +207,7 @@ class Client:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             subs_ok = all(self.publisher(t, n).get_subscription_count() > 0 for t, n in topics)
-            if subs_ok and self.node.count_publishers(self.target.topic('/vpr/status')) > 0:
+            if subs_ok and self.node.count_publishers(self.target.topic('vpr/status')) > 0:
                 time.sleep(0.5)  # graph seen; give the data path a moment too
                 return
             time.sleep(0.1)
@@ -257,6 +284,29 @@ class Client:
                     return diag_values(m)
             return None
         return self.wait_for(pred, timeout, 'a fresh /diagnostics message')
+
+    def wait_diag(self, predicate, timeout: float = 30.0, what: str = 'diagnostics'
+                  ) -> dict[str, str]:
+        """
+        Values of the first /diagnostics message, received from now on, that satisfies them.
+
+        Counters reach their value a little after the frames were sent (delivery, the worker),
+        so a test polls for the value it asserts instead of reading one message once.
+        """
+        start = len(self.diags)
+        seen: list[dict[str, str]] = []
+
+        def pred():
+            for m in self.diags[start:]:
+                values = diag_values(m)
+                seen[:] = [values]
+                if predicate(values):
+                    return values
+            return None
+        try:
+            return self.wait_for(pred, timeout, what)
+        except AssertionError as err:
+            raise AssertionError(f'{err}\nlast diagnostics: {seen}') from None
 
     def call(self, srv_type, name: str, request, timeout: float = 60.0):
         cli = self.node.create_client(srv_type, name)

@@ -4,11 +4,11 @@ import os
 import sys
 
 import pytest
-from vpr_ros.training.export import main as export_main
-from vpr_ros.training.synthetic import make_synthetic_garden
-from vpr_ros.training.train import main as train_main
+from synthetic import make_synthetic_garden
 
 from vpr_ros.model.model_file import file_fingerprint
+from vpr_ros.training.export import main as export_main
+from vpr_ros.training.train import main as train_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,17 +30,18 @@ def test_node_runs_an_exported_model(tmp_path) -> None:
                         '--whiten-map', 'train_map']) == 0
     seq = make_sequence()
     map_dir = str(tmp_path / 'map')
+    # Root namespace, no remaps: the relative topics resolve to /camera/image_raw, /vpr/status.
     node = NodeProcess(str(tmp_path / 'node'), 'vpr_exported',
                        {'model_path': model, 'pose_type': 'none', 'qos': 'reliable',
-                        'camera_topic': '/vpr_exported/image', 'map_dir': map_dir,
-                        'keyframe_max_interval_s': 0.5})
+                        'map_dir': map_dir, 'keyframe_max_interval_s': 0.5}, namespace='/')
     client = None
     try:
         node.wait_ready()
         client = Client('client_exported', node)
         from sensor_msgs.msg import Image
-        client.wait_connected([(Image, '/vpr_exported/image')])
-        status = stream(client, seq, range(8), '/vpr_exported/image', 'none')
+        assert node.topic('vpr/status') == '/vpr/status'
+        client.wait_connected([(Image, '/camera/image_raw')])
+        status = stream(client, seq, range(8), '/camera/image_raw', 'none')
         assert len(status) == 8 and sum(1 for s in status if s[2] > 0) >= 2
     finally:
         if client is not None:

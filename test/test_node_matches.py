@@ -41,9 +41,8 @@ def run(request, seq, tmp_path_factory):
     name = f'vpr_{request.param}'
     tmp = str(tmp_path_factory.mktemp(name))
     cfg = VARIANTS[request.param]
-    topic, pose_topic = f'/{name}/image', f'/{name}/pose'
-    node = NodeProcess(tmp, name, {**cfg, 'camera_topic': topic, 'pose_topic': pose_topic,
-                                   'exclusion_window_s': EXCLUSION_S,
+    # No remaps: the node's relative default topics, resolved in its namespace /<name>.
+    node = NodeProcess(tmp, name, {**cfg, 'exclusion_window_s': EXCLUSION_S,
                                    'map_dir': os.path.join(tmp, 'map')})
     client = None
     try:
@@ -54,17 +53,24 @@ def run(request, seq, tmp_path_factory):
         from sensor_msgs.msg import CompressedImage, Image
         compressed = cfg['image_transport'] == 'compressed'
         inputs = [(CompressedImage if compressed else Image,
-                   topic + ('/compressed' if compressed else ''))]
+                   node.topic('camera/image_raw' + ('/compressed' if compressed else '')))]
+        pose_topic = ''
         if cfg['pose_type'] != 'none':
-            inputs.append((Odometry if cfg['pose_type'] == 'Odometry' else PoseStamped,
-                           pose_topic))
+            odom = cfg['pose_type'] == 'Odometry'
+            pose_topic = node.topic('odom' if odom else 'pose')
+            inputs.append((Odometry if odom else PoseStamped, pose_topic))
+        assert f'images on {inputs[0][1]}, poses {cfg["pose_type"]} on ' \
+               f'{pose_topic or "(none)"}' in node.log()
         client.wait_connected(inputs)
         t_start = time.time()
         status = stream(client, seq, range(len(seq)), inputs[0][1], cfg['pose_type'],
                         pose_topic, cfg['image_transport'])
         n_matches = sum(1 for s in status if s[3] > 0)
         client.wait_for(lambda: len(client.matches) >= n_matches, 30, 'all matches')
-        diag = client.latest_diag(after=time.time())
+        diag = client.wait_diag(lambda d: int(d['frames_processed']) == len(seq)
+                                and int(d['matches_published']) >= n_matches,
+                                what='diagnostics counting the whole sequence')
+        assert diag['image_topic'] == inputs[0][1] and diag['pose_topic'] == pose_topic
         client.wait_for(lambda: client.markers, 30, '/vpr/markers')
         yield dict(cfg=cfg, status=status, client=client, diag=diag, node=node,
                    t_start=t_start)

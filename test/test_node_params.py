@@ -41,7 +41,7 @@ def test_shipped_yaml_is_the_table() -> None:
 
 
 def test_contract_parameters_exist() -> None:
-    for name in ('camera_topic', 'pose_topic', 'image_transport', 'qos', 'pose_type',
+    for name in ('image_transport', 'qos', 'pose_type',
                  'model_path', 'device', 'image_size', 'keyframe_min_distance_m',
                  'keyframe_min_angle_deg', 'keyframe_max_interval_s',
                  'keyframe_novelty_threshold', 'exclusion_window_s', 'top_k',
@@ -97,8 +97,7 @@ def test_params_checks_and_mapping() -> None:
     with pytest.raises(ParamError, match='unknown'):
         Params({'no_such_parameter': 1})
     p = Params({'image_transport': 'compressed', 'top_k': 7, 'exclusion_window_s': 12.0})
-    assert p.image_topic == '/camera/image_raw/compressed'
-    assert Params({}).image_topic == '/camera/image_raw'
+    assert 'camera_topic' not in BY_NAME and 'pose_topic' not in BY_NAME  # topics: remaps
     c = p.detector_config()
     assert c.top_k == 7 and c.exclusion_s == 12.0
     assert p.with_changes({'top_k': 9}).top_k == 9 and p.top_k == 7

@@ -6,15 +6,17 @@ Callbacks only enqueue: the image callback puts the message in a drop-oldest que
 the worker got to it is counted as dropped. Decoding happens in the worker, so frames that are
 dropped anyway cost no decode (a 640x480 JPEG costs ~3 ms). The worker thread converts the
 message (msg_convert), looks the pose up at the image stamp (PoseBuffer), runs
-`LoopDetector.process`, and publishes `/vpr/matches` (layout in README.md) and
-optionally `/vpr/loop_closure` and `/vpr/status`. Map saves and resets hold the same lock as
+`LoopDetector.process`, and publishes `vpr/matches` (layout in README.md) and optionally
+`vpr/loop_closure` and `vpr/status`. Topic names are relative (vpr_ros.ros.topics): a namespace
+moves them all, and inputs are chosen by remapping. Map saves and resets hold the same lock as
 `process`, so a save never sees half a frame; autosave runs in the worker between frames.
 
 Bad input (wrong encoding, truncated data, NaN poses, stamps going backwards, a pose topic that
 stops) is logged with throttling and counted in /diagnostics; it never stops the node. A bad
 parameter, an unreadable model file or a map of another model stop start-up with a message
-naming the parameter, before anything is written. SIGINT/SIGTERM: the worker stops, the map is
-saved once (atomically, by PlaceMap.save), exit 0.
+naming the parameter, before anything is written. The first SIGINT/SIGTERM stops the worker and
+saves the map once (atomically, by PlaceMap.save); further signals during the save are logged and
+ignored (vpr_ros.ros.shutdown); exit 0, or 1 when that save failed.
 """
 import os
 import sys
@@ -25,7 +27,6 @@ import traceback
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -34,10 +35,13 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
 from vpr_ros.core.msg_convert import any_image_from_msg, pose_from_msg, stamp_ns, stamp_s
+from vpr_ros.ros import topics
 from vpr_ros.ros.params import BY_NAME, declare_all, ParamError, Params, validate
+from vpr_ros.ros.shutdown import exit_now, stop_log_to_stderr, StopSignals
 from vpr_ros.ros.worker import DropOldestQueue, RateMeter, RollingStats
 
 MATCH_COLUMNS = 'query_stamp,match_stamp,score,match_id,query_id'
@@ -46,6 +50,7 @@ BAD_INPUT_KEYS = ('bad_encoding', 'bad_image_data', 'bad_pose', 'pose_out_of_ord
                   'pose_time_reset', 'image_stamp_backwards', 'no_pose', 'processing_errors')
 THROTTLE_S = 5.0
 MAX_LOOP_LINES = 5000
+SAVE_DELAY_ENV = 'VPR_NODE_TEST_SAVE_DELAY_S'
 
 
 class StartupError(RuntimeError):
@@ -138,8 +143,9 @@ class VprNode(Node):
         self._worker = threading.Thread(target=self._work, name='vpr_worker', daemon=True)
         self._worker.start()
         self._log.info(
-            f'vpr_node ready: {p.image_transport} images on '
-            f'{self.resolve_topic_name(p.image_topic)}, poses {p.pose_type} on {p.pose_topic}, '
+            f'vpr_node ready: {p.image_transport} images on {self.image_topic}, poses '
+            f'{p.pose_type} on {self.pose_topic or "(none)"}, outputs on '
+            f'{self._pub_matches.topic_name}, '
             f'model {self._encoder.fingerprint} '
             f'(dim {self._encoder.dim}, device {self._encoder.device}), map '
             f'{p.map_path or "(memory only)"} with {len(self._map)} keyframes, session '
@@ -184,30 +190,34 @@ class VprNode(Node):
         from std_srvs.srv import SetBool, Trigger
         from visualization_msgs.msg import MarkerArray
 
-        self._pub_matches = self.create_publisher(Float64MultiArray, '/vpr/matches',
-                                                  _reliable(10))
-        self._pub_loop = (self.create_publisher(Float64MultiArray, '/vpr/loop_closure',
-                                                _reliable(10))
+        pub = self.create_publisher
+        self._pub_matches = pub(Float64MultiArray, topics.MATCHES, _reliable(10))
+        self._pub_loop = (pub(Float64MultiArray, topics.LOOP_CLOSURE, _reliable(10))
                           if p.loop_closure_output else None)
-        self._pub_status = (self.create_publisher(Float64MultiArray, '/vpr/status',
-                                                  _reliable(100))
+        self._pub_status = (pub(Float64MultiArray, topics.STATUS, _reliable(100))
                             if p.publish_status else None)
-        self._pub_markers = self.create_publisher(MarkerArray, '/vpr/markers', _reliable(1))
-        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', _reliable(10))
+        self._pub_markers = pub(MarkerArray, topics.MARKERS, _reliable(1))
+        self._pub_diag = pub(DiagnosticArray, topics.DIAGNOSTICS, _reliable(10))
 
         if p.image_transport == 'compressed':
             from sensor_msgs.msg import CompressedImage as ImageType
         else:
             from sensor_msgs.msg import Image as ImageType
-        self.create_subscription(ImageType, p.image_topic, self._on_image,
-                                 _sensor_qos(p.qos, 5), callback_group=self._sensor_group)
+        sub = self.create_subscription(ImageType, topics.image_input(p.image_transport),
+                                       self._on_image, _sensor_qos(p.qos, 5),
+                                       callback_group=self._sensor_group)
+        # Logs and diagnostics name what was subscribed after namespace and remapping.
+        self.image_topic: str = sub.topic_name
+        self.pose_topic = ''
         if p.pose_type != 'none':
             if p.pose_type == 'Odometry':
                 from nav_msgs.msg import Odometry as PoseType
             else:
                 from geometry_msgs.msg import PoseStamped as PoseType
-            self.create_subscription(PoseType, p.pose_topic, self._on_pose,
-                                     _sensor_qos(p.qos, 50), callback_group=self._sensor_group)
+            sub = self.create_subscription(PoseType, topics.pose_input(p.pose_type),
+                                           self._on_pose, _sensor_qos(p.qos, 50),
+                                           callback_group=self._sensor_group)
+            self.pose_topic = sub.topic_name
 
         self.create_service(Trigger, '~/save_map', self._srv_save,
                             callback_group=self._service_group)
@@ -498,7 +508,7 @@ class VprNode(Node):
                                   hardware_id=str(self._encoder.device))
         problems = []
         if pose_stale and self._received:
-            problems.append(f'no pose on {p.pose_topic} for > {p.pose_timeout_s} s')
+            problems.append(f'no pose on {self.pose_topic} for > {p.pose_timeout_s} s')
         if self._paused:
             problems.append('paused')
         status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
@@ -516,6 +526,7 @@ class VprNode(Node):
             'device': str(self._encoder.device), 'model': self._encoder.fingerprint,
             'map_session': str(self._map.session), 'paused': str(self._paused).lower(),
             'pose_stale': str(pose_stale).lower(),
+            'image_topic': self.image_topic, 'pose_topic': self.pose_topic,
         }
         values.update({k: str(v) for k, v in c.items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -555,50 +566,84 @@ class VprNode(Node):
         self._pub_markers.publish(out)
 
     # --------------------------------------------------------------- shutdown
-    def shutdown(self) -> None:
-        """Stop the worker (after its current frame), then save the map once."""
+    def shutdown(self) -> bool:
+        """Stop the worker (after its current frame), then save the map once; False: failed."""
         self._stop.set()
         self._queue.close()
         self._worker.join(timeout=30.0)
-        if self._saved_on_exit or not self.params.map_path:
-            return
+        path = self.params.map_path
+        if self._saved_on_exit or not path:
+            return True
         self._saved_on_exit = True
+        print(f'vpr_node: shutdown: saving {len(self._map)} keyframes to {path}', flush=True)
+        delay = float(os.environ.get(SAVE_DELAY_ENV) or 0.0)
+        if delay > 0:  # test hook: a slow save, so that a test can signal during it
+            time.sleep(delay)
         ok, text = self.save_map()
         print(f'vpr_node: shutdown: {text}', file=sys.stderr if not ok else sys.stdout,
               flush=True)
+        return ok
+
+
+def _spin(executor, stop: StopSignals, errors: list) -> None:
+    """Executor thread; if it ends on its own (context gone, error) the node still saves."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except Exception as err:  # the map must still be saved: ask for a stop, exit 1
+        errors.append(err)
+        stop.log(f'vpr_node: executor failed: {err!r}')
+    finally:
+        stop.request('executor end')
+
+
+def run(node: VprNode, stop: StopSignals) -> int:
+    """Spin until a stop is requested, then stop the worker and save; the exit code."""
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    errors: list = []
+    spinner = threading.Thread(target=_spin, args=(executor, stop, errors), name='vpr_spin',
+                               daemon=True)
+    spinner.start()
+    stop.wait()
+    stop.phase = 'saving the map'
+    saved = node.shutdown()
+    stop.phase = 'closing'
+    executor.shutdown(timeout_sec=1.0)
+    spinner.join(timeout=2.0)
+    node.destroy_node()
+    return 0 if saved and not errors else 1
 
 
 def main(args=None) -> int:
-    """Console script `vpr_node`; exit 2 on a bad parameter, model or map, 0 after shutdown."""
+    """
+    Run the console script `vpr_node`; the exit code says how it ended.
+
+    2: a bad parameter, model or map at start-up; after a stop: 0 when the map was saved (or
+    none is kept), 1 when the shutdown save failed (the map on disk is the last good save).
+    """
     # OpenMP threads that busy-wait after each inference took the CPU from the processes beside
     # the node (measured: a client on the same 2 cores ran at half speed); torch is imported
     # later (encoder), so this still applies. A value the user set wins.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    rclpy.init(args=args)
-    try:
-        node = VprNode()
-    except (ParamError, StartupError) as err:
-        print(f'vpr_node: cannot start: {err}', file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except _rclpy.RCLError:
-        # SIGINT/SIGTERM shut the context down while the executor was building its wait set:
-        # rclpy raises RCLError instead of ExternalShutdownException (seen once in CI). Still a
-        # clean shutdown; any other RCLError is not.
-        if rclpy.ok():
-            raise
-    finally:
-        node.shutdown()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    stop = StopSignals()
+    stop.install()  # before the model loads: a Ctrl-C then is an orderly stop too
+    with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
+        try:
+            node = VprNode()
+        except (ParamError, StartupError) as err:
+            print(f'vpr_node: cannot start: {err}', file=sys.stderr, flush=True)
+            return 2
+        stop.log = node.get_logger().info
+        code = run(node, stop)
+        stop.log = stop_log_to_stderr
+    # The map is on disk and rclpy shut down (ROS log flushed); skip the interpreter's
+    # teardown (~3 s, torch), which launch's SIGTERM would otherwise cut short.
+    print(f'vpr_node: exit {code}, {stop.elapsed_s():.2f} s after {stop.first_name}',
+          flush=True)
+    exit_now(code)
+    return code
 
 
 if __name__ == '__main__':

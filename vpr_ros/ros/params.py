@@ -69,20 +69,18 @@ class ParamSpec:
 _C = DetectorConfig()
 _T = ('raw', 'compressed')
 SPECS: tuple[ParamSpec, ...] = (
-    # ---- inputs
-    ParamSpec('camera_topic', '/camera/image_raw',
-              'Image topic; with image_transport compressed the node subscribes to '
-              '<camera_topic>/compressed (the image_transport convention).'),
-    ParamSpec('image_transport', 'raw', 'raw: sensor_msgs/Image; compressed: '
-              'sensor_msgs/CompressedImage (JPEG or PNG).', choices=_T),
+    # ---- inputs (topics are chosen by remapping, not by parameters: vpr_ros/ros/topics.py)
+    ParamSpec('image_transport', 'raw', 'raw: sensor_msgs/Image on camera/image_raw; '
+              'compressed: sensor_msgs/CompressedImage (JPEG or PNG) on '
+              'camera/image_raw/compressed (the image_transport convention).', choices=_T),
     ParamSpec('qos', 'sensor_data',
               'QoS of the image and pose subscriptions: sensor_data (best effort, keeps the '
               'latest; matches any publisher) or reliable (matches reliable publishers only).',
               choices=('sensor_data', 'reliable')),
-    ParamSpec('pose_topic', '/odom', 'Pose topic; its poses are interpolated at image stamps.'),
-    ParamSpec('pose_type', 'Odometry', 'Message type of pose_topic; none: no pose subscription '
-              '(keyframes by time and novelty only).', choices=('none', 'PoseStamped',
-                                                              'Odometry')),
+    ParamSpec('pose_type', 'Odometry', 'Pose input, interpolated at image stamps: '
+              'nav_msgs/Odometry on odom, geometry_msgs/PoseStamped on pose; none: no pose '
+              'subscription (keyframes by time and novelty only).',
+              choices=('none', 'PoseStamped', 'Odometry')),
     ParamSpec('pose_max_gap_s', 0.5, 'Poses further apart than this are not interpolated '
               'between (the image gets no pose).', 0.0, 60.0),
     ParamSpec('pose_wait_s', 0.05, 'How long the worker waits for a pose newer than an image '
@@ -233,11 +231,6 @@ class Params:
             raise ParamError(f'parameter \'model_path\': file {v["model_path"]!r} does not '
                              "exist; expected a model file written by vpr-export, or '' for "
                              'the built-in model')
-        if not v['camera_topic']:
-            raise ParamError("parameter 'camera_topic' must not be empty")
-        if v['pose_type'] != 'none' and not v['pose_topic']:
-            raise ParamError("parameter 'pose_topic' must not be empty unless pose_type is "
-                             "'none'")
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -251,14 +244,6 @@ class Params:
     def with_changes(self, changes: dict[str, Any]) -> 'Params':
         """Return new Params with some values changed (validated), for live updates."""
         return Params({**self._values, **changes})
-
-    @property
-    def image_topic(self) -> str:
-        """The topic actually subscribed: compressed transport appends '/compressed'."""
-        t = self.camera_topic
-        if self.image_transport == 'compressed' and not t.rstrip('/').endswith('/compressed'):
-            return t.rstrip('/') + '/compressed'
-        return t
 
     @property
     def map_path(self) -> str:

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vpr_ros.ros.topics import input_remaps
+
 REPO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config')
 
 
@@ -71,9 +73,7 @@ def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
     """vpr_node with the shipped config, the demo's overrides, then the user's --param ones."""
     params = os.path.join(REPO_CONFIG, 'vpr.yaml')
     cmd = [sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '--params-file', params,
-           '-p', f'camera_topic:={args.image_topic}',
-           '-p', f'image_transport:={args.transport}',
-           '-p', f'pose_topic:={args.pose_topic}', '-p', f'pose_type:={args.pose_type}',
+           '-p', f'image_transport:={args.transport}', '-p', f'pose_type:={args.pose_type}',
            '-p', f'map_dir:={map_dir}',
            '-p', 'load_map:=false', '-p', 'publish_status:=true', '-p', 'qos:=reliable',
            '-p', f'exclusion_window_s:={args.exclusion_s}']
@@ -81,6 +81,8 @@ def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
         cmd += ['-p', f'model_path:={os.path.abspath(args.model)}']
     for override in args.param:  # last: a user's NAME:=VALUE wins over the demo's own
         cmd += ['-p', override]
+    for rule in input_remaps(args.image_topic, args.transport, args.pose_topic, args.pose_type):
+        cmd += ['-r', rule]  # the node's inputs are chosen by remapping
     return cmd
 
 
