@@ -15,6 +15,8 @@ import platform
 import time
 
 import numpy as np
+
+from vpr_ros.core.psi import add_fov_arguments
 from vpr_ros.training.labels import compute_pairs, DEFAULT_CHUNK, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,8 +76,7 @@ def main() -> None:
     """Run the sizes, print the table and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sizes', type=int, nargs='+', default=[5000, 25000])
-    ap.add_argument('--fov-deg', type=float, default=90.0)
-    ap.add_argument('--radius', type=float, default=3.5)
+    add_fov_arguments(ap)
     ap.add_argument('--chunk', type=int, default=DEFAULT_CHUNK)
     ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_labels.json'))
     args = ap.parse_args()

@@ -15,21 +15,24 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
 import torch
 from torch.utils.data import DataLoader
+
+from vpr_ros.model.encoder import ModelSpec, VPRNet
 from vpr_ros.training.dataset import load_traverse, TraverseImages
 from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
 from vpr_ros.training.labels import generate_labels, load_labels
 from vpr_ros.training.losses import PairLoss
 from vpr_ros.training.pairs import PairImages, PairSampler
-from vpr_ros.training.synthetic import make_synthetic_garden
-
-from vpr_ros.model.encoder import ModelSpec, VPRNet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The synthetic garden is a test fixture (test/synthetic.py), not part of the package.
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'test'))
+from synthetic import make_synthetic_garden  # noqa: E402
 
 
 def _step(net, opt, crit, xa, xb, y, device, amp, scaler, cut=0):

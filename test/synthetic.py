@@ -13,7 +13,8 @@ passes along the whole wall, each offset by a quarter step. Map passes are taken
 every `spacing` metres; query passes with heading jitter and a "dusk" appearance change (hue,
 contrast, brightness, noise) that ImageNet features are not invariant to but training can learn.
 
-Writes TB-Places-style folders through `training.dataset.write_index`. The simulator's set
+Writes TB-Places-style folders through `vpr_ros.core.tbplaces.write_index`. A test fixture (also used
+by bench/bench_train.py), not part of the installed package. The simulator's set
 (`vpr_ros.sim.dataset.default_dataset()`) is the realistic one; this is the fallback.
 """
 import json
@@ -21,7 +22,8 @@ import os
 
 import cv2
 import numpy as np
-from vpr_ros.training.dataset import write_index
+
+from vpr_ros.core.tbplaces import write_index
 
 TRAVERSES = ('train_map', 'train_query', 'val_map', 'val_query')
 #: Lateral offset (m) at which two θ = 90°, r = 3.5 m sectors side by side stop overlapping.

@@ -6,6 +6,9 @@ import numpy as np
 from PIL import Image
 import pytest
 from scipy.spatial.transform import Rotation
+
+from vpr_ros.core.bitdepth import to_8bit
+from vpr_ros.core.errors import VPRError
 from vpr_ros.training.dataset import (
     LOAD_ERRORS,
     load_image,
@@ -16,8 +19,6 @@ from vpr_ros.training.dataset import (
     TraverseImages,
     write_index,
 )
-
-from vpr_ros.core.errors import VPRError
 
 
 def _poses(n: int, seed: int = 0) -> np.ndarray:
@@ -127,7 +128,9 @@ def test_load_image_skips_and_counts(tmp_path) -> None:
     gray16 = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)
     Image.fromarray(gray16).save(tmp_path / 'g16.png')
     g = load_image(str(tmp_path / 'g16.png'))
-    assert g.shape == (24, 32, 3) and g.max() == 255
+    # 16-bit grey is scaled as the node scales a mono16 camera (not stretched to the image max)
+    assert g.shape == (24, 32, 3) and np.array_equal(g[..., 1], to_8bit(gray16))
+    assert g.max() == round(int(gray16.max()) / 257) < 255
     (tmp_path / 'junk.png').write_bytes(b'not an image at all')
     full = (tmp_path / names[0]).read_bytes()
     (tmp_path / 'cut.png').write_bytes(full[: len(full) // 2])

@@ -8,10 +8,11 @@ import numpy as np
 from PIL import Image
 import pytest
 from scipy.spatial.transform import Rotation
-from vpr_ros.training.dataset import write_index
-from vpr_ros.training.evaluate import evaluate, psi_positives, read_folder_pair
 
 from vpr_ros.core.fov import fov_overlap_many
+from vpr_ros.core.psi import positives as psi_positives
+from vpr_ros.training.dataset import write_index
+from vpr_ros.training.evaluate import evaluate, read_folder_pair
 
 
 def _png_ok(path):

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
+from synthetic import make_synthetic_garden
 import torch
-from vpr_ros.training.synthetic import make_synthetic_garden
+
 from vpr_ros.training.train import main
 
 pytestmark = pytest.mark.slow

@@ -1,14 +1,11 @@
 """
-TB-Places-style traverses: the JSON index, its one writer, image loading and a torch Dataset.
+TB-Places-style traverses for training: selection by name, image loading and a torch Dataset.
 
-An index is `{"im_prefix": str, "im_paths": [str], "poses": [[tx, ty, tz, qx, qy, qz, qw], ...]}`
-(the format of TB-Places and the GCL code), one per traverse. Image paths are resolved as
-`join(image_root, im_path)` where `image_root` is `im_prefix` itself when it is absolute and
-`join(folder of the index, im_prefix)` when it is relative (so `""` or `"images/"` keep a folder
-relocatable). The GCL code writes the dataset root as an absolute `im_prefix` and otherwise passes
-the root on the command line: `load_traverse(..., image_root=...)` is that override, for a
-dataset that was moved. MSLS-style indices carrying `"loc": [[east, north, compass_deg], ...]`
-instead of poses are read too (converted to planar poses, see `poses_from_compass`).
+The index format itself (`{"im_prefix", "im_paths", "poses"}`, its reader and its one writer)
+is `vpr_ros.core.tbplaces`, shared with the simulator and the bag extractor; its names are
+re-exported here. The GCL code writes the dataset root as an absolute `im_prefix` and otherwise
+passes the root on the command line: `load_traverse(..., image_root_override=...)` is that
+override, for a dataset that was moved.
 
 Corrupt or missing images never stop a run: `load_image` returns None and counts them, and the
 Dataset checks every file once up front and serves only the readable ones.
@@ -16,17 +13,16 @@ Dataset checks every file once up front and serves only the readable ones.
 from collections import Counter
 from dataclasses import dataclass
 import glob
-import json
 import logging
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy.spatial.transform import Rotation
 
-from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.errors import VPRError
+from vpr_ros.core.tbplaces import image_root, poses_from_compass, read_index, write_index
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,21 +50,6 @@ class Traverse:
         return self.poses[:, :2]
 
 
-def poses_from_compass(easting, northing, heading_deg) -> np.ndarray:
-    """
-    (N,7) planar poses from GPS/UTM east, north and a compass heading (deg, clockwise from N).
-
-    x = east, y = north (ENU, REP-103), so the yaw of the +x axis is 90° − compass heading.
-    """
-    e = np.asarray(easting, dtype=np.float64).reshape(-1)
-    n = np.asarray(northing, dtype=np.float64).reshape(-1)
-    yaw = np.radians(90.0 - np.asarray(heading_deg, dtype=np.float64).reshape(-1))
-    if not (e.shape == n.shape == yaw.shape):
-        raise VPRError('easting, northing and heading have different lengths')
-    q = Rotation.from_euler('z', yaw[:, None]).as_quat().reshape(-1, 4)
-    return np.concatenate([e[:, None], n[:, None], np.zeros((e.size, 1)), q], axis=1)
-
-
 def traverse_name(index_path: str) -> str:
     """Name used on the command line: the file stem, or its folder for a generic 'index.json'."""
     path = os.path.abspath(index_path)
@@ -78,41 +59,14 @@ def traverse_name(index_path: str) -> str:
     return stem
 
 
-def image_root(index_path: str, im_prefix: str) -> str:
-    """Folder the im_paths are relative to (see the module docstring)."""
-    if os.path.isabs(im_prefix):
-        return im_prefix
-    return os.path.join(os.path.dirname(os.path.abspath(index_path)), im_prefix)
-
-
 def load_traverse(index_path: str, image_root_override: str | None = None,
                   name: str | None = None) -> Traverse:
     """Read one index; VPRError naming the file and the problem when it is malformed."""
-    try:
-        with open(index_path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise VPRError(f'cannot read index {index_path}: {exc}') from exc
-    if not isinstance(data, dict) or 'im_paths' not in data:
-        raise VPRError(f'{index_path}: not a TB-Places index (no "im_paths")')
-    im_paths = [str(p) for p in data['im_paths']]
-    if 'poses' in data:
-        poses = np.asarray(data['poses'], dtype=np.float64)
-        if poses.size == 0:
-            poses = poses.reshape(0, 7)
-        if poses.ndim != 2 or poses.shape[1] != 7:
-            raise VPRError(f'{index_path}: "poses" must be N×7 [tx,ty,tz,qx,qy,qz,qw], '
-                           f'got shape {poses.shape}')
-    elif 'loc' in data:
-        loc = np.asarray(data['loc'], dtype=np.float64).reshape(-1, 3)
-        poses = poses_from_compass(loc[:, 0], loc[:, 1], loc[:, 2])
-    else:
-        raise VPRError(f'{index_path}: no "poses" (or "loc") in the index')
-    if len(poses) != len(im_paths):
-        raise VPRError(f'{index_path}: {len(im_paths)} im_paths but {len(poses)} poses')
-    root = image_root_override or image_root(index_path, str(data.get('im_prefix', '')))
-    paths = [os.path.join(root, p) for p in im_paths]
-    return Traverse(name or traverse_name(index_path), os.path.abspath(index_path), paths, poses)
+    index = read_index(index_path)
+    root = image_root_override or image_root(index_path, index.im_prefix)
+    paths = [os.path.join(root, p) for p in index.im_paths]
+    return Traverse(name or traverse_name(index_path), os.path.abspath(index_path), paths,
+                    index.poses)
 
 
 def find_indices(root: str) -> list[str]:
@@ -159,27 +113,6 @@ def select_traverses(root_or_paths: str | Sequence[str],
     return out
 
 
-def write_index(path: str, im_prefix: str, im_paths: Sequence[str], poses) -> str:
-    """
-    Write an index atomically (temp file + rename), so a crash never leaves half a JSON.
-
-    The single writer for bag extraction and the simulator; poses must be finite N×7.
-    """
-    poses = np.asarray(poses, dtype=np.float64)
-    if poses.size == 0:
-        poses = poses.reshape(0, 7)
-    if poses.ndim != 2 or poses.shape[1] != 7:
-        raise VPRError(f'poses must be N×7 [tx,ty,tz,qx,qy,qz,qw], got shape {poses.shape}')
-    if len(poses) != len(im_paths):
-        raise VPRError(f'{len(im_paths)} image paths but {len(poses)} poses')
-    if not np.all(np.isfinite(poses)):
-        raise VPRError('poses contain NaN/inf; drop frames without a pose before writing')
-    data = {'im_prefix': str(im_prefix), 'im_paths': [str(p) for p in im_paths],
-            'poses': [[float(v) for v in row] for row in poses]}
-    write_atomic(path, json.dumps(data).encode())
-    return path
-
-
 def load_image(path: str, counters: Counter | dict | None = None) -> np.ndarray | None:
     """
     HxWx3 uint8 RGB, or None (counted, logged) for a missing or corrupt file.
@@ -191,8 +124,8 @@ def load_image(path: str, counters: Counter | dict | None = None) -> np.ndarray 
         with Image.open(path) as im:
             im.load()
             if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-                a = np.asarray(im, dtype=np.float64)
-                a = np.clip(a / max(a.max(), 1.0) * 255.0, 0, 255).astype(np.uint8)
+                # 16-bit grey as the node sees a mono16 camera (bitdepth.to_8bit), not stretched
+                a = to_8bit(np.clip(np.asarray(im), 0, 65535).astype(np.uint16))
                 return np.repeat(a[..., None], 3, axis=2)
             return np.asarray(im.convert('RGB'), dtype=np.uint8)
     except FileNotFoundError:
@@ -231,7 +164,7 @@ class TraverseImages:
     """
 
     def __init__(self, traverses: Traverse | Sequence[Traverse] | Sequence[str],
-                 size_hw: tuple[int, int] = (480, 640), check: bool = True,
+                 size_hw: tuple[int, int] | None = None, check: bool = True,
                  mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         if isinstance(traverses, Traverse):
@@ -240,6 +173,9 @@ class TraverseImages:
         for t in traverses:
             paths.extend(t.image_paths if isinstance(t, Traverse) else [str(t)])
         self.paths = paths
+        if size_hw is None:  # the default model's input size, as vpr-train's --image-size
+            from vpr_ros.model.encoder import ModelSpec
+            size_hw = ModelSpec().image_size
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         # A model file may carry its own normalisation; None keeps preprocess' ImageNet default.
         self._norm = {k: tuple(v) for k, v in (('mean', mean), ('std', std)) if v is not None}
@@ -273,13 +209,13 @@ class TraverseImages:
         return {'images': len(self.paths), 'valid': len(self), **dict(self.counters)}
 
 
-def total_images(traverses: Sequence[Traverse]) -> int:
-    """Count images over traverses (the rows of a label matrix built from them)."""
-    return int(sum(len(t) for t in traverses))
-
-
 def concat_poses(traverses: Sequence[Traverse]) -> np.ndarray:
     """(N,7) poses of several traverses in order, the row order labels and datasets use."""
     if not traverses:
         return np.zeros((0, 7))
     return np.concatenate([t.poses for t in traverses], axis=0)
+
+
+__all__ = ['concat_poses', 'find_indices', 'image_ok', 'image_root', 'load_image',
+           'load_traverse', 'LOAD_ERRORS', 'poses_from_compass', 'read_index', 'select_traverses',
+           'Traverse', 'TraverseImages', 'traverse_name', 'write_index']

@@ -6,7 +6,7 @@ the built-in ImageNet MobileNetV2-GeM encoder is always evaluated alongside the 
 Two dataset layouts are read:
 
 * TB-Places-style traverses (``--map INDEX.json ... --query INDEX.json ...``): a retrieved map
-  image is a hit when the 2D field-of-view overlap ψ with the query is > 0.5 (``vpr_ros.core.fov``,
+  image is a hit when the 2D field-of-view overlap ψ with the query is > 0.5 (``vpr_ros.core.psi``,
   the GCL paper's graded similarity) or, with ``--hit distance``, when it lies within
   ``--max-dist`` metres.
 * A reference/query folder pair with a CSV listing the correct references of each query
@@ -18,19 +18,21 @@ in a JSON file. Unreadable images are skipped and counted, never fatal.
 """
 import argparse
 import csv
-import json
-import math
+import io
 import os
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from vpr_ros.core.fov import enclosing_circle, fov_overlap_many, yaw_from_quaternion
+from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M
 from vpr_ros.core.metrics import DEFAULT_KS, evaluate_descriptors, positives_from_distance
+from vpr_ros.core.psi import add_fov_arguments, POSITIVE_PSI
+from vpr_ros.core.psi import positives as psi_positives
+from vpr_ros.training.eval_report import format_table, write_report
 
 DEFAULT_MODEL_NAME = 'imagenet-mobilenetv2-gem'
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -85,40 +87,6 @@ def _is_image(name: str) -> bool:
     return name.strip().lower().endswith(IMAGE_EXTS)
 
 
-def psi_positives(map_poses: np.ndarray, query_poses: np.ndarray, threshold: float = 0.5,
-                  fov_deg: float = 90.0, radius: float = 3.5) -> list[np.ndarray]:
-    """
-    Map images with ψ(query, map) > threshold, per query; exact ψ on pre-filtered pairs only.
-
-    Two sectors can only overlap when their enclosing circles do, so a k-d tree on the circle
-    centres finds every candidate pair without the n² all-pairs computation.
-    """
-    q_xy, m_xy = query_poses[:, :2], map_poses[:, :2]
-    q_yaw = np.atleast_1d(yaw_from_quaternion(query_poses[:, 3:7])) if len(query_poses) else []
-    m_yaw = np.atleast_1d(yaw_from_quaternion(map_poses[:, 3:7])) if len(map_poses) else []
-    out = [np.zeros(0, np.int64) for _ in range(len(q_xy))]
-    if len(q_xy) == 0 or len(m_xy) == 0:
-        return out
-    off, rho = enclosing_circle(fov_deg, radius)
-    qc = q_xy + off * np.stack([np.cos(q_yaw), np.sin(q_yaw)], axis=1)
-    mc = m_xy + off * np.stack([np.cos(m_yaw), np.sin(m_yaw)], axis=1)
-    cand = cKDTree(mc).query_ball_point(qc, r=2.0 * rho + 1e-9)
-    qi = np.concatenate([np.full(len(c), i, np.int64) for i, c in enumerate(cand)])
-    mj = np.concatenate([np.asarray(c, np.int64) for c in cand])
-    if len(qi) == 0:
-        return out
-    psi = np.concatenate([
-        fov_overlap_many(q_xy[qi[s:s + 100000]], q_yaw[qi[s:s + 100000]],
-                         m_xy[mj[s:s + 100000]], m_yaw[mj[s:s + 100000]], fov_deg, radius)
-        for s in range(0, len(qi), 100000)])
-    keep = psi > threshold
-    qi, mj = qi[keep], mj[keep]
-    order = np.lexsort((mj, qi))
-    qi, mj = qi[order], mj[order]
-    bounds = np.searchsorted(qi, np.arange(len(q_xy) + 1))
-    return [mj[bounds[i]:bounds[i + 1]] for i in range(len(q_xy))]
-
-
 # ----------------------------------------------------------------------------- embedding
 
 def _load(path: str) -> np.ndarray:
@@ -150,11 +118,10 @@ def _load_cache(path: str) -> dict[str, np.ndarray]:
 
 
 def _save_cache(path: str, cache: dict[str, np.ndarray]) -> None:
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, keys=np.array(list(cache), dtype=str),
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.array(list(cache), dtype=str),
              descs=np.stack(list(cache.values())).astype(np.float32))
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def embed_paths(encoder, paths: Sequence[str], batch_size: int = 32, desc: str = 'embed',
@@ -234,47 +201,33 @@ def _resolve_models(models: Sequence[Any], include_default: bool, device: str
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
-             folder: Optional[str] = None, gt_csv: Optional[str] = None,
-             models: Sequence[Any] = (), include_default: bool = True, hit: str = 'psi',
-             psi_threshold: float = 0.5, fov_deg: float = 90.0, radius: float = 3.5,
-             max_dist: float = 2.0, ks: Sequence[int] = DEFAULT_KS,
-             whiten_dim: Optional[int] = None, out_dir: Optional[str] = None,
-             device: str = 'auto', batch_size: int = 32, progress: bool = True,
-             verbose: bool = True, cache_dir: Optional[str] = None) -> dict:
-    """
-    Evaluate every model on one dataset; returns (and with ``out_dir`` writes) the report.
-
-    ``models`` holds model file paths, ``Encoder`` objects or ``(name, encoder)`` pairs, so
-    training can validate the network it holds in memory. ``cache_dir`` keeps descriptors per
-    model fingerprint, so a repeated evaluation (new model beside the baseline) skips the rest.
-    The result's ``rows`` list has one entry per model (and per whitened model) with
-    ``recall``/``map`` dicts keyed by k, ``ap``, curves and counts; ``dataset`` says what was
-    evaluated and what was skipped.
-    """
-    t0 = time.monotonic()
-    ks = tuple(sorted({int(k) for k in ks}))
-    if hit not in ('psi', 'distance'):
-        raise ValueError(f"hit must be 'psi' or 'distance', not {hit!r}")
+def _load_dataset(map_indexes: Sequence[str], query_indexes: Sequence[str],
+                  folder: Optional[str], gt_csv: Optional[str]) -> dict:
+    """Image paths and what the ground truth needs: poses (traverses) or refs (folder pair)."""
     if folder:
         if map_indexes or query_indexes:
             raise ValueError('give either a folder pair or --map/--query traverses, not both')
         map_paths, query_paths, refs = read_folder_pair(folder, gt_csv)
-        mode = 'folder'
+        data = {'mode': 'folder', 'refs': refs}
     else:
         if not map_indexes or not query_indexes:
             raise ValueError('need --map and --query traverse indexes (or --folder)')
         map_paths, map_poses = _read_traverses(map_indexes)
         query_paths, query_poses = _read_traverses(query_indexes)
-        mode = 'traverse'
+        data = {'mode': 'traverse', 'map_poses': map_poses, 'query_poses': query_poses}
     if not map_paths or not query_paths:
         raise ValueError(f'empty dataset: {len(map_paths)} map, {len(query_paths)} query images')
+    return {**data, 'map_paths': map_paths, 'query_paths': query_paths}
 
-    encoders = _resolve_models(models, include_default, device)
-    if not encoders:
-        raise ValueError('no model to evaluate')
 
-    # Embed everything first: the images skipped must be the same for every model.
+def _embed_all(encoders, data: dict, batch_size: int, progress: bool,
+               cache_dir: Optional[str]) -> dict:
+    """
+    Descriptors of every image for every model, and the images all models could read.
+
+    Everything is embedded first: the images skipped must be the same for every model.
+    """
+    map_paths, query_paths = data['map_paths'], data['query_paths']
     embedded, map_ok, query_ok, skipped_files = [], None, None, []
     cache_hits = {}
     for name, src, enc in encoders:
@@ -299,29 +252,38 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
     m_keep, q_keep = np.flatnonzero(map_ok), np.flatnonzero(query_ok)
     if len(m_keep) == 0 or len(q_keep) == 0:
         raise ValueError('no readable map or query image')
+    return {'embedded': embedded, 'map_ok': map_ok, 'query_ok': query_ok, 'm_keep': m_keep,
+            'q_keep': q_keep, 'skipped_files': skipped_files, 'cache_hits': cache_hits}
 
-    # Ground truth on the images that could be read.
-    if mode == 'folder':
+
+def _ground_truth(data: dict, m_keep: np.ndarray, q_keep: np.ndarray, hit: str,
+                  gt_csv: Optional[str], folder: Optional[str], psi_threshold: float,
+                  fov_deg: float, radius: float, max_dist: float) -> tuple[list, dict]:
+    """Positives per query on the images that could be read, and the hit rule's description."""
+    if data['mode'] == 'folder':
+        map_paths, refs = data['map_paths'], data['refs']
         where = {os.path.normpath(map_paths[j]): n for n, j in enumerate(m_keep)}
         positives = [np.array(sorted({where[os.path.normpath(r)] for r in refs[i]
                                       if os.path.normpath(r) in where}), dtype=np.int64)
                      for i in q_keep]
         unknown = sum(1 for i in q_keep for r in refs[i] if not os.path.exists(r))
-        hit_desc = {'rule': 'csv', 'csv': gt_csv or os.path.join(folder, 'ground_truth.csv'),
-                    'refs_not_found': unknown}
-    elif hit == 'psi':
-        positives = psi_positives(map_poses[m_keep], query_poses[q_keep], psi_threshold,
-                                  fov_deg, radius)
-        hit_desc = {'rule': 'psi', 'threshold': psi_threshold, 'fov_deg': fov_deg,
-                    'radius_m': radius}
-    else:
-        positives = positives_from_distance(query_poses[q_keep, :2], map_poses[m_keep, :2],
-                                            max_dist)
-        hit_desc = {'rule': 'distance', 'max_dist_m': max_dist}
+        return positives, {'rule': 'csv', 'refs_not_found': unknown,
+                           'csv': gt_csv or os.path.join(folder, 'ground_truth.csv')}
+    map_poses, query_poses = data['map_poses'][m_keep], data['query_poses'][q_keep]
+    if hit == 'psi':
+        return (psi_positives(map_poses, query_poses, psi_threshold, fov_deg, radius),
+                {'rule': 'psi', 'threshold': psi_threshold, 'fov_deg': fov_deg,
+                 'radius_m': radius})
+    return (positives_from_distance(query_poses[:, :2], map_poses[:, :2], max_dist),
+            {'rule': 'distance', 'max_dist_m': max_dist})
 
+
+def _score(encoders, emb: dict, positives: list, ks: tuple, whiten_dim: Optional[int]
+           ) -> list[dict]:
+    """One report row per model, and one more per model with PCA whitening fitted on the map."""
     rows = []
-    for (name, src, enc), (md, qd) in zip(encoders, embedded):
-        md, qd = md[m_keep], qd[q_keep]
+    for (name, src, enc), (md, qd) in zip(encoders, emb['embedded']):
+        md, qd = md[emb['m_keep']], qd[emb['q_keep']]
         base = {'model': src, 'fingerprint': str(getattr(enc, 'fingerprint', '')),
                 'dim': int(md.shape[1])}
         rows.append({'name': name, 'whitened': False, **base,
@@ -334,18 +296,53 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
             rows.append({'name': f'{name} +PCAw{dim}', 'whitened': True, **base, 'dim': dim,
                          'whiten_dim_requested': int(whiten_dim),
                          **evaluate_descriptors(qw, mw, positives, ks)})
+    return rows
 
+
+def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
+             folder: Optional[str] = None, gt_csv: Optional[str] = None,
+             models: Sequence[Any] = (), include_default: bool = True, hit: str = 'psi',
+             psi_threshold: float = POSITIVE_PSI, fov_deg: float = DEFAULT_FOV_DEG,
+             radius: float = DEFAULT_RADIUS_M,
+             max_dist: float = 2.0, ks: Sequence[int] = DEFAULT_KS,
+             whiten_dim: Optional[int] = None, out_dir: Optional[str] = None,
+             device: str = 'auto', batch_size: int = 32, progress: bool = True,
+             verbose: bool = True, cache_dir: Optional[str] = None) -> dict:
+    """
+    Evaluate every model on one dataset; returns (and with ``out_dir`` writes) the report.
+
+    ``models`` holds model file paths, ``Encoder`` objects or ``(name, encoder)`` pairs, so
+    training can validate the network it holds in memory. ``cache_dir`` keeps descriptors per
+    model fingerprint, so a repeated evaluation (new model beside the baseline) skips the rest.
+    The result's ``rows`` list has one entry per model (and per whitened model) with
+    ``recall``/``map`` dicts keyed by k, ``ap``, curves and counts; ``dataset`` says what was
+    evaluated and what was skipped.
+    """
+    t0 = time.monotonic()
+    ks = tuple(sorted({int(k) for k in ks}))
+    if hit not in ('psi', 'distance'):
+        raise ValueError(f"hit must be 'psi' or 'distance', not {hit!r}")
+    data = _load_dataset(map_indexes, query_indexes, folder, gt_csv)
+    encoders = _resolve_models(models, include_default, device)
+    if not encoders:
+        raise ValueError('no model to evaluate')
+    emb = _embed_all(encoders, data, batch_size, progress, cache_dir)
+    m_keep, q_keep = emb['m_keep'], emb['q_keep']
+    positives, hit_desc = _ground_truth(data, m_keep, q_keep, hit, gt_csv, folder,
+                                        psi_threshold, fov_deg, radius, max_dist)
     report = {
         'dataset': {
-            'mode': mode, 'folder': folder, 'map': list(map_indexes), 'query': list(query_indexes),
-            'n_map': int(len(m_keep)), 'n_query': int(len(q_keep)),
-            'skipped': {'map': int((~map_ok).sum()), 'query': int((~query_ok).sum()),
-                        'files': skipped_files},
+            'mode': data['mode'], 'folder': folder, 'map': list(map_indexes),
+            'query': list(query_indexes), 'n_map': int(len(m_keep)),
+            'n_query': int(len(q_keep)),
+            'skipped': {'map': int((~emb['map_ok']).sum()),
+                        'query': int((~emb['query_ok']).sum()),
+                        'files': emb['skipped_files']},
             'hit': hit_desc,
         },
         'ks': list(ks),
-        'cache': {'dir': cache_dir, 'hits': cache_hits},
-        'rows': rows,
+        'cache': {'dir': cache_dir, 'hits': emb['cache_hits']},
+        'rows': _score(encoders, emb, positives, ks, whiten_dim),
         'seconds': round(time.monotonic() - t0, 2),
     }
     if out_dir:
@@ -353,90 +350,6 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
     if verbose:
         print(format_table(report))
     return report
-
-
-# ----------------------------------------------------------------------------- reporting
-
-def _fmt(x: float) -> str:
-    return '  n/a' if x is None or (isinstance(x, float) and math.isnan(x)) else f'{x:.3f}'
-
-
-def format_table(report: dict) -> str:
-    """Format the printed table: one line per model row, R@k, mAP@k and AP side by side."""
-    ks = report['ks']
-    ds = report['dataset']
-    name_w = max([len('model')] + [len(r['name']) for r in report['rows']])
-    head = (f'{"model":<{name_w}} {"dim":>5} ' + ' '.join(f'{"R@" + str(k):>6}' for k in ks)
-            + ' ' + ' '.join(f'{"mAP@" + str(k):>7}' for k in ks) + f' {"AP":>6}')
-    lines = [f'{ds["mode"]} set: {ds["n_map"]} map, {ds["n_query"]} query images '
-             f'(skipped {ds["skipped"]["map"]} map, {ds["skipped"]["query"]} query); '
-             f'hit rule {ds["hit"]["rule"]}', head, '-' * len(head)]
-    for r in report['rows']:
-        lines.append(f'{r["name"]:<{name_w}} {r["dim"]:>5} '
-                     + ' '.join(f'{_fmt(r["recall"][k]):>6}' for k in ks) + ' '
-                     + ' '.join(f'{_fmt(r["map"][k]):>7}' for k in ks)
-                     + f' {_fmt(r["ap"]):>6}')
-    r0 = report['rows'][0]
-    lines.append(f'{r0["n_evaluated"]} queries evaluated, {r0["n_without_positive"]} without '
-                 f'any positive left out; {report["seconds"]:.1f} s')
-    return '\n'.join(lines)
-
-
-def write_report(report: dict, out_dir: str) -> dict:
-    """Write the JSON (every number), the recall@k and precision-recall PNGs; return paths."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    files = {'json': os.path.join(out_dir, 'eval_results.json'),
-             'recall_png': os.path.join(out_dir, 'recall_at_k.png'),
-             'pr_png': os.path.join(out_dir, 'precision_recall.png')}
-    ds = report['dataset']
-    where = ds['folder'] or ', '.join(os.path.basename(p) for p in ds['query'])
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in report['rows']:
-        c = r['recall_curve']
-        ax.plot(c['k'], c['recall'], marker='.', label=r['name'],
-                linestyle='--' if r['whitened'] else '-')
-    ax.set_xlabel('k (retrieved map images)')
-    ax.set_ylabel('recall@k')
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(f'Recall@k, {ds["n_query"]} queries / {ds["n_map"]} map\n{where}', fontsize=9)
-    ax.legend(fontsize=8, loc='lower right')
-    fig.tight_layout()
-    fig.savefig(files['recall_png'], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in report['rows']:
-        c = r['pr_curve']
-        ax.plot(c['recall'], c['precision'], label=f'{r["name"]} (AP {_fmt(r["ap"])})',
-                linestyle='--' if r['whitened'] else '-')
-    ax.set_xlabel('recall (all query-map pairs)')
-    ax.set_ylabel('precision')
-    ax.set_xlim(0, 1.0)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(f'Precision-recall over all pairs\n{where}', fontsize=9)
-    ax.legend(fontsize=8, loc='upper right')
-    fig.tight_layout()
-    fig.savefig(files['pr_png'], dpi=110)
-    plt.close(fig)
-
-    with open(files['json'], 'w') as f:
-        json.dump({**report, 'files': files}, f, indent=1, default=_json_default)
-    return files
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f'not JSON serialisable: {type(o).__name__}')
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -452,10 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument('--gt', help='ground-truth CSV (default FOLDER/ground_truth.csv)')
     hit = p.add_argument_group('hit rule for traverses')
     hit.add_argument('--hit', choices=('psi', 'distance'), default='psi')
-    hit.add_argument('--psi-threshold', type=float, default=0.5)
-    hit.add_argument('--fov-deg', type=float, default=90.0, help='FoV sector angle θ')
-    hit.add_argument('--radius', type=float, default=3.5, help='FoV sector radius r (m)')
     hit.add_argument('--max-dist', type=float, default=2.0, help='distance hit threshold (m)')
+    add_fov_arguments(p, psi_threshold=True)
     p.add_argument('--model', action='append', default=[],
                    help='model file (repeatable); the ImageNet default is always included')
     p.add_argument('--no-default', action='store_true', help='leave out the ImageNet default')

@@ -17,12 +17,17 @@ import sys
 from typing import Sequence
 
 import numpy as np
-import torch
-from vpr_ros.training.train import BEST, CHECKPOINT, load_traverses
 
 from vpr_ros.core.errors import VPRError
 from vpr_ros.model.encoder import Encoder, ModelSpec, VPRNet
 from vpr_ros.model.model_file import save_model
+from vpr_ros.training.checkpoint import (
+    FORMAT_BEST,
+    FORMAT_CHECKPOINT,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from vpr_ros.training.train_data import load_traverses
 
 
 def git_commit(path: str | None = None) -> str | None:
@@ -38,27 +43,10 @@ def git_commit(path: str | None = None) -> str | None:
     return sha + ('-dirty' if dirty else '') if sha else None
 
 
-def resolve_checkpoint(path: str) -> str:
-    """Resolve a run directory to its best.pt (or, failing that, its last checkpoint)."""
-    if os.path.isdir(path):
-        for name in (BEST, CHECKPOINT):
-            if os.path.exists(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise VPRError(f'no {BEST} or {CHECKPOINT} in {path}')
-    if not os.path.exists(path):
-        raise VPRError(f'checkpoint {path} not found')
-    return path
-
-
 def load_trained_net(path: str) -> tuple[VPRNet, dict]:
     """Rebuild the network of a best/last training checkpoint; return it and the checkpoint."""
     path = resolve_checkpoint(path)
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:
-        raise VPRError(f'cannot read checkpoint {path}: {exc}') from exc
-    if not isinstance(ckpt, dict) or not str(ckpt.get('format', '')).startswith('vpr_ros.train'):
-        raise VPRError(f'{path} is not a vpr-train checkpoint')
+    ckpt = load_checkpoint(path, (FORMAT_BEST, FORMAT_CHECKPOINT))
     spec = dict(ckpt['spec'])
     spec['whitening_dim'] = None
     net = VPRNet(ModelSpec(**spec), pretrained=False)

@@ -6,10 +6,8 @@ GPS/UTM east, north and a compass heading (θ = 90°, r = 50 m), read from a CSV
 columns `easting,northing,heading_deg` (heading in degrees clockwise from north; other columns are
 ignored) or from an MSLS-style index with "loc".
 
-Only pairs whose sectors can overlap are computed: each sector fits in a circle of radius ρ
-(`vpr_ros.core.fov.enclosing_circle`, ρ = r/√2 for θ = 90°), so a KD-tree ball query of 2ρ
-around those circle centres finds every candidate, and ψ is computed exactly with numpy on
-chunks of candidate pairs: never a loop over n² pairs, memory bounded by the chunk size.
+Only pairs whose sectors can overlap are computed (`vpr_ros.core.psi.overlap_pairs`: a KD-tree
+pre-filter, exact ψ on chunks of candidates, never a loop over n² pairs).
 
 The file (`.npz`) holds int32 `i`, `j` and float32 `psi` for the pairs with ψ > 0 only; every pair
 not stored has ψ = 0 (the hard negatives). Since every camera uses the same θ and r, area(Si) =
@@ -20,6 +18,7 @@ traverse names and sizes, index paths) is stored as JSON in the `meta` entry.
 """
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -28,111 +27,24 @@ from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.spatial import cKDTree
-from vpr_ros.training.dataset import (
-    concat_poses,
-    poses_from_compass,
-    select_traverses,
-    Traverse,
-)
 
+from vpr_ros.core.atomic_io import write_atomic
 from vpr_ros.core.errors import VPRError
-from vpr_ros.core.fov import (
-    DEFAULT_FOV_DEG,
-    DEFAULT_RADIUS_M,
-    enclosing_circle,
-    fov_overlap_many,
-    WEAK_RADIUS_M,
-    yaw_from_quaternion,
+from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M, WEAK_RADIUS_M
+from vpr_ros.core.psi import (
+    add_fov_arguments,
+    DEFAULT_CHUNK,
+    MIN_PSI,
+    overlap_pairs,
+    planar,
+    POSITIVE_PSI,
 )
+from vpr_ros.core.tbplaces import poses_from_compass
+from vpr_ros.training.dataset import concat_poses, select_traverses, Traverse
 
-#: ψ at or below this is numerically zero (touching sectors), not a soft negative.
-MIN_PSI = 1e-6
-#: Candidate pairs per vectorised chunk: about 1 kB of temporaries per pair.
-DEFAULT_CHUNK = 200_000
 LABELS_VERSION = 1
-
-
-def _centres(xy: np.ndarray, yaw: np.ndarray, offset: float) -> np.ndarray:
-    return xy + offset * np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency, but labels work without it
-        return None
-    return tqdm(total=total, desc=desc, unit='pair', unit_scale=True, file=sys.stderr)
-
-
-def compute_pairs(xy_rows: np.ndarray, yaw_rows: np.ndarray, xy_cols: np.ndarray | None = None,
-                  yaw_cols: np.ndarray | None = None, fov_deg: float = DEFAULT_FOV_DEG,
-                  radius: float = DEFAULT_RADIUS_M, chunk: int = DEFAULT_CHUNK,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """
-    (i, j, ψ) for every pair with ψ > 0; i < j within one set, or rows × cols when cols given.
-
-    Headings in radians. Returns int64 i, j and float64 ψ, sorted by (i, j).
-    """
-    xy_r = np.asarray(xy_rows, dtype=np.float64).reshape(-1, 2)
-    yaw_r = np.asarray(yaw_rows, dtype=np.float64).reshape(-1)
-    within = xy_cols is None
-    xy_c = xy_r if within else np.asarray(xy_cols, dtype=np.float64).reshape(-1, 2)
-    yaw_c = yaw_r if within else np.asarray(yaw_cols, dtype=np.float64).reshape(-1)
-    if len(xy_r) != len(yaw_r) or len(xy_c) != len(yaw_c):
-        raise VPRError('positions and headings have different lengths')
-    for name, a in (('positions', xy_r), ('headings', yaw_r), ('positions', xy_c),
-                    ('headings', yaw_c)):
-        if not np.all(np.isfinite(a)):
-            raise VPRError(f'{name} contain NaN/inf: cannot label those images')
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    if len(xy_r) == 0 or len(xy_c) == 0:
-        return empty
-    offset, rho = enclosing_circle(fov_deg, radius)
-    c_r = _centres(xy_r, yaw_r, offset)
-    c_c = c_r if within else _centres(xy_c, yaw_c, offset)
-    tree = cKDTree(c_c)
-    reach = 2.0 * rho * (1.0 + 1e-9)
-    # Candidate counts per row first, so chunks hold about `chunk` pairs and the bar is exact.
-    counts = tree.query_ball_point(c_r, reach, return_length=True).astype(np.int64)
-    if within:
-        counts = np.maximum(counts - 1, 0) // 2 + 1  # about half survive j > i (estimate)
-    total = int(counts.sum())
-    bar = _progress(total, progress, 'ψ pairs')
-    out_i, out_j, out_p = [], [], []
-    start = 0
-    cum = np.cumsum(counts)
-    n = len(c_r)
-    while start < n:
-        base = cum[start - 1] if start else 0
-        stop = int(np.searchsorted(cum, base + max(int(chunk), 1), side='right'))
-        stop = min(max(stop, start + 1), n)
-        res = tree.query_ball_point(c_r[start:stop], reach, return_sorted=False)
-        lens = np.fromiter((len(x) for x in res), dtype=np.int64, count=len(res))
-        j = np.fromiter((v for x in res for v in x), dtype=np.int64, count=int(lens.sum()))
-        i = np.repeat(np.arange(start, stop, dtype=np.int64), lens)
-        if within:
-            keep = j > i
-            i, j = i[keep], j[keep]
-        for s in range(0, len(i), max(int(chunk), 1)):
-            ii, jj = i[s:s + chunk], j[s:s + chunk]
-            psi = fov_overlap_many(xy_r[ii], yaw_r[ii], xy_c[jj], yaw_c[jj], fov_deg, radius)
-            pos = psi > MIN_PSI
-            out_i.append(ii[pos])
-            out_j.append(jj[pos])
-            out_p.append(psi[pos])
-        if bar is not None:
-            bar.update(int(cum[stop - 1] - base))
-        start = stop
-    if bar is not None:
-        bar.close()
-    if not out_i:
-        return empty
-    i, j, p = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_p)
-    order = np.lexsort((j, i))
-    return i[order], j[order], p[order]
+#: The one ψ neighbour search (vpr_ros.core.psi), under the name vpr-labels always used.
+compute_pairs = overlap_pairs
 
 
 def brute_force_pairs(xy_rows, yaw_rows, xy_cols=None, yaw_cols=None,
@@ -151,14 +63,6 @@ def brute_force_pairs(xy_rows, yaw_rows, xy_cols=None, yaw_cols=None,
                 out.append((a, b, p))
     arr = np.asarray(out, dtype=np.float64).reshape(-1, 3)
     return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2]
-
-
-def planar(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(xy (N,2), yaw (N,)) of N×7 poses: what the FoV sectors need."""
-    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 7)
-    if len(poses) == 0:
-        return np.zeros((0, 2)), np.zeros(0)
-    return poses[:, :2].copy(), np.asarray(yaw_from_quaternion(poses[:, 3:]), dtype=np.float64)
 
 
 def load_weak_csv(path: str) -> Traverse:
@@ -202,9 +106,9 @@ def summarize(i: np.ndarray, psi: np.ndarray, n_rows: int, n_cols: int, within: 
     total = n_rows * (n_rows - 1) // 2 if within else n_rows * n_cols
     psi = np.asarray(psi, dtype=np.float64)
     hist, edges = np.histogram(psi, bins=10, range=(0.0, 1.0))
-    pos = int(np.sum(psi > 0.5))
-    soft = int(np.sum(psi <= 0.5))
-    rows_with_pos = None if within else int(np.unique(np.asarray(i)[psi > 0.5]).size)
+    pos = int(np.sum(psi > POSITIVE_PSI))
+    soft = int(np.sum(psi <= POSITIVE_PSI))
+    rows_with_pos = None if within else int(np.unique(np.asarray(i)[psi > POSITIVE_PSI]).size)
     out = {'pairs_total': int(total), 'pairs_stored': int(psi.size), 'positives': pos,
            'soft_negatives': soft, 'hard_negatives': int(total - psi.size),
            'histogram': {'edges': [round(float(x), 2) for x in edges],
@@ -218,9 +122,9 @@ def format_summary(s: dict) -> str:
     """Human-readable summary and ψ histogram for the console."""
     tot = max(s['pairs_total'], 1)
     lines = [f"pairs: {s['pairs_total']:,} in total, {s['pairs_stored']:,} with ψ > 0 stored",
-             f"  positives      ψ > 0.5 : {s['positives']:>12,} "
+             f"  positives      ψ > {POSITIVE_PSI:g} : {s['positives']:>12,} "
              f"({100 * s['positives'] / tot:.4f} %)",
-             f"  soft negatives 0<ψ≤0.5 : {s['soft_negatives']:>12,} "
+             f"  soft negatives 0<ψ≤{POSITIVE_PSI:g} : {s['soft_negatives']:>12,} "
              f"({100 * s['soft_negatives'] / tot:.4f} %)",
              f"  hard negatives ψ = 0   : {s['hard_negatives']:>12,} "
              f"({100 * s['hard_negatives'] / tot:.4f} %)"]
@@ -267,14 +171,12 @@ def generate_labels(rows: Sequence[Traverse], cols: Sequence[Traverse] | None = 
 
 
 def save_labels(path: str, i, j, psi, meta: dict) -> str:
-    """Write the sparse label file atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path)) or '.'
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp.npz')
-    np.savez_compressed(tmp, i=np.asarray(i, dtype=np.int32), j=np.asarray(j, dtype=np.int32),
-                        psi=np.asarray(psi, dtype=np.float32),
+    """Write the sparse label file atomically (core atomic_io: temp file, fsync, rename)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, i=np.asarray(i, dtype=np.int32),
+                        j=np.asarray(j, dtype=np.int32), psi=np.asarray(psi, dtype=np.float32),
                         meta=np.asarray(json.dumps(meta)))
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -328,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument('--map', nargs='+', dest='map_', metavar='MAP',
                     help='map traverses (names or paths): label queries × map')
     ap.add_argument('--query', nargs='+', help='query traverses (names or paths)')
-    ap.add_argument('--fov-deg', type=float, default=DEFAULT_FOV_DEG)
-    ap.add_argument('--radius', type=float, default=None,
-                    help=f'sector radius in m (default {DEFAULT_RADIUS_M} strong, '
-                         f'{WEAK_RADIUS_M} weak)')
+    add_fov_arguments(ap, radius=None)
     ap.add_argument('--out', help='output .npz (default: next to the first index)')
     ap.add_argument('--chunk', type=int, default=DEFAULT_CHUNK)
     ap.add_argument('--no-progress', action='store_true')

@@ -31,9 +31,10 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from vpr_ros.core.psi import POSITIVE_PSI
+
 CATEGORIES = ('positive', 'soft', 'hard')
 DEFAULT_PROBS = (0.5, 0.25, 0.25)
-POSITIVE_PSI = 0.5
 _FALLBACK_ORDER = {0: (1, 2), 1: (2, 0), 2: (1, 0)}
 
 
@@ -274,9 +275,8 @@ class PairImages(Dataset):
         return len(self.anchor_paths)
 
     def _load(self, path: str) -> torch.Tensor | None:
-        from vpr_ros.training.dataset import load_image
-
         from vpr_ros.core.preprocess import preprocess
+        from vpr_ros.training.dataset import load_image
 
         img = load_image(path, self.counters)
         if img is None:

@@ -1,17 +1,18 @@
 """
 Writers for simulated traverses: a TB-Places-style folder and a rosbag2 (mcap) per traverse.
 
-The folder is what training reads (`vpr_ros.training.dataset`); the bag is what the ROS node and
-`vpr-extract-bag` consume, with the same ground-truth poses, so both paths can be checked
-against each other. No rclpy: messages are serialized with rosbags' typestore.
+The folder is what training reads (its index written by `vpr_ros.core.tbplaces`, the one
+writer); the bag is what the ROS node and `vpr-extract-bag` consume, with the same ground-truth
+poses, so both paths can be checked against each other. No rclpy: messages are serialized with
+rosbags' typestore.
 """
-import json
 import os
 
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vpr_ros.core.tbplaces import write_index
 from vpr_ros.sim.scene import Intrinsics
 
 IMAGE_TOPIC = '/camera/image_raw'
@@ -22,27 +23,6 @@ IMAGE_FRAME = 'camera_optical_frame'
 POSE_FRAME = 'camera_link'        # what the poses are of (REP-103: x forward)
 MAP_FRAME = 'map'
 ODOM_FRAME = 'odom'
-
-
-def write_index(path: str, im_prefix: str, im_paths, poses) -> str:
-    """
-    Write the TB-Places JSON index with the training package's atomic writer when it is installed.
-
-    Falls back to a plain JSON dump with the same fields, so the simulator works on its own.
-    """
-    try:
-        from vpr_ros.training.dataset import write_index as training_write_index
-    except ImportError:
-        training_write_index = None
-    if training_write_index is not None:
-        return training_write_index(path, im_prefix, im_paths, poses)
-    data = {'im_prefix': str(im_prefix), 'im_paths': [str(p) for p in im_paths],
-            'poses': [[float(v) for v in row] for row in np.asarray(poses, dtype=np.float64)]}
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-    return path
 
 
 class FolderWriter:
