@@ -1,53 +1,91 @@
 """
 Launch vpr_node with the package's parameters and the Fast DDS profile it needs.
 
-`ros2 launch vpr_ros vpr.launch.py camera_topic:=/cam/image_raw pose_topic:=/odom` remaps the
-node's default inputs (/camera/image_raw, its /compressed sibling, /odom) to the given topics;
-`params_file:=...` replaces config/vpr.yaml; `loop_closure_topic:=lio_loop/loop_closure_detection`
-feeds LIO-SAM. FASTDDS_DEFAULT_PROFILES_FILE is set to the shipped 16 MB shared-memory profile
-unless it is already set, because the default segment is too small for camera images.
+Topics are chosen by remapping only (the node has no topic-name parameters): `camera_topic:=`,
+`pose_topic:=` and `loop_closure_topic:=` become remaps of the node's relative names
+(`camera/image_raw` or its `/compressed` sibling, `odom` or `pose` by pose_type,
+`vpr/loop_closure`). `namespace:=/robot1` moves every relative name, inputs and outputs, under
+/robot1 (two robots, two nodes, one graph); `/diagnostics` stays global. `params_file:=...`
+replaces config/vpr.yaml. FASTDDS_DEFAULT_PROFILES_FILE is set to the shipped 16 MB
+shared-memory profile unless it is already set, because the default segment is too small for
+camera images.
+
+Stopping: Ctrl-C (SIGINT) lets the node save its map and exit; launch escalates to SIGTERM only
+after `sigterm_timeout` (60 s by default instead of launch's 5 s, room for saving a large map).
+Never stop `ros2 launch` itself with SIGTERM: launch exits at once and orphans the node
+(systemd: KillSignal=SIGINT; Docker: STOPSIGNAL SIGINT; see README).
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'vpr_ros'
 PROFILE_VAR = 'FASTDDS_DEFAULT_PROFILES_FILE'
+# The node's relative input/output names (vpr_ros/ros/topics.py) that the arguments remap.
+IMAGE = 'camera/image_raw'
+POSE_NAMES = ('odom', 'pose')  # Odometry, PoseStamped: only the one pose_type uses is subscribed
+LOOP_CLOSURE = 'vpr/loop_closure'
+SIGTERM_TIMEOUT_S = '60'
+
+
+def remaps(camera_topic: str, pose_topic: str, loop_topic: str) -> list[tuple[str, str]]:
+    """Remap rules for the given topics; an empty argument keeps the node's default name."""
+    rules = []
+    if camera_topic:
+        base = camera_topic.rstrip('/')
+        rules += [(IMAGE, base), (IMAGE + '/compressed', base + '/compressed')]
+    if pose_topic:
+        rules += [(name, pose_topic) for name in POSE_NAMES]
+    if loop_topic:
+        rules.append((LOOP_CLOSURE, loop_topic))
+    return rules
+
+
+def _node(context: LaunchContext) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    return [Node(
+        package=PACKAGE, executable='vpr_node', name=arg('node_name'),
+        namespace=arg('namespace'), output='screen', parameters=[arg('params_file')],
+        remappings=remaps(arg('camera_topic'), arg('pose_topic'), arg('loop_closure_topic')),
+        sigterm_timeout=arg('sigterm_timeout'))]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory(PACKAGE)
-    params_file = LaunchConfiguration('params_file')
-    camera_topic = LaunchConfiguration('camera_topic')
-    pose_topic = LaunchConfiguration('pose_topic')
-    loop_topic = LaunchConfiguration('loop_closure_topic')
     return LaunchDescription([
         DeclareLaunchArgument(
             'params_file', default_value=os.path.join(share, 'config', 'vpr.yaml'),
             description='vpr_node parameters (root /** -> ros__parameters)'),
         DeclareLaunchArgument(
-            'camera_topic', default_value='/camera/image_raw',
-            description='image topic (its /compressed sibling with image_transport compressed)'),
-        DeclareLaunchArgument('pose_topic', default_value='/odom',
-                              description='PoseStamped or Odometry topic (see pose_type)'),
+            'namespace', default_value='',
+            description='namespace of the node and of all its relative topics (e.g. /robot1)'),
+        DeclareLaunchArgument('node_name', default_value='vpr_node',
+                              description='node name (services are ~/save_map...)'),
         DeclareLaunchArgument(
-            'loop_closure_topic', default_value='/vpr/loop_closure',
-            description='where [t_query, t_match] goes (LIO-SAM: lio_loop/loop_closure_detection;'
-                        ' needs loop_closure_output: true)'),
+            'camera_topic', default_value='',
+            description='image topic (remaps camera/image_raw and its /compressed sibling); '
+                        'relative names are inside namespace; empty: camera/image_raw'),
+        DeclareLaunchArgument(
+            'pose_topic', default_value='',
+            description='Odometry or PoseStamped topic, per the pose_type parameter (remaps odom '
+                        'and pose); empty: odom (Odometry) or pose (PoseStamped)'),
+        DeclareLaunchArgument(
+            'loop_closure_topic', default_value='',
+            description='where [t_query, t_match] goes (LIO-SAM: /lio_loop/loop_closure_'
+                        'detection; needs loop_closure_output: true); empty: vpr/loop_closure'),
+        DeclareLaunchArgument(
+            'sigterm_timeout', default_value=SIGTERM_TIMEOUT_S,
+            description='seconds launch waits after SIGINT (the node saves its map) before '
+                        'SIGTERM'),
         # Keep a profile the user chose; otherwise use the shipped one.
         SetEnvironmentVariable(PROFILE_VAR, EnvironmentVariable(
             PROFILE_VAR, default_value=os.path.join(share, 'config', 'fastdds_shm16mb.xml'))),
-        Node(
-            package=PACKAGE, executable='vpr_node', name='vpr_node', output='screen',
-            parameters=[params_file],
-            remappings=[
-                ('/camera/image_raw', camera_topic),
-                ('/camera/image_raw/compressed', [camera_topic, '/compressed']),
-                ('/odom', pose_topic),
-                ('/vpr/loop_closure', loop_topic),
-            ]),
+        OpaqueFunction(function=_node),
     ])

@@ -1,9 +1,12 @@
 """
-launch/vpr.launch.py: real launch_ros inspection when installed, static checks otherwise.
+launch/vpr.launch.py: static checks always, the real launch_ros objects where installed.
 
-launch and launch_ros are not on PyPI, so the static part reads the file's AST: the params_file
-default points at config/vpr.yaml (which exists and setup.py installs), the topic arguments are
-used as remappings, and the Fast DDS profile is set only when the user has not set one.
+The static part reads the file's AST (launch is not on PyPI, so a venv may lack it): the
+params_file default points at config/vpr.yaml (which exists and setup.py installs), the Fast DDS
+profile is set only when the user has not set one, and launch's SIGTERM escalation leaves room
+for a large map save. With launch/launch_ros installed (make setup, ../shared/ros2-tools), the
+launch description is built and its node action evaluated: arguments, remaps of the node's
+relative topic names, namespace, sigterm_timeout. test_ros2_tools.py runs it for real.
 """
 import ast
 import os
@@ -13,6 +16,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'vpr.launch.py')
+ARGS = {'params_file', 'namespace', 'node_name', 'camera_topic', 'pose_topic',
+        'loop_closure_topic', 'sigterm_timeout'}
 
 
 @pytest.fixture(scope='module')
@@ -35,9 +40,16 @@ def _strings(node) -> list[str]:
             and isinstance(n.value, str)]
 
 
+def _constant(tree: ast.Module, name: str):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', '') == name:
+            return node.value.value
+    raise AssertionError(f'{name} not assigned in the launch file')
+
+
 def test_params_file_defaults_to_installed_vpr_yaml(tree) -> None:
     args = {c.args[0].value: c for c in _calls(tree, 'DeclareLaunchArgument')}
-    assert {'params_file', 'camera_topic', 'pose_topic'} <= set(args)
+    assert ARGS <= set(args)
     default = _kw(args['params_file'], 'default_value')
     assert _strings(default) == ['config', 'vpr.yaml']
     assert any(c.args and getattr(c.args[0], 'id', '') == 'PACKAGE'
@@ -48,14 +60,18 @@ def test_params_file_defaults_to_installed_vpr_yaml(tree) -> None:
     assert "glob('config/*.yaml')" in setup_src and "glob('launch/*.launch.py')" in setup_src
 
 
-def test_topic_arguments_are_remappings(tree) -> None:
-    node = _calls(tree, 'Node')[0]
-    assert _kw(node, 'executable').value == 'vpr_node'
-    remaps = _kw(node, 'remappings')
-    froms = [t.elts[0].value for t in remaps.elts]
-    assert {'/camera/image_raw', '/camera/image_raw/compressed', '/odom'} <= set(froms)
-    targets = {n.id for t in remaps.elts for n in ast.walk(t.elts[1]) if isinstance(n, ast.Name)}
-    assert {'camera_topic', 'pose_topic'} <= targets
+def test_params_file_names_no_topics() -> None:
+    """Topics are chosen by remapping only: a topic in the params file would fight a remap."""
+    with open(os.path.join(REPO, 'config', 'vpr.yaml')) as f:
+        text = f.read()
+    assert 'camera_topic' not in text and 'pose_topic:' not in text
+
+
+def test_sigterm_timeout_leaves_room_for_saving(tree) -> None:
+    # launch's default is 5 s after SIGINT; a large map's save (GBs of blobs, fsync) needs more
+    assert float(_constant(tree, 'SIGTERM_TIMEOUT_S')) >= 30.0
+    (node,) = _calls(tree, 'Node')
+    assert _kw(node, 'sigterm_timeout') is not None
 
 
 def test_fastdds_profile_set_unless_user_set_one(tree) -> None:
@@ -66,11 +82,45 @@ def test_fastdds_profile_set_unless_user_set_one(tree) -> None:
     assert os.path.isfile(os.path.join(REPO, 'config', 'fastdds_shm16mb.xml'))
 
 
-def test_launch_description_with_launch_ros(monkeypatch) -> None:
-    pytest.importorskip('launch_ros')
+@pytest.fixture
+def launch_module(monkeypatch) -> dict:
+    pytest.importorskip('launch_ros', reason='launch_ros not installed (make setup installs it '
+                        'from ../shared/ros2-tools)')
     import ament_index_python.packages as aip
     monkeypatch.setattr(aip, 'get_package_share_directory', lambda _pkg: REPO)
-    ld = runpy.run_path(LAUNCH)['generate_launch_description']()
-    from launch.actions import DeclareLaunchArgument
-    names = {a.name: a for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
-    assert {'params_file', 'camera_topic', 'pose_topic'} <= set(names)
+    return runpy.run_path(LAUNCH)
+
+
+def test_remaps_of_relative_names(launch_module) -> None:
+    remaps = launch_module['remaps']
+    assert remaps('', '', '') == []  # the node's own defaults
+    assert remaps('/front/image_raw/', '/robot/odom', '/lio_loop/loop_closure_detection') == [
+        ('camera/image_raw', '/front/image_raw'),
+        ('camera/image_raw/compressed', '/front/image_raw/compressed'),
+        ('odom', '/robot/odom'), ('pose', '/robot/odom'),
+        ('vpr/loop_closure', '/lio_loop/loop_closure_detection')]
+
+
+def test_launch_description_and_node_action(launch_module) -> None:
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.launch_context import LaunchContext
+    from launch_ros.actions import Node
+
+    ld = launch_module['generate_launch_description']()
+    declared = {a.name: a for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
+    assert ARGS <= set(declared)
+    context = LaunchContext()
+    for name, arg in declared.items():
+        context.launch_configurations[name] = ''.join(
+            s.perform(context) for s in arg.default_value)
+    context.launch_configurations.update(namespace='/robot1', camera_topic='front/image_raw')
+    (opaque,) = [a for a in ld.entities if isinstance(a, OpaqueFunction)]
+    (node,) = opaque.execute(context)
+    assert isinstance(node, Node)
+    node._perform_substitutions(context)  # what launch does before it starts the process
+    assert node.expanded_node_namespace == '/robot1'
+    assert node.node_name == '/robot1/vpr_node'
+    rules = dict(node.expanded_remapping_rules)
+    assert rules['camera/image_raw'] == 'front/image_raw'  # relative: inside /robot1
+    assert 'odom' not in rules  # empty pose_topic: the node's default name
+
