@@ -2,24 +2,19 @@
 Score published loop closures against ground-truth poses, and draw the report a person reads.
 
 A candidate (query stamp, match stamp) is correct when the two cameras' 2D field-of-view overlap
-ψ (vpr_ros.core.fov, the same definition training uses) exceeds 0.5 at their ground-truth poses. A
-query *could* close a loop when some earlier frame, outside the exclusion window, has ψ > 0.5
-with it: recall is counted over those queries.
+ψ (vpr_ros.core.fov, the same definition training uses) exceeds POSITIVE_PSI (0.5) at their
+ground-truth poses. A query *could* close a loop when some earlier frame, outside the exclusion
+window, is such a positive (found with vpr_ros.core.psi, the search labels use): recall is
+counted over those queries.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from vpr_ros.core.fov import (
-    DEFAULT_FOV_DEG,
-    DEFAULT_RADIUS_M,
-    enclosing_circle,
-    fov_overlap_many,
-    yaw_from_quaternion,
-)
+from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M, fov_overlap_many
 from vpr_ros.core.metrics import average_precision, precision_recall_curve
 from vpr_ros.core.pose_buffer import PoseBuffer
+from vpr_ros.core.psi import overlap_pairs, planar, POSITIVE_PSI
 
 
 @dataclass
@@ -77,38 +72,31 @@ def pair_psi(gt: GroundTruth, query_ns: np.ndarray, match_ns: np.ndarray,
     ok = ~(np.isnan(q).any(1) | np.isnan(m).any(1))
     psi = np.full(len(query_ns), np.nan)
     if ok.any():
-        psi[ok] = fov_overlap_many(q[ok, :2], yaw_from_quaternion(q[ok, 3:]),
-                                   m[ok, :2], yaw_from_quaternion(m[ok, 3:]), fov_deg, radius)
+        (q_xy, q_yaw), (m_xy, m_yaw) = planar(q[ok]), planar(m[ok])
+        psi[ok] = fov_overlap_many(q_xy, q_yaw, m_xy, m_yaw, fov_deg, radius)
     return psi
 
 
 def possible_loops(gt: GroundTruth, query_ns: np.ndarray, exclusion_s: float,
                    fov_deg: float = DEFAULT_FOV_DEG, radius: float = DEFAULT_RADIUS_M,
-                   threshold: float = 0.5) -> np.ndarray:
+                   threshold: float = POSITIVE_PSI) -> np.ndarray:
     """Whether each query has an earlier ground-truth frame outside the window with ψ > τ."""
-    q = gt.at(query_ns)
+    query_ns = np.asarray(query_ns, dtype=np.int64)
     result = np.zeros(len(query_ns), dtype=bool)
-    offset, rho = enclosing_circle(fov_deg, radius)
-    yaw_ref = yaw_from_quaternion(gt.poses[:, 3:])
-    centres = gt.poses[:, :2] + offset * np.stack([np.cos(yaw_ref), np.sin(yaw_ref)], 1)
-    tree = cKDTree(centres)
-    for k, stamp in enumerate(query_ns):
-        if np.isnan(q[k]).any():
-            continue
-        yaw = yaw_from_quaternion(q[k, 3:])
-        centre = q[k, :2] + offset * np.array([np.cos(yaw), np.sin(yaw)])
-        near = np.asarray(tree.query_ball_point(centre, 2 * rho), dtype=int)
-        near = near[gt.stamps_ns[near] < stamp - int(exclusion_s * 1e9)]
-        if len(near) == 0:
-            continue
-        psi = fov_overlap_many(np.repeat(q[k:k + 1, :2], len(near), 0), np.full(len(near), yaw),
-                               gt.poses[near, :2], yaw_ref[near], fov_deg, radius)
-        result[k] = bool((psi > threshold).any())
+    q = gt.at(query_ns)
+    known = np.flatnonzero(~np.isnan(q).any(1))
+    if len(known) == 0 or len(gt.poses) == 0:
+        return result
+    (q_xy, q_yaw), (g_xy, g_yaw) = planar(q[known]), planar(gt.poses)
+    i, j, psi = overlap_pairs(q_xy, q_yaw, g_xy, g_yaw, fov_deg, radius)
+    rows = known[i]
+    earlier = gt.stamps_ns[j] < query_ns[rows] - int(exclusion_s * 1e9)
+    result[rows[(psi > threshold) & earlier]] = True
     return result
 
 
 def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, exclusion_s: float,
-                   threshold: float = 0.5, fov_deg: float = DEFAULT_FOV_DEG,
+                   threshold: float = POSITIVE_PSI, fov_deg: float = DEFAULT_FOV_DEG,
                    radius: float = DEFAULT_RADIUS_M, target_precision: float = 0.95
                    ) -> tuple[LoopEvaluation, np.ndarray]:
     """
@@ -157,7 +145,7 @@ def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, excl
 
 def plot_report(path: str, gt: GroundTruth, keyframe_xy: np.ndarray, rows: np.ndarray,
                 psi: np.ndarray, evaluation: LoopEvaluation, title: str = 'vpr_ros demo',
-                threshold: float = 0.5) -> None:
+                threshold: float = POSITIVE_PSI) -> None:
     """Trajectory with keyframes and true/false loop closures, beside the PR curve."""
     import matplotlib
     matplotlib.use('Agg')
