@@ -19,7 +19,10 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from scipy.spatial.transform import Rotation
-from vpr_ros.training.extract_bag import compose_extrinsic, extract
+
+from vpr_ros.core.bitdepth import to_8bit
+from vpr_ros.core.msg_convert import any_image_from_msg
+from vpr_ros.training.extract_bag import _decode, compose_extrinsic, extract
 
 T0 = 1_700_000_000  # epoch seconds: stamps far from zero, as on a robot
 RADIUS, OMEGA = 2.0, 0.5  # m, rad/s: 1 m/s along a 2 m circle
@@ -230,3 +233,32 @@ def test_missing_bag_cli(tmp_path):
                         str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'does not exist' in r.stderr
+
+
+def test_frames_are_decoded_as_the_node_decodes_them():
+    """The extractor uses the node's msg_convert: same pixels, same refusals (issue 9)."""
+    T = get_typestore(Stores.ROS2_HUMBLE).types
+    hdr = T['std_msgs/msg/Header'](stamp=T['builtin_interfaces/msg/Time'](sec=1, nanosec=0),
+                                   frame_id='cam')
+    bgr = cv2.resize(_image(3), (64, 48))
+    jpeg = cv2.imencode('.jpg', bgr)[1].tobytes()
+
+    def compressed(data: bytes):
+        return T['sensor_msgs/msg/CompressedImage'](header=hdr, format='jpeg',
+                                                    data=np.frombuffer(data, np.uint8))
+
+    np.testing.assert_array_equal(_decode(compressed(jpeg)),
+                                  any_image_from_msg(compressed(jpeg))[0])
+    # A JPEG cut in half with an end marker appended: the node refuses it, so does extraction
+    # (rosbags-image decoded it with grey blocks in its lower half).
+    with pytest.raises(ValueError, match='^decode_error'):
+        _decode(compressed(jpeg[:len(jpeg) // 2] + b'\xff\xd9'))
+    # 16-bit colour: the node's one 16 -> 8 bit scaling, written as BGR.
+    rgb16 = (np.arange(48 * 64 * 3, dtype=np.uint16).reshape(48, 64, 3) * 41)
+    raw = T['sensor_msgs/msg/Image'](header=hdr, height=48, width=64, encoding='rgb16',
+                                     is_bigendian=0, step=64 * 6,
+                                     data=rgb16.view(np.uint8).reshape(-1))
+    np.testing.assert_array_equal(_decode(raw), to_8bit(rgb16)[:, :, ::-1])
+    with pytest.raises(ValueError, match='^unsupported_encoding'):
+        raw.encoding = '32FC1'
+        _decode(raw)

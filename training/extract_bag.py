@@ -7,7 +7,9 @@ interpolation (:class:`vpr_ros.core.pose_buffer.PoseBuffer`) and keyframe sampli
 (:class:`vpr_ros.core.keyframe.KeyframePolicy`)
 the live node uses, so a map built offline matches what
 the node would have stored. rosbag2 (sqlite3, mcap) and ROS 1 bags are read through
-``rosbags.highlevel.AnyReader``; images are decoded with ``rosbags-image``.
+``rosbags.highlevel.AnyReader``; images and poses are decoded by
+:mod:`vpr_ros.core.msg_convert`, the node's own conversion (same encodings accepted, same
+16-bit scaling, same refusal of truncated or oversized images).
 
 Nothing in a bag may crash the extraction: undecodable images, NaN poses, frames outside the
 pose range or across a pose gap are dropped and counted per reason in the summary.
@@ -24,56 +26,41 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
-from rosbags.image import compressed_image_to_cvimage, image_to_cvimage
 from rosbags.typesys import get_typestore, Stores
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
-from vpr_ros.training.dataset import write_index
 
+from vpr_ros.core.atomic_io import write_atomic
+from vpr_ros.core.bitdepth import to_8bit
+from vpr_ros.core.errors import ImageError
 from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.msg_convert import any_image_from_msg, DEFAULT_MAX_PIXELS, pose_from_msg
+from vpr_ros.core.msg_convert import stamp_ns as header_stamp_ns
 from vpr_ros.core.pose_buffer import Pose, PoseBuffer
+from vpr_ros.core.tbplaces import write_index
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'nav_msgs/msg/Odometry',
               'geometry_msgs/msg/PoseWithCovarianceStamped')
-_MONO = {'mono8', 'mono16', '8UC1', '16UC1', '8SC1', '16SC1'}
 
 
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def _pose_of(msg) -> tuple[np.ndarray, np.ndarray]:
-    """(position, quaternion xyzw) of a PoseStamped / Odometry / PoseWithCovarianceStamped."""
-    pose = msg.pose
-    if hasattr(pose, 'pose'):  # Odometry and PoseWithCovarianceStamped wrap a covariance
-        pose = pose.pose
-    p, q = pose.position, pose.orientation
-    return (np.array([p.x, p.y, p.z], dtype=np.float64),
-            np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
-
-
-def _decode(msg, kind: str) -> np.ndarray:
+def _decode(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """
-    Image as an OpenCV array (BGR for colour, native depth for mono), or raise ValueError.
+    Image ready for cv2.imwrite (BGR, or grey at its own depth), or ValueError('reason: ...').
 
-    rosbags-image asserts on a failed JPEG decode (and returns None under ``python -O``), and
-    raw buffers that are too short raise TypeError; all become one ValueError here.
+    Decoded by the node's msg_convert, so a frame the node would refuse is dropped here too.
     """
     try:
-        if kind == 'compressed':
-            img = compressed_image_to_cvimage(msg)
-        else:
-            enc = msg.encoding
-            img = image_to_cvimage(msg, None if enc in _MONO else 'bgr8')
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a dropped frame
-        name = type(exc).__name__
-        if name == 'ImageFormatError':
-            raise ValueError(f'unsupported_encoding: {exc}') from exc
-        raise ValueError(f'decode_error: {name} {exc}') from exc
-    if img is None or img.size == 0:
-        raise ValueError('decode_error: empty image')
-    return np.ascontiguousarray(img)
+        img, enc = any_image_from_msg(msg, max_pixels)
+    except ImageError as exc:
+        text = str(exc)
+        reason = 'unsupported_encoding' if 'encoding' in text else 'decode_error'
+        raise ValueError(f'{reason}: {text}') from exc
+    if enc in ('mono8', 'mono16', 'bgr8'):
+        return np.ascontiguousarray(img)
+    if enc == 'bgra8':
+        return np.ascontiguousarray(img[:, :, :3])
+    return np.ascontiguousarray(img[:, :, 2::-1])  # rgb8 / rgba8 -> bgr
 
 
 def _auto_topic(connections, wanted: Sequence[str], given: Optional[str], what: str):
@@ -109,6 +96,111 @@ def compose_extrinsic(position: np.ndarray, quaternion: np.ndarray,
     return position + r_base.apply(e[:3]), r_cam.as_quat()
 
 
+def _check_options(image_format: str, extrinsic: Optional[Sequence[float]]
+                   ) -> tuple[str, Optional[list[float]]]:
+    """File extension and the extrinsic as 7 floats; ValueError naming what is wrong."""
+    image_format = image_format.lower().lstrip('.')
+    if image_format not in ('png', 'jpg', 'jpeg'):
+        raise ValueError(f'image_format must be png or jpg, not {image_format!r}')
+    if extrinsic is not None:
+        e = np.asarray(extrinsic, dtype=np.float64).ravel()
+        if e.size != 7:
+            raise ValueError('extrinsic needs 7 numbers: tx ty tz qx qy qz qw')
+        if not np.all(np.isfinite(e)) or np.linalg.norm(e[3:]) < 1e-9:
+            raise ValueError('extrinsic must be finite with a non-zero quaternion')
+        extrinsic = e.tolist()
+    return ('png' if image_format == 'png' else 'jpg'), extrinsic
+
+
+def _read_poses(reader, pose_conns, max_gap_s: float) -> tuple[PoseBuffer, int, int, Counter]:
+    """
+    Every pose of the topic, sorted by header stamp, in a buffer large enough for all of them.
+
+    Poses are read before images: a bag orders by receive time, and images may arrive before
+    the pose that brackets them. Returns (buffer, poses read, poses used, dropped per reason).
+    """
+    dropped: Counter = Counter()
+    raw = []
+    for conn, _, data in reader.messages(connections=pose_conns):
+        try:
+            p = pose_from_msg(reader.deserialize(data, conn.msgtype))
+            raw.append((p.stamp_ns, p.position, p.quaternion))
+        except Exception:  # noqa: BLE001 - a corrupt message is a dropped pose
+            dropped['deserialize_error'] += 1
+    raw.sort(key=lambda p: p[0])
+    buffer = PoseBuffer(max_gap_s=max_gap_s, capacity=max(len(raw), 2) + 1)
+    n_used = sum(bool(buffer.add(st, pos, quat)) for st, pos, quat in raw)
+    for key in ('nan_pose', 'zero_quaternion', 'duplicate', 'out_of_order'):
+        if buffer.counters.get(key):
+            dropped[key] += buffer.counters[key]
+    return buffer, len(raw), n_used, dropped
+
+
+class _Frames:
+    """Kept frames (file names, camera poses, stamps) and dropped ones per reason."""
+
+    def __init__(self, out: Path, ext: str, jpeg_quality: int) -> None:
+        self.out, self.ext, self.quality = out, ext, int(jpeg_quality)
+        self.im_paths: list[str] = []
+        self.poses: list[list[float]] = []
+        self.stamps: list[int] = []
+        self.dropped: Counter = Counter()
+
+    def write(self, img: np.ndarray, stamp: int, position, quaternion) -> bool:
+        """Write the image file and keep the frame; False (counted) when it cannot be written."""
+        name = f'{len(self.im_paths):06d}.{self.ext}'
+        params = []
+        if self.ext == 'jpg':
+            img = to_8bit(img)  # JPEG holds 8 bits: the node's 16 -> 8 bit scaling
+            params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        if not cv2.imwrite(str(self.out / 'images' / name), img, params):
+            self.dropped['write_error'] += 1
+            return False
+        self.im_paths.append(name)
+        self.poses.append([*map(float, position), *map(float, quaternion)])
+        self.stamps.append(stamp)
+        return True
+
+
+def _extract_images(reader, img_conns, buffer: PoseBuffer, policy: Optional[KeyframePolicy],
+                    frames: _Frames, extrinsic, progress: bool) -> int:
+    """Pose every image at its header stamp, sample keyframes, write them; returns images read."""
+    dropped = frames.dropped
+    total = sum(c.msgcount for c in img_conns)
+    bar = tqdm(reader.messages(connections=img_conns), total=total, unit='img',
+               desc='extract', disable=not progress)
+    n_images = 0
+    for conn, _, data in bar:
+        n_images += 1
+        try:
+            msg = reader.deserialize(data, conn.msgtype)
+        except Exception:  # noqa: BLE001
+            dropped['deserialize_error'] += 1
+            continue
+        stamp = header_stamp_ns(msg.header)
+        gaps_before = buffer.counters.get('gap', 0)
+        pose = buffer.pose_at(stamp)
+        if pose is None:
+            gap = buffer.counters.get('gap', 0) > gaps_before
+            dropped['pose_gap' if gap else 'outside_pose_range'] += 1
+            continue
+        position, quaternion = compose_extrinsic(np.asarray(pose.position),
+                                                 np.asarray(pose.quaternion), extrinsic)
+        cam_pose = Pose(stamp, position, quaternion)
+        if policy is not None and not policy.decide(stamp, cam_pose, None).is_keyframe:
+            dropped['not_keyframe'] += 1
+            continue
+        try:
+            img = _decode(msg)
+        except ValueError as exc:
+            dropped[str(exc).split(':', 1)[0]] += 1
+            continue
+        if frames.write(img, stamp, position, quaternion) and policy is not None:
+            policy.accept(stamp, cam_pose)
+    bar.close()
+    return n_images
+
+
 def extract(bag: str, out_dir: str, image_topic: Optional[str] = None,
             pose_topic: Optional[str] = None, max_gap_s: float = 0.5,
             min_distance_m: float = 0.5, min_angle_deg: float = 15.0,
@@ -118,116 +210,39 @@ def extract(bag: str, out_dir: str, image_topic: Optional[str] = None,
     """
     Extract keyframes with interpolated camera poses from ``bag`` into ``out_dir``.
 
-    Poses are read first (a bag orders by receive time, and images may arrive before the pose
-    that brackets them), then every image is posed at its ``header.stamp``. Returns the summary:
-    counts kept and dropped per reason, also written to ``out_dir/extract_summary.json``.
+    Returns the summary: counts kept and dropped per reason, also written to
+    ``out_dir/extract_summary.json``.
     """
     t0 = time.monotonic()
-    image_format = image_format.lower().lstrip('.')
-    if image_format not in ('png', 'jpg', 'jpeg'):
-        raise ValueError(f'image_format must be png or jpg, not {image_format!r}')
-    ext = 'png' if image_format == 'png' else 'jpg'
-    if extrinsic is not None:
-        e = np.asarray(extrinsic, dtype=np.float64).ravel()
-        if e.size != 7:
-            raise ValueError('extrinsic needs 7 numbers: tx ty tz qx qy qz qw')
-        if not np.all(np.isfinite(e)) or np.linalg.norm(e[3:]) < 1e-9:
-            raise ValueError('extrinsic must be finite with a non-zero quaternion')
-        extrinsic = e.tolist()
-
-    dropped: Counter = Counter()
-    pose_dropped: Counter = Counter()
+    ext, extrinsic = _check_options(image_format, extrinsic)
     out = Path(out_dir)
     (out / 'images').mkdir(parents=True, exist_ok=True)
-    im_paths: list[str] = []
-    poses: list[list[float]] = []
-    stamps: list[int] = []
-
+    frames = _Frames(out, ext, jpeg_quality)
     with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
         img_conns = _auto_topic(reader.connections, tuple(IMAGE_TYPES), image_topic, 'image')
         pose_conns = _auto_topic(reader.connections, POSE_TYPES, pose_topic, 'pose')
-        kind = IMAGE_TYPES[img_conns[0].msgtype]
-
-        # Pass 1: poses, sorted by header stamp, into a buffer large enough for all of them.
-        raw_poses = []
-        for conn, _, data in reader.messages(connections=pose_conns):
-            try:
-                msg = reader.deserialize(data, conn.msgtype)
-                raw_poses.append((_stamp_ns(msg.header.stamp), *_pose_of(msg)))
-            except Exception:  # noqa: BLE001 - a corrupt message is a dropped pose
-                pose_dropped['deserialize_error'] += 1
-        raw_poses.sort(key=lambda p: p[0])
-        buffer = PoseBuffer(max_gap_s=max_gap_s, capacity=max(len(raw_poses), 2) + 1)
-        n_poses_used = sum(bool(buffer.add(st, pos, quat)) for st, pos, quat in raw_poses)
-        for key in ('nan_pose', 'zero_quaternion', 'duplicate', 'out_of_order'):
-            if buffer.counters.get(key):
-                pose_dropped[key] += buffer.counters[key]
-
-        # Pass 2: images.
-        policy = KeyframePolicy(min_distance_m=min_distance_m, min_angle_deg=min_angle_deg,
-                                max_interval_s=max_interval_s, novelty_threshold=None)
-        total = sum(c.msgcount for c in img_conns)
-        bar = tqdm(reader.messages(connections=img_conns), total=total, unit='img',
-                   desc='extract', disable=not progress)
-        n_images = 0
-        for conn, _, data in bar:
-            n_images += 1
-            try:
-                msg = reader.deserialize(data, conn.msgtype)
-            except Exception:  # noqa: BLE001
-                dropped['deserialize_error'] += 1
-                continue
-            stamp = _stamp_ns(msg.header.stamp)
-            before = dict(buffer.counters)
-            pose = buffer.pose_at(stamp)
-            if pose is None:
-                gap = buffer.counters.get('gap', 0) > before.get('gap', 0)
-                dropped['pose_gap' if gap else 'outside_pose_range'] += 1
-                continue
-            position, quaternion = compose_extrinsic(np.asarray(pose.position),
-                                                     np.asarray(pose.quaternion), extrinsic)
-            if not all_frames:
-                decision = policy.decide(stamp, Pose(stamp, position, quaternion),
-                                         None)
-                if not decision.is_keyframe:
-                    dropped['not_keyframe'] += 1
-                    continue
-            try:
-                img = _decode(msg, kind)
-            except ValueError as exc:
-                reason = str(exc).split(':', 1)[0]
-                dropped[reason] += 1
-                continue
-            name = f'{len(im_paths):06d}.{ext}'
-            if ext == 'jpg' and img.dtype != np.uint8:
-                img = (img >> 8).astype(np.uint8)
-            params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext == 'jpg' else []
-            if not cv2.imwrite(str(out / 'images' / name), img, params):
-                dropped['write_error'] += 1
-                continue
-            if not all_frames:
-                policy.accept(stamp, Pose(stamp, position, quaternion))
-            im_paths.append(name)
-            poses.append([*map(float, position), *map(float, quaternion)])
-            stamps.append(stamp)
-        bar.close()
+        buffer, n_poses, n_poses_used, pose_dropped = _read_poses(reader, pose_conns, max_gap_s)
+        policy = None if all_frames else KeyframePolicy(
+            min_distance_m=min_distance_m, min_angle_deg=min_angle_deg,
+            max_interval_s=max_interval_s, novelty_threshold=None)
+        n_images = _extract_images(reader, img_conns, buffer, policy, frames, extrinsic,
+                                   progress)
         topics = {'image': img_conns[0].topic, 'image_type': img_conns[0].msgtype,
                   'pose': pose_conns[0].topic, 'pose_type': pose_conns[0].msgtype}
-
     index_path = str(out / 'index.json')
-    write_index(index_path, 'images/', im_paths,
-                np.asarray(poses, dtype=np.float64).reshape(-1, 7))
+    write_index(index_path, 'images/', frames.im_paths,
+                np.asarray(frames.poses, dtype=np.float64).reshape(-1, 7))
+    dropped = frames.dropped
     summary = {
         'bag': str(bag), 'out_dir': str(out), 'index': index_path, **topics,
-        'images_read': n_images, 'kept': len(im_paths),
+        'images_read': n_images, 'kept': len(frames.im_paths),
         'dropped': dict(sorted(dropped.items())), 'dropped_total': int(sum(dropped.values())),
-        'poses_read': len(raw_poses), 'poses_used': n_poses_used,
+        'poses_read': n_poses, 'poses_used': n_poses_used,
         'poses_dropped': dict(sorted(pose_dropped.items())),
-        'stamps_ns': stamps, 'all_frames': all_frames, 'extrinsic': list(extrinsic or []),
+        'stamps_ns': frames.stamps, 'all_frames': all_frames, 'extrinsic': list(extrinsic or []),
         'seconds': round(time.monotonic() - t0, 3),
     }
-    with open(out / 'extract_summary.json', 'w') as f:
-        json.dump(summary, f, indent=1)
+    write_atomic(str(out / 'extract_summary.json'), json.dumps(summary, indent=1).encode())
     return summary
 
 
