@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from vpr_ros.core.atomic_io import write_atomic
 from vpr_ros.sim.conditions import parse_condition
 from vpr_ros.sim.render_backend import Renderer
 from vpr_ros.sim.scene import GardenScene, Intrinsics
@@ -103,6 +104,54 @@ def _spec_for(k: int, cfg: TraverseConfig, params: SimParams) -> TraverseSpec:
                         height_m=height, lateral_m=lateral, seed=params.seed * 1000 + k)
 
 
+def _render_traverse(k: int, params: SimParams, world, intr: Intrinsics, renderer,
+                     paths: 'DatasetPaths', step: int, log) -> tuple[dict, int, float]:
+    """Render traverse k into the folder and/or bag; returns (meta entry, frames, render s)."""
+    cfg = params.traverses[k]
+    cond = parse_condition(cfg.condition)
+    spec = _spec_for(k, cfg, params)
+    if params.max_frames is not None:
+        spec = replace(spec, max_frames=(params.max_frames - 1) * step + 1)
+    stamps, poses = sample_traverse(spec, world)
+    start_ns = (EPOCH_S + k * 86400 + int(cond.hour * 3600)) * 10**9
+    scene = GardenScene(world, cond, intr, renderer=renderer, noise_sigma=params.noise_sigma,
+                        noise_seed=params.seed * 1000 + k)
+    folder = FolderWriter(paths.folder_root, cfg.name) if params.folder else None
+    bag_path = os.path.join(paths.root, 'bags', cfg.name)
+    bag = None
+    if params.bag:
+        os.makedirs(os.path.dirname(bag_path), exist_ok=True)
+        bag = BagWriter(bag_path, intr, start_ns, params.odom_drift, seed=params.seed * 1000 + k)
+    n_img, render_s = 0, 0.0
+    t0 = time.perf_counter()
+    for i, (stamp, pose) in enumerate(zip(stamps, poses)):
+        if bag is not None:
+            bag.add_pose(int(stamp), pose)
+        if i % step:
+            continue
+        tr = time.perf_counter()
+        rgb, _ = scene.render(pose, n_img)
+        render_s += time.perf_counter() - tr
+        if folder is not None:
+            folder.add(rgb, pose)
+        if bag is not None:
+            bag.add_image(int(stamp), rgb)
+        n_img += 1
+    if folder is not None:
+        paths.indices.append(folder.close())
+    if bag is not None:
+        bag.close()
+        paths.bags.append(bag_path)
+    paths.names.append(cfg.name)
+    dt = time.perf_counter() - t0
+    log(f'vpr-sim: {cfg.name}: {n_img} frames ({cond.name}) in {dt:.1f} s')
+    entry = {'name': cfg.name, 'condition': asdict(cond),
+             'route': list(spec.route) if not isinstance(spec.route, str)
+             else ROUTES[spec.route], 'frames': n_img, 'start_ns': start_ns,
+             'height_m': spec.height_m, 'lateral_m': spec.lateral_m, 'seconds': round(dt, 3)}
+    return entry, n_img, render_s
+
+
 def generate(params: SimParams, out_dir: str, log=print) -> DatasetPaths:
     """
     Render every traverse and write the folder and/or bags into out_dir.
@@ -130,58 +179,17 @@ def generate(params: SimParams, out_dir: str, log=print) -> DatasetPaths:
     render_s = 0.0
     n_total = 0
     with Renderer(intr.width, intr.height) as renderer:
-        for k, cfg in enumerate(params.traverses):
-            cond = parse_condition(cfg.condition)
-            spec = _spec_for(k, cfg, params)
-            if params.max_frames is not None:
-                spec = replace(spec, max_frames=(params.max_frames - 1) * step + 1)
-            stamps, poses = sample_traverse(spec, world)
-            start_ns = (EPOCH_S + k * 86400 + int(cond.hour * 3600)) * 10**9
-            scene = GardenScene(world, cond, intr, renderer=renderer,
-                                noise_sigma=params.noise_sigma,
-                                noise_seed=params.seed * 1000 + k)
-            folder = FolderWriter(folder_root, cfg.name) if params.folder else None
-            bag_path = os.path.join(out_dir, 'bags', cfg.name)
-            bag = None
-            if params.bag:
-                os.makedirs(os.path.dirname(bag_path), exist_ok=True)
-                bag = BagWriter(bag_path, intr, start_ns, params.odom_drift,
-                                seed=params.seed * 1000 + k)
-            n_img = 0
-            t0 = time.perf_counter()
-            for i, (stamp, pose) in enumerate(zip(stamps, poses)):
-                if bag is not None:
-                    bag.add_pose(int(stamp), pose)
-                if i % step:
-                    continue
-                tr = time.perf_counter()
-                rgb, _ = scene.render(pose, n_img)
-                render_s += time.perf_counter() - tr
-                if folder is not None:
-                    folder.add(rgb, pose)
-                if bag is not None:
-                    bag.add_image(int(stamp), rgb)
-                n_img += 1
-            if folder is not None:
-                paths.indices.append(folder.close())
-            if bag is not None:
-                bag.close()
-                paths.bags.append(bag_path)
-            paths.names.append(cfg.name)
+        for k in range(len(params.traverses)):
+            entry, n_img, r_s = _render_traverse(k, params, world, intr, renderer, paths, step,
+                                                 log)
+            meta['traverses'].append(entry)
             n_total += n_img
-            dt = time.perf_counter() - t0
-            meta['traverses'].append({'name': cfg.name, 'condition': asdict(cond),
-                                      'route': list(spec.route) if not isinstance(
-                                          spec.route, str) else ROUTES[spec.route],
-                                      'frames': n_img, 'start_ns': start_ns,
-                                      'height_m': spec.height_m, 'lateral_m': spec.lateral_m,
-                                      'seconds': round(dt, 3)})
-            log(f'vpr-sim: {cfg.name}: {n_img} frames ({cond.name}) in {dt:.1f} s')
+            render_s += r_s
     total = time.perf_counter() - t_start
     meta['timing'] = {'total_s': round(total, 3), 'frames': n_total,
                       'render_ms_per_frame': round(1000 * render_s / max(n_total, 1), 2)}
-    with open(os.path.join(out_dir, META_FILE), 'w') as f:
-        json.dump(meta, f, indent=1, default=float)
+    write_atomic(os.path.join(out_dir, META_FILE),
+                 json.dumps(meta, indent=1, default=float).encode())
     paths.meta = meta
     return paths
 
