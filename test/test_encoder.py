@@ -117,9 +117,12 @@ def test_default_is_imagenet_mobilenet_v2(default_encoder: Encoder) -> None:
 
 
 def test_default_weights_classify_a_cat() -> None:
-    # The full torchvision classifier from the same weights, fed by our preprocessing.
+    # The full torchvision classifier from the same weights (through our hash-checked,
+    # weights_only loader, never torchvision's pickle-running one), fed by our preprocessing.
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
-    model = torchvision.models.mobilenet_v2(weights=weights).eval()
+    model = backbones.get('mobilenet_v2').build()
+    assert imagenet.load_into(model, 'mobilenet_v2') == backbones.MOBILENET_V2_SHA256
+    model.eval()
     x = preprocess(skimage.data.chelsea(), (224, 224), 'rgb8')[None]
     with torch.no_grad():
         top = int(model(x).argmax())
