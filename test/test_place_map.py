@@ -176,7 +176,8 @@ def test_round_trip_and_new_session(small_map, tmp_path) -> None:
         assert m3.session == 2 and m3.next_id == 201 and len(m3) == 201
         assert m3.blob(150) == bytes([150]) * 150 and m3.blob(200) == b'new'
         assert m3.record(200).session == 1 and m3.record(199).session == 0
-    assert sorted(os.listdir(d)) == ['.lock', 'CURRENT', 'gen-000002']
+    # IDS: the id reservation (ids unique across crashes), written before ids are handed out.
+    assert sorted(os.listdir(d)) == ['.lock', 'CURRENT', 'IDS', 'gen-000002']
 
 
 def test_reset_keeps_ids_increasing(small_map, tmp_path) -> None:
@@ -299,7 +300,9 @@ def test_crash_during_save_keeps_previous_map(small_map, tmp_path, stage) -> Non
     if stage == 'committed':  # CURRENT was already switched: the new map is the map
         assert len(loaded) == 20300 and loaded.blob(20299) == b'new'
         return
-    assert len(loaded) == 300 and loaded.next_id == 300 and loaded.session == 1
+    # The killed child handed out 20000 ids in session 1 (reserved in IDS before): they and
+    # its session are never reused, although its save never committed (issue 11 #6).
+    assert len(loaded) == 300 and loaded.next_id >= 20300 and loaded.session == 2
     assert loaded.blob(299) == b'old'
     assert loaded.search(old[123], 1)[0].id == 123
     # The half-written generation is ignored, then cleaned away by the next save.

@@ -16,7 +16,14 @@ import time
 import numpy as np
 
 from vpr_ros.core.errors import VPRError
-from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.keyframe import (
+    DEFAULT_MAX_INTERVAL_S,
+    DEFAULT_MIN_ANGLE_DEG,
+    DEFAULT_MIN_DISTANCE_M,
+    DEFAULT_NOVELTY_THRESHOLD,
+    DEFAULT_RESET_BACK_S,
+    KeyframePolicy,
+)
 from vpr_ros.core.pose_buffer import Pose
 from vpr_ros.core.verification import Features, GeometricVerifier
 
@@ -24,7 +31,8 @@ _LOG = logging.getLogger(__name__)
 
 REASON_SKIPPED_OLD = 'skipped_out_of_order'
 COUNTER_KEYS = ('frames', 'keyframes', 'time_reset', 'skipped_out_of_order',
-                'rejected_temporal', 'rejected_geometric', 'missing_features')
+                'rejected_temporal', 'rejected_geometric', 'missing_features',
+                'bad_features')
 
 # With the default ImageNet MobileNetV2 + GeM encoder all descriptors are non-negative (ReLU
 # features), so even unrelated scenes have a cosine similarity of 0.55-0.77, while two views of
@@ -42,7 +50,8 @@ class DetectorConfig:
     `temporal_consistency` n > 1 accepts a candidate only when each of the previous n-1 queries
     had a candidate near it: within `temporal_tolerance_ids` keyframe ids or, when > 0,
     `temporal_tolerance_s` seconds of its stamp. `kf_*` are the KeyframePolicy thresholds;
-    `reset_back_s` is how far a stamp must jump back to start a new sequence.
+    `reset_back_s` is how far a stamp must jump back to start a new sequence. The defaults are
+    what the node ships (config/vpr.yaml): its parameter table reads them from here.
     """
 
     top_k: int = 5
@@ -52,7 +61,9 @@ class DetectorConfig:
     temporal_consistency: int = 0
     temporal_tolerance_ids: int = 5
     temporal_tolerance_s: float = 0.0
-    geometric_verification: bool = False
+    # On, as the node ships it: on the demo garden it took the precision of published loop
+    # closures from 0.33 to 0.96 at the same recall, for ~7 ms more per frame.
+    geometric_verification: bool = True
     gv_feature: str = 'orb'
     gv_n_features: int = 500
     gv_ratio: float = 0.8
@@ -60,11 +71,11 @@ class DetectorConfig:
     gv_ransac_threshold_px: float = 3.0
     gv_method: str = 'fundamental'
     gv_camera_matrix: list | None = None
-    kf_min_distance_m: float = 1.0
-    kf_min_angle_deg: float = 15.0
-    kf_max_interval_s: float = 5.0
-    kf_novelty_threshold: float = 0.9
-    reset_back_s: float = 1.0
+    kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
+    kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
+    kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
+    kf_novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD
+    reset_back_s: float = DEFAULT_RESET_BACK_S
 
     def validate(self) -> None:
         """Raise VPRError naming the first bad field, so a bad config fails at start-up."""
@@ -182,6 +193,27 @@ class LoopDetector:
             return False
         return all(any(self._near(key, prev) for prev in q) for q in self._history)
 
+    def _verified(self, feats: Features, matches: list, inliers: dict) -> list:
+        """Keep the matches whose stored features verify; a bad or missing blob skips one."""
+        verified = []
+        for m in matches:
+            try:
+                blob = self.place_map.blob(m.id)
+                stored = None if blob is None else Features.from_bytes(blob)
+            except (VPRError, ValueError) as err:  # a damaged map must not kill the frame
+                self._count('bad_features', f'keyframe {m.id} has unreadable features: {err}')
+                continue
+            if stored is None:
+                self._count('missing_features', f'keyframe {m.id} has no stored features')
+                continue
+            res = self.verifier.verify(feats, stored)
+            if res.ok:
+                inliers[m.id] = res.inliers
+                verified.append(m)
+            else:
+                self.counters['rejected_geometric'] += 1
+        return verified
+
     def process(self, image: np.ndarray, stamp_ns: int, encoding: str = 'rgb8',
                 pose: Pose | None = None, frame_id: str = '') -> FrameResult:
         """
@@ -214,10 +246,8 @@ class LoopDetector:
 
         matches = self.place_map.search(desc, c.top_k, query_stamp_ns=stamp_ns,
                                         exclusion_s=c.exclusion_s, exclusion_n=c.exclusion_n)
-        excl_ns = int(c.exclusion_s * 1e9)
-        matches = [m for m in matches if m.score >= c.score_threshold
-                   and not (excl_ns and abs(m.record.stamp_ns - stamp_ns) <= excl_ns
-                            and m.record.session == self.place_map.session)]
+        # The temporal exclusion is the map's alone (one definition); only the score here.
+        matches = [m for m in matches if m.score >= c.score_threshold]
         t2 = time.perf_counter()
 
         if c.temporal_consistency > 1:
@@ -237,19 +267,7 @@ class LoopDetector:
         inliers = {}
         if self.verifier is not None and (matches or decision.is_keyframe):
             feats = self.verifier.extract(image, encoding)
-            verified = []
-            for m in matches:
-                blob = self.place_map.blob(m.id)
-                if blob is None:
-                    self._count('missing_features', f'keyframe {m.id} has no stored features')
-                    continue
-                res = self.verifier.verify(feats, Features.from_bytes(blob))
-                if res.ok:
-                    inliers[m.id] = res.inliers
-                    verified.append(m)
-                else:
-                    self.counters['rejected_geometric'] += 1
-            matches = verified
+            matches = self._verified(feats, matches, inliers)
         t3 = time.perf_counter()
 
         candidates = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score),

@@ -23,3 +23,7 @@ class MapError(VPRError):
 
 class MapMismatchError(MapError):
     """A map made with another model (fingerprint) or descriptor dimension."""
+
+
+class MapLockedError(MapError):
+    """A map directory held by another process: two writers would lose each other's keyframes."""

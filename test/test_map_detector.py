@@ -1,0 +1,58 @@
+"""
+Detector and map together: the temporal exclusion's one home, and garbage feature blobs.
+
+The exclusion is the map's (the detector does not filter again); a garbage feature blob skips
+that candidate's verification (counted) instead of killing the frame.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from image_sequences import make_sequence  # noqa: E402
+
+from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
+from vpr_ros.map.place_map import PlaceMap  # noqa: E402
+from vpr_ros.model.encoder import build_encoder  # noqa: E402
+
+S = 1_000_000_000
+
+
+@pytest.fixture(scope='module')
+def encoder():
+    return build_encoder('', device='cpu')
+
+
+@pytest.fixture(scope='module')
+def seq():
+    return make_sequence()
+
+
+def test_exclusion_boundary_is_the_maps(encoder, seq) -> None:
+    """A keyframe exactly exclusion_s before the query is a candidate (the map's `<`)."""
+    m = PlaceMap(encoder.dim, encoder.fingerprint)
+    det = LoopDetector(encoder, m, DetectorConfig(exclusion_s=5.0, score_threshold=0.0))
+    old = m.add(encoder.embed_one(seq.frames[0], 'rgb8'), 100 * S)
+    inside = m.add(encoder.embed_one(seq.frames[1], 'rgb8'), 101 * S)
+    r = det.process(seq.frames[0], 105 * S)
+    ids = [c.match_id for c in r.candidates]
+    assert old.id in ids and inside.id not in ids
+    direct = m.search(encoder.embed_one(seq.frames[0], 'rgb8'), 5, 105 * S, exclusion_s=5.0)
+    assert ids == [x.id for x in direct][:len(ids)]
+
+
+def test_garbage_feature_blob_skips_that_candidate(encoder, seq) -> None:
+    m = PlaceMap(encoder.dim, encoder.fingerprint)
+    det = LoopDetector(encoder, m, DetectorConfig(score_threshold=0.0, exclusion_s=1.0,
+                                                  geometric_verification=True))
+    good = det.verifier.extract(seq.frames[0], 'rgb8').to_bytes()
+    desc = encoder.embed_one(seq.frames[0], 'rgb8')
+    for k, blob in enumerate([b'\x00garbage', good[:len(good) // 3], good, None,
+                              b'\xff' * 4096]):
+        m.add(desc, k * S, blob=blob)
+    r = det.process(seq.frames[0], 1000 * S)  # must not raise
+    assert det.counters['bad_features'] == 3 and det.counters['missing_features'] == 1
+    assert [c.match_id for c in r.candidates] == [2] and r.candidates[0].inliers > 15
+    assert det.counters['frames'] == 1

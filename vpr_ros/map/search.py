@@ -1,0 +1,78 @@
+"""
+Input checks and the search loop: top-k by cosine similarity, with the temporal exclusion.
+
+The exclusion itself is defined once, in `KeyframeTable.exclude`; this loop over-fetches from
+FAISS so that k results survive it.
+"""
+import math
+from typing import Optional
+
+import faiss
+import numpy as np
+
+from vpr_ros.core.errors import MapError
+from vpr_ros.map.records import KeyframeTable, Match
+
+
+def check_desc(dim: int, desc: np.ndarray, what: str = 'descriptor') -> np.ndarray:
+    """Return (Q, dim) float32 unit rows; refuse wrong shapes, NaN/inf and zero vectors."""
+    x = np.asarray(desc)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise MapError(f'{what} has shape {np.shape(desc)}, the map holds dimension {dim}')
+    if not np.issubdtype(x.dtype, np.number):
+        raise MapError(f'{what} has non-numeric dtype {x.dtype}')
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise MapError(f'{what} has NaN or inf values')
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms < 1e-12):
+        raise MapError(f'{what} has zero norm; it cannot be L2-normalised')
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def pose_rows(poses, n: int) -> np.ndarray:
+    """Return (n, 7) poses (NaN rows when None); a single pose may be a 7-vector."""
+    if poses is None:
+        return np.full((n, 7), np.nan)
+    p = np.array(poses, dtype=np.float64)
+    if n == 1 and p.shape == (7,):
+        return p[None, :]
+    if p.shape != (n, 7):
+        what = 'a 7-vector [tx,ty,tz,qx,qy,qz,qw]' if n == 1 else f'shape ({n}, 7)'
+        raise MapError(f'pose must be {what}, got shape {p.shape}')
+    return p
+
+
+def check_search_args(k: int, exclusion_s: float, exclusion_n: int) -> int:
+    """Return the exclusion window in ns; MapError for negative or non-finite arguments."""
+    if int(k) < 0 or int(exclusion_n) < 0:
+        raise MapError(f'k and exclusion_n must be >= 0, got {k}, {exclusion_n}')
+    if not (math.isfinite(exclusion_s) and exclusion_s >= 0):
+        raise MapError(f'exclusion_s must be finite and >= 0, got {exclusion_s}')
+    return int(round(exclusion_s * 1e9))
+
+
+def search_rows(index: faiss.Index, table: KeyframeTable, session: int, x: np.ndarray, k: int,
+                stamps: list[Optional[int]], excl_ns: int,
+                exclusion_n: int) -> list[list[Match]]:
+    """Top-k matches per query row, none of them excluded, best first."""
+    n = table.n
+    if n == 0:
+        return [[] for _ in range(x.shape[0])]
+    bounds = [table.fetch_bound(s, excl_ns, exclusion_n) for s in stamps]
+    fetch = min(n, k + max(bounds))
+    dist, labels = index.search(x, fetch)
+    out = []
+    for q in range(x.shape[0]):
+        res = table.exclude(dist[q], labels[q], session, stamps[q], excl_ns, exclusion_n, k)
+        f = fetch
+        # HNSW is approximate (and may return fewer than asked): fetch more until k
+        # survive or the whole map was asked for.
+        while len(res) < k and f < n:
+            f = min(n, max(2 * f, k + bounds[q]))
+            d1, l1 = index.search(x[q:q + 1], f)
+            res = table.exclude(d1[0], l1[0], session, stamps[q], excl_ns, exclusion_n, k)
+        out.append(res)
+    return out
