@@ -33,7 +33,8 @@ def seq():
 def test_exclusion_boundary_is_the_maps(encoder, seq) -> None:
     """A keyframe exactly exclusion_s before the query is a candidate (the map's `<`)."""
     m = PlaceMap(encoder.dim, encoder.fingerprint)
-    det = LoopDetector(encoder, m, DetectorConfig(exclusion_s=5.0, score_threshold=0.0))
+    det = LoopDetector(encoder, m, DetectorConfig(exclusion_s=5.0, score_threshold=0.0,
+                                                  geometric_verification=False))
     old = m.add(encoder.embed_one(seq.frames[0], 'rgb8'), 100 * S)
     inside = m.add(encoder.embed_one(seq.frames[1], 'rgb8'), 101 * S)
     r = det.process(seq.frames[0], 105 * S)
