@@ -74,3 +74,12 @@ def test_node_refuses_a_held_map_dir(tmp_path) -> None:
     assert res.returncode == 2, res.stderr
     assert "'map_dir'" in res.stderr and f'process {os.getpid()}' in res.stderr, res.stderr
     held.close()
+
+
+def test_open_with_create_holds_a_new_directory_at_once(tmp_path) -> None:
+    d = str(tmp_path / 'a' / 'new')
+    m = PlaceMap.open(d, FP, 8, load_existing=True, create=True)
+    assert os.path.isdir(d) and len(m) == 0
+    assert _open_in_child(d).returncode == 3
+    m.close()
+    assert _open_in_child(d).returncode == 0

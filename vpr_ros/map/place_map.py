@@ -420,22 +420,22 @@ class PlaceMap:
 
     @classmethod
     def open(cls, directory: str, fingerprint: str, dim: int, load_existing: bool,
-             **index_kw) -> 'PlaceMap':
+             create: bool = False, **index_kw) -> 'PlaceMap':
         """
         Load the map in `directory` when asked and present, else start a new map (node use).
 
-        Either way the map holds `directory` (from now when it exists, else from its first add
-        or save) and its ids continue past every id saved or reserved there. A new map over an
-        existing one deletes nothing: the first save replaces it atomically. `index_kw` are the
-        constructor's index arguments (also applied on load).
+        Either way the map holds `directory` (from now when it exists or `create` makes it,
+        else from its first add or save) and its ids continue past every id saved or reserved
+        there. A new map over an existing one deletes nothing: the first save replaces it
+        atomically. `index_kw` are the constructor's index arguments (also applied on load).
         """
         if load_existing and directory and map_exists(directory):
             return cls.load(directory, fingerprint, dim, **index_kw)
         m = cls(dim, fingerprint, **index_kw)
         if directory:
             m._home = os.path.abspath(directory)
-            if os.path.lexists(directory):
-                m._attach(create=False)
+            if create or os.path.lexists(directory):
+                m._attach(create=create)
                 next_id, sessions = storage.peek_counters(m._home)
                 m._next_id = max(m._next_id, next_id)
                 m._session = max(m._session, sessions)

@@ -173,7 +173,8 @@ class VprNode(Node):
                            'replaced by this new map at the first save')
         try:
             self._map = PlaceMap.open(path, self._encoder.fingerprint, self._encoder.dim,
-                                      load_existing=p.load_map, index=p.map_index)
+                                      load_existing=p.load_map, create=bool(path),
+                                      index=p.map_index)
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
         try:
