@@ -166,3 +166,55 @@ def test_pure_rotation_keeps_the_rotation_and_reports_no_parallax():
     assert res.parallax_deg < 0.2 and res.inlier_ratio > 0.9
     moving = estimate_relative_pose(*_scene(rng)[:2], CAM, (H, W))
     assert moving.parallax_deg > 2.0
+
+
+def _photo_views():
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from image_sequences import photo
+    img = photo('astronaut')
+    return img[60:300, 60:380], img[80:320, 100:420]
+
+
+def test_verifier_with_intrinsics_carries_the_pose():
+    from vpr_ros.core.verification import GeometricVerifier
+    v = GeometricVerifier()
+    a, b = _photo_views()
+    fa, fb = v.extract(a), v.extract(b)
+    plain = v.verify(fa, fb)
+    assert plain.ok and plain.pose is None and plain.inlier_ratio > 0.9 and plain.spread >= 0.4
+    cam = Intrinsics(300.0, 300.0, 160.0, 120.0)
+    res = v.verify(fa, fb, intrinsics=cam)
+    assert res.ok and res.pose is not None and res.pose.ok
+    assert res.inliers == res.pose.inliers and res.inlier_ratio == pytest.approx(
+        res.pose.inlier_ratio)
+    # a shifted crop of one flat photo is a homography: the rotation is small, whatever t is
+    assert np.degrees(Rotation.from_quat(res.pose.quaternion).magnitude()) < 15
+
+
+def _synthetic_features(rng, n_true, n_false, region=(320, 240)):
+    """Exact-duplicate ORB descriptors: n_true moved by one shift, n_false to random places."""
+    from vpr_ros.core.verification import Features
+    n = n_true + n_false
+    desc = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    kq = rng.uniform([0, 0], region, (n, 2)).astype(np.float32)
+    km = kq + np.float32([12.0, 5.0])
+    km[n_true:] = rng.uniform([0, 0], [320, 240], (n_false, 2))
+    return (Features('orb', kq, desc, (240, 320)), Features('orb', km, desc.copy(), (240, 320)))
+
+
+def test_verifier_rejects_low_inlier_ratio_and_bunched_inliers():
+    from vpr_ros.core.verification import GeometricVerifier
+    rng = np.random.default_rng(7)
+    v = GeometricVerifier(ransac_threshold_px=1.0)
+    good = v.verify(*_synthetic_features(rng, 60, 10))
+    assert good.ok, good
+    low = v.verify(*_synthetic_features(rng, 30, 70))
+    assert not low.ok and 'inlier ratio' in low.reason and low.inliers >= 15, low
+    bunched = v.verify(*_synthetic_features(rng, 40, 0, region=(70, 50)))
+    assert not bunched.ok and 'spread' in bunched.reason and bunched.spread <= 1 / 16, bunched
+    lenient = GeometricVerifier(ransac_threshold_px=1.0, min_inlier_ratio=0.0, min_spread=0.0)
+    assert lenient.verify(*_synthetic_features(rng, 40, 0, region=(70, 50))).ok
+    with pytest.raises(VPRError):
+        GeometricVerifier(min_spread=1.5)
