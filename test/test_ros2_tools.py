@@ -59,13 +59,24 @@ def loop_frames(seq, n_first: int = 8, n_revisit: int = 8) -> tuple[list[int], l
     return first, revisit
 
 
-def saved_map(map_dir: str) -> PlaceMap:
-    """Load what the node saved in map_dir (fails if nothing loadable is there)."""
+def saved_count(map_dir: str, load: bool = True) -> int:
+    """
+    Count the keyframes saved in map_dir: load the map, or with `load` False read its manifest.
+
+    Loading needs the node gone: a running node holds the directory's lock.
+    """
     with open(os.path.join(map_dir, 'CURRENT')) as f:
         gen = f.read().strip()
     with open(os.path.join(map_dir, gen, 'manifest.json')) as f:
         m = json.load(f)
-    return PlaceMap.load(map_dir, m['fingerprint'], m['dim'])
+    if not load:
+        return int(m['count'])
+    place_map = PlaceMap.load(map_dir, m['fingerprint'], m['dim'])
+    try:
+        assert len(place_map) == m['count']
+        return len(place_map)
+    finally:
+        place_map.close()
 
 
 def ros2(env: dict, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -90,8 +101,10 @@ def test_launch_params_remaps_echo_param_service(env, seq, tmp_path) -> None:
         echo = subprocess.Popen(['ros2', 'topic', 'echo', '--once', '--no-daemon', '/vpr/matches',
                                  'std_msgs/msg/Float64MultiArray'], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        feeder.wait_for(lambda: feeder.node.count_subscribers('/vpr/matches') > 0, 60,
-                        'ros2 topic echo subscribed to /vpr/matches')
+        feeder.wait_for(lambda: any(
+            i.node_name != 'feeder_full'
+            for i in feeder.node.get_subscriptions_info_by_topic('/vpr/matches')), 60,
+            'ros2 topic echo subscribed to /vpr/matches')
         first, revisit = loop_frames(seq)
         feeder.send(seq, first, image, pose)
         feeder.send(seq, revisit, image, pose)
@@ -114,7 +127,7 @@ def test_launch_params_remaps_echo_param_service(env, seq, tmp_path) -> None:
 
         call = ros2(env, 'service', 'call', '/vpr_node/save_map', 'std_srvs/srv/Trigger')
         assert 'success=True' in call.stdout, call.stdout
-        n_keyframes = len(saved_map(str(tmp_path / 'map')))
+        n_keyframes = saved_count(str(tmp_path / 'map'), load=False)
         assert n_keyframes >= len(first), call.stdout
 
         launch.interrupt()
@@ -158,7 +171,7 @@ def test_ctrl_c_under_launch_always_saves_the_map(env, seq, tmp_path) -> None:
             log = launch.log()
             assert rc == 0 and CLEAN in log, f'run {run}: launch exit {rc}:\n{log}'
             assert "sending signal 'SIGTERM'" not in log, f'run {run}: escalated:\n{log}'
-            assert len(saved_map(map_dir)) == expected, f'run {run}:\n{log}'
+            assert saved_count(map_dir) == expected, f'run {run}:\n{log}'
             print(f'run {run}: Ctrl-C to launch exit {took:.2f} s, {expected} keyframes saved')
         finally:
             if feeder is not None:
@@ -229,7 +242,7 @@ def test_two_robots_in_namespaces_and_map_dir_lock(env, seq, tmp_path) -> None:
         assert launch.wait() == 0, launch.log()
         assert launch.log().count(CLEAN) == 2, launch.log()
         for ns in robots:
-            assert len(saved_map(str(tmp_path / ns[1:]))) >= len(first)
+            assert saved_count(str(tmp_path / ns[1:])) >= len(first)
     finally:
         for f in feeders.values():
             f.close()
