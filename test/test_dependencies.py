@@ -21,7 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROSDEP_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'ros2-tools', 'rosdep')
 RUNTIME_DIRS = ('vpr_ros', 'training', 'launch')
 TEST_DIRS = ('test',)
-PROJECT_MODULES = {'vpr_ros', 'training', 'ros_fixtures', 'image_sequences'}
+# the project's own: its packages and the test helper modules (test/*.py, on sys.path in tests)
+PROJECT_MODULES = {'vpr_ros', 'training'} | {
+    n[:-3] for n in os.listdir(os.path.join(REPO, 'test')) if n.endswith('.py')}
 
 # import name -> (rosdep key, pip requirement that provides it); a dotted name wins over its
 # top-level package. pip None: not on PyPI for ROS users (comes with ROS 2).
