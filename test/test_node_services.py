@@ -52,6 +52,14 @@ def _connect(client: Client) -> None:
     client.wait_connected([(Image, IMAGE), (PoseStamped, POSE)])
 
 
+def set_param(client: Client, node: NodeProcess, name: str, value):
+    """Set one parameter of the node through its set_parameters service; the result."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return client.call(SetParameters, node.service('set_parameters'), req).results[0]
+
+
 def test_pause_save_and_sigterm_mid_stream(seq, state) -> None:
     from std_srvs.srv import SetBool, Trigger
     node = NodeProcess(state['tmp'], 'vpr_svc_a', {**BASE, 'map_dir': state['map']})
@@ -143,6 +151,18 @@ def test_restart_continues_map_and_matches_earlier_session(seq, state) -> None:
         diag = client.latest_diag(after=time.time())
         assert diag['map_session'] == '1'
         client.wait_for(lambda: 'autosave: saved' in node.log(), 10, 'an autosave')
+
+        # Live parameters (as `ros2 param set`): checked before they are set, used after.
+        assert not set_param(client, node, 'score_threshold', 1.5).successful
+        res = set_param(client, node, 'map_dir', '/elsewhere')
+        assert not res.successful and 'read-only' in res.reason
+        assert set_param(client, node, 'top_k', 1).successful
+        n_before = len(client.matches)
+        s = stream(client, seq, [revisit[0]], IMAGE, 'PoseStamped', POSE,
+                   stamp_offset_ns=5 * 10**9)[0]
+        assert s[3] == 1, 'top_k 1: one candidate at most, and the revisit has one'
+        client.wait_for(lambda: len(client.matches) > n_before, 10, 'the top_k 1 match')
+        assert rows(client.matches[-1]).shape[0] == 1
 
         res = client.call(Trigger, node.service('reset_map'), Trigger.Request())
         assert res.success and 'map reset' in res.message

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable
 
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -74,6 +76,43 @@ class StopSignals:
     def elapsed_s(self) -> float:
         """Seconds since the first stop request (0 when none)."""
         return 0.0 if self.first_at is None else time.monotonic() - self.first_at
+
+
+def _spin(executor, stop: StopSignals, errors: list) -> None:
+    """Executor thread; if it ends on its own (context gone, error) the node still saves."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except Exception as err:  # the map must still be saved: ask for a stop, exit 1
+        errors.append(err)
+        stop.log(f'vpr_node: executor failed: {err!r}')
+    finally:
+        stop.request('executor end')
+
+
+def spin_until_stopped(node, stop: StopSignals) -> int:
+    """
+    Spin `node` until a stop is requested, then let it stop and save; return the exit code.
+
+    The executor runs in its own thread, so the main thread is free to run the signal
+    handlers and then the shutdown itself: `node.shutdown()` (worker, save: True when saved),
+    the executor, the node. 0 when saved, 1 when the save failed or the executor broke.
+    """
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    errors: list = []
+    spinner = threading.Thread(target=_spin, args=(executor, stop, errors), name='vpr_spin',
+                               daemon=True)
+    spinner.start()
+    stop.wait()
+    stop.phase = 'saving the map'
+    saved = node.shutdown()
+    stop.phase = 'closing'
+    executor.shutdown(timeout_sec=1.0)
+    spinner.join(timeout=2.0)
+    node.destroy_node()
+    return 0 if saved and not errors else 1
 
 
 def exit_now(code: int) -> None:

@@ -26,7 +26,6 @@ class DropOldestQueue:
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
-        self.put_count = 0
 
     def put(self, item: Any) -> bool:
         """Enqueue; return True when an older item had to be dropped to make room."""
@@ -37,7 +36,6 @@ class DropOldestQueue:
                 self.dropped += 1
                 dropped = True
             self._items.append(item)
-            self.put_count += 1
             self._cond.notify()
             return dropped
 

@@ -1,0 +1,90 @@
+"""
+What vpr_node reports on /diagnostics, and the bad-input counters behind it.
+
+Per-kind bad-input counters, frame counters, rates and latencies, and one status (OK, or WARN
+with the reasons) that a robot's diagnostic aggregator reads.
+
+Bad input never stops the node; it is counted here, per kind, and warned about with throttling
+(one line per kind every THROTTLE_S, with the count so far), so a broken camera driver shows up
+as a rising counter and a few log lines, not as a flood.
+"""
+import threading
+import time
+
+from vpr_ros.ros.worker import RateMeter, RollingStats
+
+BAD_INPUT_KEYS = ('bad_encoding', 'bad_image_data', 'bad_pose', 'pose_out_of_order',
+                  'pose_time_reset', 'image_stamp_backwards', 'no_pose', 'processing_errors')
+THROTTLE_S = 5.0
+STATUS_NAME = 'vpr_node: place recognition'
+
+
+class Counters:
+    """Bad-input counters by kind (thread-safe) and the frame counters of the node."""
+
+    def __init__(self, keys: tuple[str, ...] = BAD_INPUT_KEYS,
+                 throttle_s: float = THROTTLE_S) -> None:
+        self._lock = threading.Lock()
+        self._bad = {k: 0 for k in keys}
+        self._last_warn: dict[str, float] = {}
+        self._throttle_s = throttle_s
+        self.received = 0   # image callback only
+        self.paused = 0     # image callback only
+        self.processed = 0  # worker only
+        self.matches = 0    # worker only
+
+    def count(self, key: str) -> tuple[int, bool]:
+        """Count one bad input of `key`; return (count so far, whether to warn now)."""
+        now = time.monotonic()
+        with self._lock:
+            self._bad[key] = self._bad.get(key, 0) + 1
+            last = self._last_warn.get(key)
+            warn = last is None or now - last >= self._throttle_s
+            if warn:
+                self._last_warn[key] = now
+            return self._bad[key], warn
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self._bad)
+        out.update(frames_received=self.received, frames_processed=self.processed,
+                   frames_paused=self.paused, matches_published=self.matches)
+        return out
+
+
+class FrameTimes:
+    """Input and processing rates, and latency percentiles of the last frames."""
+
+    def __init__(self, window: int = 500, rate_window_s: float = 5.0) -> None:
+        self.input_rate = RateMeter(rate_window_s)
+        self.processed_rate = RateMeter(rate_window_s)
+        self.latency = RollingStats(window)   # receive -> published (queue + convert + core)
+        self.core = RollingStats(window)      # LoopDetector.process
+        self.callback = RollingStats(window)  # image callback duration
+
+    def values(self, now: float | None = None) -> dict[str, str]:
+        now = time.monotonic() if now is None else now
+
+        def ms(stats: RollingStats, q: float) -> str:
+            return f'{stats.percentile(q) * 1e3:.2f}'
+
+        return {
+            'input_rate_hz': f'{self.input_rate.rate(now):.2f}',
+            'processed_rate_hz': f'{self.processed_rate.rate(now):.2f}',
+            'latency_p50_ms': ms(self.latency, 50), 'latency_p95_ms': ms(self.latency, 95),
+            'core_p50_ms': ms(self.core, 50), 'core_p95_ms': ms(self.core, 95),
+            'callback_p95_ms': ms(self.callback, 95),
+        }
+
+
+def diagnostics_message(hardware_id: str, problems: list[str], values: dict, stamp):
+    """DiagnosticArray with one status: WARN naming the problems, else OK 'running'."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
+    status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+    status.message = '; '.join(problems) or 'running'
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    arr = DiagnosticArray(status=[status])
+    arr.header.stamp = stamp
+    return arr

@@ -1,0 +1,77 @@
+"""
+The messages and QoS profiles of vpr_node's outputs: the `vpr/*` Float64MultiArray contract.
+
+Every `vpr/*` array is `[rows x columns]` with the column names in the second dimension's label
+(README.md, "the contract"), so a client reads them by name and a new column cannot shift old
+ones silently.
+"""
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    qos_profile_sensor_data,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+
+from vpr_ros.core.msg_convert import stamp_s
+
+MATCH_COLUMNS = 'query_stamp,match_stamp,score,match_id,query_id'
+STATUS_COLUMNS = 'query_stamp,query_id,is_keyframe,candidates,core_ms,node_ms,dropped'
+LOOP_COLUMNS = 'query_stamp,match_stamp'
+
+
+def reliable_qos(depth: int) -> QoSProfile:
+    """Reliable, volatile, keep-last `depth`: what the outputs use."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def sensor_qos(name: str, depth: int) -> QoSProfile:
+    """Input QoS of the `qos` parameter: 'reliable', or sensor data (best effort) of `depth`."""
+    if name == 'reliable':
+        return reliable_qos(depth)
+    return QoSProfile(**{k: getattr(qos_profile_sensor_data, k)
+                         for k in ('history', 'reliability', 'durability')}, depth=depth)
+
+
+def multiarray(columns: str, rows: list[list[float]], outer: str):
+    """Float64MultiArray with the [rows x len(columns)] layout of the vpr/* contract."""
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+    n_cols = len(columns.split(','))
+    msg = Float64MultiArray()
+    msg.layout.dim = [
+        MultiArrayDimension(label=outer, size=len(rows), stride=len(rows) * n_cols),
+        MultiArrayDimension(label=columns, size=n_cols, stride=n_cols),
+    ]
+    msg.layout.data_offset = 0
+    msg.data = [float(v) for row in rows for v in row]
+    return msg
+
+
+def matches_message(result):
+    """Build the vpr/matches message of a FrameResult (None: no accepted candidate)."""
+    if not result.candidates:
+        return None
+    t_q = stamp_s(result.stamp_ns)
+    rows = [[t_q, stamp_s(c.match_stamp_ns), c.score, c.match_id, result.query_id]
+            for c in result.candidates]
+    return multiarray(MATCH_COLUMNS, rows, 'candidates')
+
+
+def loop_closure_message(result):
+    """[t_query, t_match] of the best candidate (LIO-SAM's external loop-closure input)."""
+    best = result.candidates[0]
+    return multiarray(LOOP_COLUMNS,
+                      [[stamp_s(result.stamp_ns), stamp_s(best.match_stamp_ns)]], 'loop')
+
+
+def status_message(stamp_ns: int, result, node_s: float, dropped: int):
+    """One vpr/status row; a refused frame (result None) has candidates -1."""
+    if result is None:
+        row = [stamp_s(stamp_ns), -1, 0, -1, 0.0, 0.0, dropped]
+    else:
+        row = [stamp_s(stamp_ns), result.query_id, int(result.is_keyframe),
+               len(result.candidates), result.t_total_s * 1e3, node_s * 1e3, dropped]
+    return multiarray(STATUS_COLUMNS, [row], 'frames')
