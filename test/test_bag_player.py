@@ -62,8 +62,7 @@ def play_and_collect(node, args: list[str], got: list, n: int) -> str:
 def test_play_delivers_every_message_in_order(tmp_path, storage) -> None:
     bag = str(tmp_path / 'bag')
     write_image_bag(bag, 20, storage)
-    rclpy.init()
-    try:
+    with rclpy.init():
         node = rclpy.create_node('bag_player_test')
         got: list[tuple[int, int]] = []
         node.create_subscription(Image, '/play_test/image',
@@ -74,8 +73,6 @@ def test_play_delivers_every_message_in_order(tmp_path, storage) -> None:
         assert '/camera/image_raw: 20 messages' in out
         assert [v for _, v in got] == list(range(20)), out
         node.destroy_node()
-    finally:
-        rclpy.shutdown()
 
 
 def test_play_waits_for_every_wait_topic(tmp_path) -> None:
@@ -84,8 +81,7 @@ def test_play_waits_for_every_wait_topic(tmp_path) -> None:
 
     bag = str(tmp_path / 'bag')
     write_image_bag(bag, 10, StoragePlugin.MCAP, with_header=True)
-    rclpy.init()
-    try:
+    with rclpy.init():
         node = rclpy.create_node('bag_player_wait_test')
         images: list[int] = []
         stamps: list[int] = []
@@ -101,5 +97,3 @@ def test_play_waits_for_every_wait_topic(tmp_path) -> None:
         assert images == list(range(10)), out
         assert stamps == [i * 50_000_000 for i in range(10)], out
         node.destroy_node()
-    finally:
-        rclpy.shutdown()

@@ -170,17 +170,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', DEFAULT_PROFILES)
     remap = dict(r.split(':=', 1) for r in args.remap)
     # Only our own argv goes to argparse; rcl would read FROM:=TO as a (deprecated) remap rule.
-    rclpy.init(args=[])
-    try:
-        summary = play(args.bag, rate=args.rate, topics=args.topics, qos_override=args.qos,
-                       remap=remap, pace_topic=args.pace_topic, pace_msgtype=args.pace_type,
-                       paced_topic=args.paced_topic, pace_timeout_s=args.pace_timeout,
-                       wait_topics=args.wait_topics)
-    except KeyboardInterrupt:
-        return
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
+    with rclpy.init(args=[]):  # shut down on the way out, whatever ends the play
+        try:
+            summary = play(args.bag, rate=args.rate, topics=args.topics, qos_override=args.qos,
+                           remap=remap, pace_topic=args.pace_topic,
+                           pace_msgtype=args.pace_type, paced_topic=args.paced_topic,
+                           pace_timeout_s=args.pace_timeout, wait_topics=args.wait_topics)
+        except KeyboardInterrupt:
+            return
     for topic, n in sorted(summary['counts'].items()):
         print(f'{topic}: {n} messages')
     print(f"played in {summary['wall_s']:.1f} s, paced timeouts: {summary['paced_timeouts']}")
