@@ -230,3 +230,17 @@ def test_sigint_twice_and_during_a_slow_save_keeps_the_map(seq, tmp_path) -> Non
     assert m['count'] == n_kf
     loaded = PlaceMap.load(map_dir, m['fingerprint'], m['dim'])
     assert len(loaded) == n_kf
+
+
+def test_a_bad_remap_stops_start_up_with_a_clear_line(tmp_path) -> None:
+    """Inputs are chosen by remapping: a remap rcl refuses exits 2 naming it, no traceback."""
+    import subprocess
+
+    from ros_fixtures import node_env
+    res = subprocess.run([sys.executable, '-m', 'vpr_ros.ros.node', '--ros-args', '-r',
+                          'camera/image_raw:=/front {camera}', '-p',
+                          f'map_dir:={tmp_path / "map"}'], env=node_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert 'ROS arguments refused' in res.stderr and '/front {camera}' in res.stderr
+    assert 'Traceback' not in res.stderr and not (tmp_path / 'map').exists()

@@ -30,9 +30,10 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
-from vpr_ros.core.msg_convert import any_image_from_msg, pose_from_msg, stamp_ns, stamp_s
+from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns, stamp_s
 from vpr_ros.ros import topics
 from vpr_ros.ros.diagnostics import Counters, diagnostics_message, FrameTimes
+from vpr_ros.ros.frame_intake import FrameIntake, refusal_kind, Refused
 from vpr_ros.ros.markers import MarkerTrail
 from vpr_ros.ros.messages import (
     loop_closure_message,
@@ -65,6 +66,7 @@ class VprNode(Node):
         p = self.params
         self._log = self.get_logger()
         self._build_core(p)
+        self._intake = FrameIntake(p.max_image_pixels, p.stamp_window_s)
         self._counters = Counters()
         self._times = FrameTimes()
         self._queue = DropOldestQueue(1)
@@ -101,7 +103,11 @@ class VprNode(Node):
         from vpr_ros.core.detector import LoopDetector
         from vpr_ros.map.place_map import map_exists, PlaceMap
         from vpr_ros.model.encoder import build_encoder
+        from vpr_ros.ros.params import check_map_dir, cost_warnings
 
+        check_map_dir(p.map_path)  # first: an unwritable map_dir would lose the whole run
+        for text in cost_warnings(p):
+            self._log.warning(text)
         size = tuple(p.image_size)
         try:
             self._encoder = build_encoder(os.path.expanduser(p.model_path), p.device,
@@ -117,7 +123,9 @@ class VprNode(Node):
         try:
             self._map = PlaceMap.open(path, self._encoder.fingerprint, self._encoder.dim,
                                       load_existing=p.load_map, create=bool(path),
-                                      index=p.map_index)
+                                      index=p.map_index, hnsw_m=p.hnsw_m,
+                                      hnsw_ef_construction=p.hnsw_ef_construction,
+                                      hnsw_ef_search=p.hnsw_ef_search)
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
         try:
@@ -225,19 +233,21 @@ class VprNode(Node):
             except Exception as err:  # one frame must never end the worker
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     break
-                self._count('processing_errors', f'frame failed: {err!r}')
+                self._count(refusal_kind(err), f'frame failed: {err!r}')
                 self._log.debug(traceback.format_exc())
+                self._publish_status(stamp_ns(item[0].header), None, item[1])  # paced clients
             self._maybe_autosave()
 
     def _process(self, msg, t_recv: float) -> None:
-        try:
-            image, encoding = any_image_from_msg(msg)
-        except ImageError as err:
-            key = 'bad_encoding' if 'encoding' in str(err) else 'bad_image_data'
-            self._count(key, f'image refused: {err}')
+        try:  # size, encoding and stamp checks: every refusal counted, with its status row
+            image, encoding, stamp = self._intake.accept(msg, time.monotonic(),
+                                                         *self._poses.newest())
+        except Refused as err:
+            self._count(err.key, str(err))
             self._publish_status(stamp_ns(msg.header), None, t_recv)
             return
-        stamp = stamp_ns(msg.header)
+        if self._intake.last_note:
+            self._log.warning(self._intake.last_note)
         last = self._last_image_stamp
         if last is not None and stamp < last:
             self._count('image_stamp_backwards', f'image stamp {stamp_s(stamp):.3f} s is older '
@@ -397,7 +407,13 @@ def main(args=None) -> int:
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     stop = StopSignals()
     stop.install()  # before the model loads: a Ctrl-C then is an orderly stop too
-    with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
+    try:
+        ros = rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as err:  # rcl refused the --ros-args (a remap, a params file): say which
+        print(f'vpr_node: cannot start: ROS arguments refused: {err}', file=sys.stderr,
+              flush=True)
+        return 2
+    with ros:
         try:
             node = VprNode()
         except (ParamError, StartupError) as err:

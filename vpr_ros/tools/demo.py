@@ -22,7 +22,8 @@ import numpy as np
 
 from vpr_ros.ros.topics import input_remaps
 
-REPO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_CONFIG = os.path.join(REPO, 'config')  # vpr_ros/tools/demo.py -> <repo>/config
 
 
 def ros_environment() -> dict:
