@@ -51,6 +51,12 @@ class PoseInput:
                              'than the previous pose'))
         return problems
 
+    def newest(self) -> tuple[int | None, float | None]:
+        """Stamp of the newest pose and when the last pose arrived: the stamp gate's reference."""
+        with self._cond:
+            latest = self.buffer.latest()
+        return (None if latest is None else latest.stamp_ns), self.last_wall
+
     def stale(self, timeout_s: float, now: float | None = None) -> bool:
         """No pose ever, or none for `timeout_s`: the pose topic counts as stopped."""
         now = time.monotonic() if now is None else now
