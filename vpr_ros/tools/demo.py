@@ -80,10 +80,10 @@ def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
            '-p', f'exclusion_window_s:={args.exclusion_s}']
     if args.model:  # rcl refuses an empty override; the yaml's '' means the built-in model
         cmd += ['-p', f'model_path:={os.path.abspath(args.model)}']
-    for override in args.param:  # last: a user's NAME:=VALUE wins over the demo's own
-        cmd += ['-p', override]
     for rule in input_remaps(args.image_topic, args.transport, args.pose_topic, args.pose_type):
         cmd += ['-r', rule]  # the node's inputs are chosen by remapping
+    for override in args.param:  # last: a user's NAME:=VALUE wins over the demo's own
+        cmd += ['-p', override]
     return cmd
 
 
