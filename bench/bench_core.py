@@ -58,7 +58,8 @@ def main() -> None:
     seq = make_sequence()
     place_map = PlaceMap(enc.dim, enc.fingerprint)
     _prefill(place_map, args.map_size, enc.dim)
-    det = LoopDetector(enc, place_map, DetectorConfig())
+    # Without verification, as always measured here: the prefilled keyframes have no features.
+    det = LoopDetector(enc, place_map, DetectorConfig(geometric_verification=False))
     x = preprocess_batch([seq.frames[0]], spec.image_size, 'rgb8', spec.mean, spec.std)
     x = x.contiguous(memory_format=torch.channels_last)
 

@@ -34,6 +34,9 @@ def glitch_seq():
 
 
 def _detector(encoder, **kw) -> LoopDetector:
+    # These tests check the plain pipeline: verification only where a test asks for it (the
+    # config's default is the node's, on).
+    kw.setdefault('geometric_verification', False)
     return LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint), DetectorConfig(**kw))
 
 

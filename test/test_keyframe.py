@@ -70,3 +70,24 @@ def test_stamps_going_backwards_and_reset() -> None:
     assert pol.last_pose is None
     assert pol.decide(11 * S, _pose(11 * S)).reason == 'first'
     assert np.isclose(KeyframePolicy().min_distance_m, 1.0)
+
+
+def test_defaults_have_one_home_the_node_s() -> None:
+    """Policy, DetectorConfig and the shipped node config agree (issue 9: 0.85 vs 0.9)."""
+    import os
+
+    import yaml
+
+    from vpr_ros.core.detector import DetectorConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, 'config', 'vpr.yaml')) as f:
+        shipped = yaml.safe_load(f)['/**']['ros__parameters']
+    pol, cfg = KeyframePolicy(), DetectorConfig()
+    for name, ours, config in (('novelty_threshold', pol.novelty_threshold,
+                                cfg.kf_novelty_threshold),
+                               ('min_distance_m', pol.min_distance_m, cfg.kf_min_distance_m),
+                               ('min_angle_deg', pol.min_angle_deg, cfg.kf_min_angle_deg),
+                               ('max_interval_s', pol.max_interval_s, cfg.kf_max_interval_s)):
+        assert ours == config == shipped[f'keyframe_{name}'], name
+    assert cfg.geometric_verification is shipped['geometric_verification'] is True

@@ -45,11 +45,6 @@ def yaw_from_quaternion(q: np.ndarray) -> np.ndarray | float:
     return float(yaw[0]) if single else yaw
 
 
-def sector_area(fov_deg: float = DEFAULT_FOV_DEG, radius: float = DEFAULT_RADIUS_M) -> float:
-    """Area of one FoV sector, the normaliser of ψ."""
-    return 0.5 * math.radians(fov_deg) * radius * radius
-
-
 def enclosing_circle(fov_deg: float = DEFAULT_FOV_DEG,
                      radius: float = DEFAULT_RADIUS_M) -> tuple[float, float]:
     """

@@ -22,6 +22,16 @@ REASON_INTERVAL = 'interval'
 REASON_NOVELTY = 'novelty'
 REASON_NONE = 'none'
 
+# The one home of the keyframe defaults: the node's parameters and DetectorConfig read these.
+DEFAULT_MIN_DISTANCE_M = 1.0
+DEFAULT_MIN_ANGLE_DEG = 15.0
+DEFAULT_MAX_INTERVAL_S = 5.0
+#: Without a pose, a frame whose similarity to the last keyframe drops below this is new. 0.9,
+#: what the node has always shipped (the default encoder scores two views of one place > 0.9,
+#: see vpr_ros.core.detector); the policy's own default used to say 0.85.
+DEFAULT_NOVELTY_THRESHOLD = 0.9
+DEFAULT_RESET_BACK_S = 1.0
+
 
 @dataclass(frozen=True)
 class KeyframeDecision:
@@ -44,9 +54,11 @@ class KeyframePolicy:
     step back (jitter) counts as no time elapsed: the time criterion is not met, the others apply.
     """
 
-    def __init__(self, min_distance_m: float | None = 1.0, min_angle_deg: float | None = 15.0,
-                 max_interval_s: float | None = 5.0, novelty_threshold: float | None = 0.85,
-                 reset_back_s: float = 1.0) -> None:
+    def __init__(self, min_distance_m: float | None = DEFAULT_MIN_DISTANCE_M,
+                 min_angle_deg: float | None = DEFAULT_MIN_ANGLE_DEG,
+                 max_interval_s: float | None = DEFAULT_MAX_INTERVAL_S,
+                 novelty_threshold: float | None = DEFAULT_NOVELTY_THRESHOLD,
+                 reset_back_s: float = DEFAULT_RESET_BACK_S) -> None:
         self.min_distance_m = min_distance_m
         self.min_angle_deg = min_angle_deg
         self.max_interval_s = max_interval_s

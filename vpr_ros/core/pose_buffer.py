@@ -142,10 +142,6 @@ class PoseBuffer:
             self.counters['dropped_capacity'] += 1
         return True
 
-    def add_pose(self, pose: Pose) -> bool:
-        """Append an already-built Pose."""
-        return self.add(pose.stamp_ns, pose.position, pose.quaternion)
-
     def latest(self) -> Pose | None:
         """Return the newest pose (None when empty), for callers that want the current one."""
         if not self._stamps:

@@ -144,7 +144,7 @@ def positives(map_poses: np.ndarray, query_poses: np.ndarray,
 def add_fov_arguments(parser: argparse.ArgumentParser, radius: float | None = DEFAULT_RADIUS_M,
                       psi_threshold: bool = False) -> argparse._ArgumentGroup:
     """
-    The θ / r (and optionally ψ threshold) options, the same in every command that takes them.
+    Add the θ / r (and optionally ψ threshold) options, the same in every command taking them.
 
     `radius=None` leaves the radius to the command (vpr-labels picks strong or weak by input).
     """
