@@ -20,6 +20,7 @@ from vpr_ros.ros.params import (  # noqa: E402
     check_map_dir,
     cost_warnings,
     descriptor,
+    markdown_table,
     ParamError,
     Params,
     SPECS,
@@ -38,6 +39,11 @@ def test_shipped_yaml_is_the_table() -> None:
     values = yaml.safe_load(text)['/**']['ros__parameters']
     assert values == {s.name: s.default for s in SPECS}
     Params(values)  # the defaults are valid
+
+
+def test_readme_parameter_table_is_the_table() -> None:
+    with open(os.path.join(REPO, 'README.md')) as f:
+        assert markdown_table() in f.read(), "regenerate README.md's table: markdown_table()"
 
 
 def test_contract_parameters_exist() -> None:

@@ -387,6 +387,17 @@ def declare_all(node) -> Params:
     return Params(values)
 
 
+def markdown_table() -> str:
+    """README.md's parameter table, generated from the table (a test compares them)."""
+    lines = ['| name | type | default | accepted | read-only | description |',
+             '|---|---|---|---|---|---|']
+    for s in SPECS:
+        accepted = s.accepted() if s.choices is not None or s.lo is not None else ''
+        lines.append(f'| `{s.name}` | {s.type_name} | `{s.default!r}` | {accepted} | '
+                     f'{"yes" if s.read_only else "no"} | {s.description} |')
+    return '\n'.join(lines) + '\n'
+
+
 def yaml_text() -> str:
     """config/vpr.yaml generated from the table (the test compares the shipped file)."""
     lines = ['# vpr_node parameters (generated from vpr_ros/ros/params.py; descriptions and',
