@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vpr_ros.sim import geometry as G
+from vpr_ros.sim.layout import (
+    distance_to_paths,
+    GRID_M,
+    HALF_SIZE_M,
+    path_graph,
+    PATH_HALF_WIDTH_M,
+)
 from vpr_ros.sim.textures import PHOTO_NAMES, photo_uv_rect
-
-HALF_SIZE_M = 20.0      # the garden spans [-20, 20] m in x and y
-GRID_M = 14.0           # path crossings at -14, 0, +14 in x and y
-PATH_HALF_WIDTH_M = 1.0
-NODE_NAMES = {(-1, -1): 'SW', (0, -1): 'S', (1, -1): 'SE', (-1, 0): 'W', (0, 0): 'C',
-              (1, 0): 'E', (-1, 1): 'NW', (0, 1): 'N', (1, 1): 'NE'}
 
 # Material kinds the season changes: colour factors (and crown size for 'crown').
 KINDS = ('static', 'grass', 'hedge', 'crown', 'bush', 'flowers')
@@ -58,36 +59,6 @@ class GardenWorld:
         return len(self.parts)
 
 
-def _edge_key(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a < b else (b, a)
-
-
-def _path_graph() -> tuple[dict[str, tuple[float, float]], list[tuple[str, str]]]:
-    nodes = {name: (i * GRID_M, j * GRID_M) for (i, j), name in NODE_NAMES.items()}
-    edges = []
-    for (i, j), name in NODE_NAMES.items():
-        if i < 1:
-            edges.append(_edge_key(name, NODE_NAMES[(i + 1, j)]))
-        if j < 1:
-            edges.append(_edge_key(name, NODE_NAMES[(i, j + 1)]))
-    return nodes, sorted(edges)
-
-
-def _distance_to_paths(x: float, y: float) -> float:
-    """Distance of a point to the nearest path centre line (the grid lines, clipped)."""
-    d = np.inf
-    for c in (-GRID_M, 0.0, GRID_M):
-        if -GRID_M <= y <= GRID_M:
-            d = min(d, abs(x - c))
-        else:
-            d = min(d, np.hypot(x - c, abs(y) - GRID_M))
-        if -GRID_M <= x <= GRID_M:
-            d = min(d, abs(y - c))
-        else:
-            d = min(d, np.hypot(y - c, abs(x) - GRID_M))
-    return float(d)
-
-
 class _Builder:
     """Collects geometry per material and instance poses per shape while placing objects."""
 
@@ -113,7 +84,7 @@ class _Builder:
         self.instances.setdefault(shape, []).append(matrix)
 
     def free(self, x: float, y: float, r: float, path_clear: float = 1.4) -> bool:
-        if _distance_to_paths(x, y) < PATH_HALF_WIDTH_M + path_clear + r * 0.5:
+        if distance_to_paths(x, y) < PATH_HALF_WIDTH_M + path_clear + r * 0.5:
             return False
         return all(np.hypot(x - ox, y - oy) > r + orr for ox, oy, orr in self.occupied)
 
@@ -129,7 +100,7 @@ def generate_world(seed: int = 0) -> GardenWorld:
     """
     b = _Builder(seed)
     rng = b.rng
-    nodes, edges = _path_graph()
+    nodes, edges = path_graph()
     _ground_and_paths(b, nodes, edges)
     _boundary(b)
     _shapes(b)
