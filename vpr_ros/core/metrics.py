@@ -20,6 +20,8 @@ import faiss
 import numpy as np
 from scipy.spatial import cKDTree
 
+from vpr_ros.core.psi import POSITIVE_PSI
+
 DEFAULT_KS = (1, 5, 10, 20)
 
 
@@ -53,12 +55,12 @@ def retrieve(query_desc: np.ndarray, map_desc: np.ndarray,
     return scores, indices.astype(np.int64)
 
 
-def positives_from_psi(psi_rows, threshold: float = 0.5) -> list[np.ndarray]:
+def positives_from_psi(psi_rows, threshold: float = POSITIVE_PSI) -> list[np.ndarray]:
     """
     Turn graded similarity ψ into positive sets: map j is a hit for query i when ψ_ij > t.
 
     ``psi_rows`` is a dense (Q, M) array, a scipy sparse matrix, or a sequence of per-query
-    rows; ψ > 0.5 is the paper's positive definition.
+    rows; ψ > POSITIVE_PSI (0.5) is the paper's positive definition.
     """
     if hasattr(psi_rows, 'tocsr'):
         csr = psi_rows.tocsr()
