@@ -22,9 +22,9 @@ def test_core_parameters_take_the_core_defaults_and_names() -> None:
                                          'kf_min_distance_m', 'kf_novelty_threshold',
                                          'geometric_verification'}
     for s in linked:
-        if s.name != 'geometric_verification':  # the node ships it on (see params._GV_DEFAULT)
-            assert s.default == getattr(core, s.field), s.name
-    assert Params({}).detector_config().geometric_verification is True
+        assert s.default == getattr(core, s.field), s.name
+    assert Params({}).detector_config() == core  # the node's defaults are the core's
+    assert core.geometric_verification is True  # what the node has always shipped
     cfg = Params({'keyframe_min_distance_m': 2.5, 'exclusion_keyframes': 3}).detector_config()
     assert cfg.kf_min_distance_m == 2.5 and cfg.exclusion_n == 3
 

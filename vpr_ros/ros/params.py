@@ -70,22 +70,18 @@ class ParamSpec:
 
 _C = DetectorConfig()
 _T = ('raw', 'compressed')
-# The node ships geometric verification on. DetectorConfig's own default is being switched on
-# too (one default, issue 9); until it is, the node keeps its shipped value here. Once the core
-# says True this is None, and the line can go.
-_GV_DEFAULT = None if _C.geometric_verification else True
 
 
 def _core(name: str, field: str, description: str, lo: float | None = None,
-          hi: float | None = None, read_only: bool = True, default: Any = None) -> ParamSpec:
+          hi: float | None = None, read_only: bool = True) -> ParamSpec:
     """
     Declare a parameter that sets DetectorConfig.`field`, with the core's default.
 
     `detector_config()` is derived from these entries, so a parameter cannot reach the core
     under another name or with another default by mistake.
     """
-    value = getattr(_C, field) if default is None else default
-    return ParamSpec(name, value, description, lo, hi, read_only=read_only, field=field)
+    return ParamSpec(name, getattr(_C, field), description, lo, hi, read_only=read_only,
+                     field=field)
 
 
 SPECS: tuple[ParamSpec, ...] = (
@@ -155,8 +151,7 @@ SPECS: tuple[ParamSpec, ...] = (
     # On by default: on the demo garden it took the precision of published loop closures from
     # 0.33 to 0.96 at the same recall, for ~7 ms more per frame (README, measured results).
     _core('geometric_verification', 'geometric_verification',
-          'Check candidates with ORB features + RANSAC (stores features per keyframe).',
-          default=_GV_DEFAULT),
+          'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
     _core('gv_min_inliers', 'gv_min_inliers',
           'RANSAC inliers needed to accept a candidate when verification is on.', 4, 10000),
     # ---- map
