@@ -48,6 +48,7 @@ def _blank_frames(rng: np.random.Generator) -> dict[str, np.ndarray]:
         'lens_cap_noisy': 3 + rng.normal(0.0, 4.0, (h, w)),
         'uniform_wall': 140 + noise,
         'gradient_wall': 120 + ramp + noise,     # vignetting / light falloff: contrast, no corners
+        'gradient_wall_noisy': 120 + ramp + rng.normal(0.0, 6.0, (h, w)),
         'white_out': 252 + noise,
     }
     out = {k: np.clip(v, 0, 255).astype(np.uint8) for k, v in frames.items()}
@@ -63,6 +64,7 @@ def test_blank_walls_and_lens_caps_are_rejected():
     assert reason_key(reasons['white_out']) == 'overexposed'
     assert reason_key(reasons['uniform_wall']) == 'low_contrast'
     assert reason_key(reasons['gradient_wall']) == 'few_keypoints'
+    assert reason_key(reasons['gradient_wall_noisy']) == 'few_keypoints'
     assert all(reason_key(r) in REASONS for r in reasons.values())
 
 
@@ -133,6 +135,15 @@ def test_encodings_small_images_and_thresholds():
         DegenerateGate(DegenerateThresholds(min_keypoints=-1))
     with pytest.raises(VPRError):
         DegenerateGate(DegenerateThresholds(max_dark_fraction=0.0))
+
+
+def test_smooth_real_photos_and_the_test_sequences_pass():
+    """Every frame of the photo-wall sequences the detector tests use (incl. a smooth retina)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from image_sequences import make_sequence
+    gate = DegenerateGate()
+    seq = make_sequence(glitch=True)
+    assert [i for i, f in enumerate(seq.frames) if gate(f, 'rgb8')] == []
 
 
 def test_large_frames_are_measured_at_work_size():

@@ -169,14 +169,14 @@ def embed_paths(encoder, paths: Sequence[str], batch_size: int = 32, desc: str =
     return arr, ok, errors
 
 
-def _resolve_models(models: Sequence[Any], include_default: bool, device: str
-                    ) -> list[tuple[str, str, Any]]:
+def _resolve_models(models: Sequence[Any], include_default: bool, device: str,
+                    image_size: Optional[Sequence[int]] = None) -> list[tuple[str, str, Any]]:
     """(row name, source, encoder) per model; str paths are loaded, encoders used as they are."""
     def build_encoder(path: str, device: str):
         from vpr_ros.model.encoder import (
             build_encoder as build,  # torch only when a file is asked for
         )
-        return build(path, device=device)
+        return build(path, device=device, image_size=image_size)
 
     items: list[tuple[str, str, Any]] = []
     if include_default:
@@ -307,7 +307,8 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
              max_dist: float = 2.0, ks: Sequence[int] = DEFAULT_KS,
              whiten_dim: Optional[int] = None, out_dir: Optional[str] = None,
              device: str = 'auto', batch_size: int = 32, progress: bool = True,
-             verbose: bool = True, cache_dir: Optional[str] = None) -> dict:
+             verbose: bool = True, cache_dir: Optional[str] = None,
+             image_size: Optional[Sequence[int]] = None) -> dict:
     """
     Evaluate every model on one dataset; returns (and with ``out_dir`` writes) the report.
 
@@ -323,7 +324,7 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
     if hit not in ('psi', 'distance'):
         raise ValueError(f"hit must be 'psi' or 'distance', not {hit!r}")
     data = _load_dataset(map_indexes, query_indexes, folder, gt_csv)
-    encoders = _resolve_models(models, include_default, device)
+    encoders = _resolve_models(models, include_default, device, image_size)
     if not encoders:
         raise ValueError('no model to evaluate')
     emb = _embed_all(encoders, data, batch_size, progress, cache_dir)
@@ -377,19 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--cache', help='descriptor cache folder (per model fingerprint)')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'),
+                   help="network input size (default: the model's own), e.g. 32 64 for small "
+                        'images instead of squashing them into 224x224')
+    from vpr_ros.training.loop_mode import add_loop_arguments
+    add_loop_arguments(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = evaluate(args.map, args.query, folder=args.folder, gt_csv=args.gt,
-                          models=args.model, include_default=not args.no_default, hit=args.hit,
-                          psi_threshold=args.psi_threshold, fov_deg=args.fov_deg,
-                          radius=args.radius, max_dist=args.max_dist, ks=args.k,
-                          whiten_dim=args.whiten_dim, out_dir=args.out, device=args.device,
-                          batch_size=args.batch_size, progress=not args.no_progress,
-                          cache_dir=args.cache)
+        if args.loop or args.loop_folder:
+            from vpr_ros.training.loop_mode import run_from_args
+            report = run_from_args(args)
+        else:
+            report = evaluate(args.map, args.query, folder=args.folder, gt_csv=args.gt,
+                              models=args.model, include_default=not args.no_default,
+                              hit=args.hit, psi_threshold=args.psi_threshold,
+                              fov_deg=args.fov_deg, radius=args.radius,
+                              max_dist=args.max_dist, ks=args.k, whiten_dim=args.whiten_dim,
+                              out_dir=args.out, device=args.device,
+                              batch_size=args.batch_size, progress=not args.no_progress,
+                              cache_dir=args.cache, image_size=args.image_size)
     except (ValueError, OSError) as exc:
         print(f'vpr-eval: {exc}', file=sys.stderr)
         return 1

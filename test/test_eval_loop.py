@@ -1,0 +1,124 @@
+"""vpr-eval loop mode: a sequence queried against its own past, calibrated operating point."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from image_sequences import make_sequence  # noqa: E402
+
+from vpr_ros.core.calibration import OperatingPoint  # noqa: E402
+from vpr_ros.core.tbplaces import write_index  # noqa: E402
+from vpr_ros.training.loop_mode import (  # noqa: E402
+    best_candidates,
+    best_operating_point,
+    earlier_allowed,
+    evaluate_loop,
+    loop_positives,
+    LoopSequence,
+)
+
+
+class RawPixels:
+    """A real, weak place descriptor (normalised 24x32 gray pixels): fast, no torch."""
+
+    fingerprint = 'rawpix-24x32'
+    dim = 24 * 32
+
+    def embed(self, images, encoding='rgb8'):
+        out = []
+        for img in images:
+            g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (32, 24),
+                           interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+            g -= g.mean()
+            out.append(g / max(np.linalg.norm(g), 1e-6))
+        return np.stack(out)
+
+
+def _line_poses(xs, yaw=0.0):
+    q = [0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)]
+    return np.array([[x, 0.0, 0.0, *q] for x in xs])
+
+
+def test_exclusion_window_and_ground_truth_by_hand():
+    # 0..4 drive +x, 5..7 somewhere else, 8..9 come back to x = 0 and 1
+    poses = _line_poses([0, 1, 2, 3, 4, 20, 30, 40, 0.1, 1.1])
+    seq = LoopSequence([f'{i}.png' for i in range(10)], poses, None, None, 'hand')
+    allowed = earlier_allowed(seq, 3, None)
+    assert allowed.tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    pos = loop_positives(seq, allowed, 'distance', max_dist=0.5)
+    assert [p.tolist() for p in pos] == [[], [], [], [], [], [], [], [], [0], [1]]
+    # in seconds: 1 s per frame, 2.5 s window -> frames older than i - 2.5 s
+    seq.stamps_s = np.arange(10.0)
+    assert earlier_allowed(seq, 99, 2.5).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    # a pair list (folder pair) is taken as given, then cut by the window
+    seq = LoopSequence(['a'] * 6, None, [set(), set(), set(), {0}, {1, 4}, {0}], None, 'pairs')
+    pos = loop_positives(seq, earlier_allowed(seq, 2, None))
+    assert [p.tolist() for p in pos] == [[], [], [], [0], [1], [0]]
+
+
+def test_best_candidate_is_searched_only_in_the_allowed_past():
+    desc = np.eye(4)[[0, 1, 0, 1, 0]].astype(np.float32)
+    usable = np.array([True, True, True, True, False])
+    best, score, inl = best_candidates(desc, usable, np.array([0, 0, 1, 2, 3]))
+    assert best.tolist() == [-1, -1, 0, 1, -1]  # frame 4 is gated: no query
+    assert score[2] == pytest.approx(1.0) and np.isnan(score[0]) and (inl == -1).all()
+
+
+@pytest.fixture(scope='module')
+def revisit_index(tmp_path_factory):
+    """Write the photo-wall sequence (first pass, way back, revisit) as a TB-Places folder."""
+    seq = make_sequence()
+    root = tmp_path_factory.mktemp('loopseq')
+    names = []
+    for i, f in enumerate(seq.frames):
+        names.append(f'{i:04d}.png')
+        cv2.imwrite(str(root / names[-1]), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    return write_index(str(root / 'seq.json'), '', names, seq.poses), seq
+
+
+def test_loop_report_on_a_revisiting_sequence(revisit_index, tmp_path):
+    index, seq = revisit_index
+    report = evaluate_loop([index], models=[('rawpix', RawPixels())], include_default=False,
+                           hit='distance', max_dist=0.3, exclusion_frames=20, verify=True,
+                           out_dir=str(tmp_path), progress=False, verbose=False)
+    row = report['rows'][0]
+    n_rev = sum(1 for i in seq.revisits if i >= 20)
+    assert row['n_revisit'] >= n_rev - 2 and row['n_revisit'] > 5
+    assert report['dataset']['gated'] == 0
+    assert row['n_queries'] == len(seq) - 21  # frame 20 has no frame outside its window yet
+    assert row['recall_at_1'] > 0.5
+    op = OperatingPoint.from_dict(row['operating_point'])
+    assert op.precision == 1.0 and op.data['n_false'] == 0
+    assert op.data['fingerprint'] == 'rawpix-24x32' and op.data['ground_truth']['rule'] == \
+        'distance'
+    vop = best_operating_point(report)
+    assert vop.min_inliers is not None and vop.precision == 1.0
+    assert vop.recall >= op.recall  # verification removes false candidates, never true ones
+    saved = json.load(open(report['files']['json']))
+    assert saved['rows'][0]['operating_point'] == row['operating_point']
+    assert os.path.getsize(report['files']['pr_png']) > 1000
+
+
+def test_vpr_eval_loop_cli_on_the_corridor_at_its_own_size(corridor_dir, tmp_path):
+    """The real corridor as a loop (ref, then query), default model at 120x160, not 224x224."""
+    out = tmp_path / 'loop'
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.training.evaluate', '--loop-folder',
+                           corridor_dir, '--image-size', '120', '160', '--no-progress',
+                           '--out', str(out)], env=os.environ.copy(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    print(proc.stdout)
+    report = json.load(open(out / 'loop_results.json'))
+    row = report['rows'][0]
+    assert report['image_size'] == [120, 160] and row['fingerprint'].endswith('@120x160')
+    assert row['n_revisit'] == 111 and report['dataset']['gated'] == 0
+    assert row['recall_at_1'] > 0.3
+    op = OperatingPoint.from_dict(row['operating_point'])
+    assert op.precision == 1.0 and 'corridor as a loop' in op.data['name']
+    assert (out / 'loop_precision_recall.png').exists()
