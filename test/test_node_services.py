@@ -244,3 +244,27 @@ def test_a_bad_remap_stops_start_up_with_a_clear_line(tmp_path) -> None:
     assert res.returncode == 2, res.stderr
     assert 'ROS arguments refused' in res.stderr and '/front {camera}' in res.stderr
     assert 'Traceback' not in res.stderr and not (tmp_path / 'map').exists()
+
+
+def test_a_failed_shutdown_save_exits_non_zero(seq, tmp_path) -> None:
+    """The map directory is gone and a file is in its place at shutdown: exit 1, say why."""
+    import shutil
+    map_dir = tmp_path / 'map'
+    node = NodeProcess(str(tmp_path), 'vpr_svc_nosave', {**BASE, 'map_dir': str(map_dir)})
+    client = None
+    try:
+        node.wait_ready()
+        client = Client('client_svc_nosave', node)
+        _connect(client)
+        stream(client, seq, list(seq.first_pass)[:2], IMAGE, 'PoseStamped', POSE)
+        client.close()
+        client = None
+        shutil.rmtree(map_dir, ignore_errors=True)
+        map_dir.write_text('not a directory')
+        assert node.stop(signal.SIGINT) == 1, node.log()
+        log = node.log()
+        assert 'vpr_node: shutdown: saving the map failed' in log and 'exit 1' in log, log
+    finally:
+        if client is not None:
+            client.close()
+        node.stop()
