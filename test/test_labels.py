@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
+
+from vpr_ros.core.errors import VPRError
+from vpr_ros.core.fov import fov_overlap
 from vpr_ros.training.dataset import write_index
 from vpr_ros.training.labels import (
     brute_force_pairs,
@@ -16,9 +19,6 @@ from vpr_ros.training.labels import (
     main,
     read_label_meta,
 )
-
-from vpr_ros.core.errors import VPRError
-from vpr_ros.core.fov import fov_overlap
 
 
 def _poses(xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -141,3 +141,20 @@ def test_weak_csv(tmp_path) -> None:
     bad.write_text('x,y\n1,2\n')
     assert main([str(bad), '--no-progress']) == 2
     assert os.path.exists(tmp_path / 'gps.npz')
+
+
+def test_fov_options_are_one_set_for_every_command() -> None:
+    """vpr-eval and vpr-train take θ / r (and the ψ threshold) from core.psi, with its defaults."""
+    from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M
+    from vpr_ros.core.psi import POSITIVE_PSI
+    from vpr_ros.training.evaluate import build_parser as eval_parser
+    from vpr_ros.training.train import build_parser as train_parser
+
+    ev = eval_parser().parse_args(['--map', 'm.json', '--query', 'q.json'])
+    tr = train_parser().parse_args(['--train-query', 'q', '--out', 'o'])
+    for args in (ev, tr):
+        assert (args.fov_deg, args.radius) == (DEFAULT_FOV_DEG, DEFAULT_RADIUS_M)
+    assert ev.psi_threshold == POSITIVE_PSI
+    out = subprocess.run([sys.executable, '-m', 'vpr_ros.training.labels', '--help'],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'field-of-view overlap ψ' in out and '--fov-deg' in out

@@ -129,3 +129,12 @@ def test_feature_cache_trains_the_same_net(garden, tmp_path, capsys):
     out = str(tmp_path / 'auto')
     assert main(base + ['--epochs', '1', '--cache-budget-gb', '0', '--out', out]) == 0
     assert 'feature cache off' in capsys.readouterr().out
+
+
+def test_default_image_size_is_the_default_model_s() -> None:
+    """Issue 9: training ran 480x640 by default while the default model (and node) run 224x224."""
+    from vpr_ros.model.encoder import ModelSpec
+    from vpr_ros.training.train import build_parser
+
+    args = build_parser().parse_args(['--train-query', 'q', '--out', 'o'])
+    assert tuple(args.image_size) == tuple(ModelSpec().image_size) == (224, 224)
