@@ -178,10 +178,14 @@ def main() -> None:
                         help='timed calls per case (default 20 on CPU, 200 on CUDA)')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--onnx', action='store_true', help='also time ONNX Runtime (CPU)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='CPU threads for torch and ONNX Runtime (0: torch default)')
     parser.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_gpu.json'))
     args = parser.parse_args()
 
     batches = [int(b) for b in args.batches.split(',')]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     enc = build_encoder('', device=args.device, batch_size=max(batches))
     cuda = enc.device.type == 'cuda'
     repeats = args.repeats or (200 if cuda else 20)

@@ -41,6 +41,8 @@ IMPORTS = {
     'tqdm': ('python3-tqdm', 'tqdm'),
     'PIL': ('python3-pil', 'pillow'),
     'skimage': ('python3-skimage', 'scikit-image'),
+    'onnxruntime': ('python3-onnxruntime-pip', 'onnxruntime'),
+    'onnx': (None, 'onnx'),
     'pyrender': ('python3-pyrender-pip', 'pyrender'),
     'OpenGL': ('python3-opengl', 'PyOpenGL'),
     'yaml': ('python3-yaml', 'PyYAML'),

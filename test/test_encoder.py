@@ -339,3 +339,32 @@ def test_embed_of_a_list_is_one_forward(default_encoder: Encoder, images: list) 
     assert default_encoder.fp16 is False  # fp16 autocast is CUDA-only
     assert Encoder(VPRNet(ModelSpec(image_size=(64, 64))), 'x', device='cpu',
                    fp16=True).fp16 is False
+
+
+def test_onnxruntime_backend_gives_the_same_descriptors(default_encoder: Encoder,
+                                                         images: list) -> None:
+    # bench_gpu.py --onnx measured ONNX Runtime faster on CPU; it must not change a descriptor.
+    enc = build_encoder('', device='cpu', backend='onnxruntime')
+    assert enc.backend == 'onnxruntime' and default_encoder.backend == 'torch'
+    assert enc.fingerprint == default_encoder.fingerprint  # maps stay compatible
+    want = default_encoder.embed(images, 'rgb8')
+    got = enc.embed(images, 'rgb8')
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(enc.embed_one(images[2], 'rgb8'), want[2], atol=1e-5)
+    assert enc.embed([], 'rgb8').shape == (0, 1280)
+    # whitened nets export too; a net changed after its export is refused, not run stale
+    rng = np.random.default_rng(0)
+    many = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]
+    mean, proj = fit_pca_whitening(default_encoder.embed(many), 8)
+    net = VPRNet(ModelSpec(image_size=(64, 64)), pretrained=True)
+    net.set_whitening(mean, proj)
+    white_t = Encoder(net, 'w', device='cpu').embed(images)
+    white_o = Encoder(net, 'w', device='cpu', backend='auto')
+    assert white_o.backend == 'onnxruntime'
+    np.testing.assert_allclose(white_o.embed(images), white_t, atol=1e-5)
+    net.set_whitening(None, None)
+    with pytest.raises(VPRError, match='changed after its ONNX export'):
+        white_o.embed(images)
+    with pytest.raises(VPRError, match='backend'):
+        Encoder(net, 'x', device='cpu', backend='tensorrt')
