@@ -13,8 +13,8 @@ passes along the whole wall, each offset by a quarter step. Map passes are taken
 every `spacing` metres; query passes with heading jitter and a "dusk" appearance change (hue,
 contrast, brightness, noise) that ImageNet features are not invariant to but training can learn.
 
-Writes TB-Places-style folders through `vpr_ros.core.tbplaces.write_index`. A test fixture (also used
-by bench/bench_train.py), not part of the installed package. The simulator's set
+Writes TB-Places-style folders through `vpr_ros.core.tbplaces.write_index`. A test fixture (also
+used by bench/bench_train.py), not part of the installed package. The simulator's set
 (`vpr_ros.sim.dataset.default_dataset()`) is the realistic one; this is the fallback.
 """
 import json
