@@ -368,3 +368,21 @@ def test_onnxruntime_backend_gives_the_same_descriptors(default_encoder: Encoder
         white_o.embed(images)
     with pytest.raises(VPRError, match='backend'):
         Encoder(net, 'x', device='cpu', backend='tensorrt')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_fp16_and_batches_match_cpu(default_encoder: Encoder, images: list) -> None:
+    # The GPU path (fp16 autocast, channels_last, cuDNN autotune, pinned batches) must give the
+    # CPU's descriptors up to fp16 rounding, one frame or a batch of queued frames alike.
+    enc = build_encoder('', device='cuda')
+    assert enc.fp16 and enc.channels_last and enc.backend == 'torch'
+    enc.warmup((1, len(images)))
+    want = default_encoder.embed(images, 'rgb8')
+    got = enc.embed(images, 'rgb8')
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-4)
+    assert float((got * want).sum(axis=1).min()) > 0.999
+    assert np.allclose(enc.embed_one(images[3], 'rgb8'), got[3], atol=2e-3)
+    enc.fp16 = False
+    np.testing.assert_allclose(enc.embed(images, 'rgb8'), want, atol=1e-3)
+    with pytest.raises(VPRError, match='CPU'):
+        build_encoder('', device='cuda', backend='onnxruntime')

