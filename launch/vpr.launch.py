@@ -11,7 +11,9 @@ shared-memory profile unless it is already set, because the default segment is t
 camera images.
 
 Stopping: Ctrl-C (SIGINT) lets the node save its map and exit; launch escalates to SIGTERM only
-after `sigterm_timeout` (60 s by default instead of launch's 5 s, room for saving a large map).
+after `sigterm_timeout`: 60 s by default instead of launch's 5 s. Measured on this machine: a map
+of 20k keyframes (1280-d descriptors, 25 KB of verification features each, 605 MB) saves in
+5 s, so 60 s leaves room for about 200k keyframes.
 Never stop `ros2 launch` itself with SIGTERM: launch exits at once and orphans the node
 (systemd: KillSignal=SIGINT; Docker: STOPSIGNAL SIGINT; see README).
 """
