@@ -31,17 +31,24 @@ def seq():
 
 
 def test_exclusion_boundary_is_the_maps(encoder, seq) -> None:
-    """A keyframe exactly exclusion_s before the query is a candidate (the map's `<`)."""
+    """
+    Detector and map agree at the boundary: exactly exclusion_s away is excluded by both.
+
+    They used to disagree (map `<`, detector `<=`): a direct map search returned a keyframe the
+    detector then dropped. Now the map's rule is the only one and the detector adds none.
+    """
     m = PlaceMap(encoder.dim, encoder.fingerprint)
     det = LoopDetector(encoder, m, DetectorConfig(exclusion_s=5.0, score_threshold=0.0,
                                                   geometric_verification=False))
-    old = m.add(encoder.embed_one(seq.frames[0], 'rgb8'), 100 * S)
+    desc = encoder.embed_one(seq.frames[0], 'rgb8')
+    outside = m.add(desc, 100 * S - 1)        # 5 s + 1 ns before the query: a candidate
+    boundary = m.add(desc, 100 * S)           # exactly 5 s before: excluded
     inside = m.add(encoder.embed_one(seq.frames[1], 'rgb8'), 101 * S)
+    direct = [x.id for x in m.search(desc, 5, 105 * S, exclusion_s=5.0)]
     r = det.process(seq.frames[0], 105 * S)
     ids = [c.match_id for c in r.candidates]
-    assert old.id in ids and inside.id not in ids
-    direct = m.search(encoder.embed_one(seq.frames[0], 'rgb8'), 5, 105 * S, exclusion_s=5.0)
-    assert ids == [x.id for x in direct][:len(ids)]
+    assert ids == direct == [outside.id]
+    assert boundary.id not in ids and inside.id not in ids
 
 
 def test_garbage_feature_blob_skips_that_candidate(encoder, seq) -> None:

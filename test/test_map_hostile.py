@@ -207,3 +207,25 @@ def test_fuzzed_database_bytes(pristine, tmp_path) -> None:
             f.write(bytes(data))
         _refresh_hashes(gen)
         _load_or_map_error(d, f'database case {k}')
+
+
+@pytest.mark.parametrize('content', [b'garbage', b'{"next_id": 18446744073709551616, '
+                                     b'"session_count": 1}', b'{"next_id": 5}',
+                                     b'{"next_id": "5", "session_count": 1}', b'[' * 5000,
+                                     b'{"next_id": 1, "session_count": 1}' + b' ' * 10000])
+def test_bad_id_reservation_is_refused(pristine, tmp_path, content) -> None:
+    d, _ = _copy(pristine, tmp_path)
+    with open(os.path.join(d, 'IDS'), 'wb') as f:
+        f.write(content)
+    with pytest.raises(MapError, match='IDS'):
+        PlaceMap.load(d, FP, D)
+    with pytest.raises(MapError, match='IDS'):
+        PlaceMap.open(d, FP, D, load_existing=False)
+
+
+def test_id_reservation_symlink_is_refused(pristine, tmp_path) -> None:
+    d, _ = _copy(pristine, tmp_path)
+    (tmp_path / 'elsewhere').write_text('{"next_id": 1, "session_count": 1}')
+    os.symlink(tmp_path / 'elsewhere', os.path.join(d, 'IDS'))
+    with pytest.raises(MapError, match='IDS.*symbolic link'):
+        PlaceMap.load(d, FP, D)

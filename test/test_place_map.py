@@ -106,10 +106,11 @@ def test_exclusion_by_time_keeps_k(small_map) -> None:
     ids = [r.id for r in res]
     assert len(ids) == 8 and all(abs(i - 150) > 60 for i in ids)
     assert ids == brute_force(m, q, 8, lambda i: abs(i - 150) > 60)
-    # Strictly less than: a keyframe exactly exclusion_s away stays a candidate.
+    # Inclusive, as the detector always applied it: a keyframe exactly exclusion_s away is
+    # excluded (issue 9: one rule, the map's; the map used to keep it, the detector drop it).
     res = m.search(x[100], k=200, query_stamp_ns=150 * SEC, exclusion_s=50.0)
-    assert 100 in [r.id for r in res] and 101 not in [r.id for r in res]
-    assert len(res) == 200 - 99
+    assert 99 in [r.id for r in res] and 100 not in [r.id for r in res]
+    assert len(res) == 200 - 100
     # Almost everything excluded: the few eligible keyframes still come back, all of them.
     res = m.search(q, k=10, query_stamp_ns=qs, exclusion_s=148.5)
     assert sorted(r.id for r in res) == [0, 1]

@@ -254,7 +254,7 @@ class PlaceMap:
         """
         Top-k keyframes by cosine similarity, best first, never recent ones of this session.
 
-        This session's keyframes strictly less than `exclusion_s` from `query_stamp_ns` and the
+        This session's keyframes within `exclusion_s` (inclusive) of `query_stamp_ns` and the
         last `exclusion_n` it added are skipped (they are the robot's own recent past, not loop
         closures); earlier sessions are never excluded. Fewer than k come back only when the
         map has fewer eligible keyframes. Callers must not filter again (one definition).

@@ -12,6 +12,8 @@ from typing import Optional
 
 import numpy as np
 
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
 
 @dataclass(frozen=True, eq=False)
 class KeyframeRecord:
@@ -128,8 +130,8 @@ class KeyframeTable:
         """Upper bound of excluded keyframes, so one FAISS call over-fetches enough."""
         bound = min(exclusion_n, len(self.session_ids))
         if query_stamp_ns is not None and excl_ns > 0:
-            lo = bisect.bisect_right(self.session_stamps, query_stamp_ns - excl_ns)
-            hi = bisect.bisect_left(self.session_stamps, query_stamp_ns + excl_ns)
+            lo = bisect.bisect_left(self.session_stamps, query_stamp_ns - excl_ns)
+            hi = bisect.bisect_right(self.session_stamps, query_stamp_ns + excl_ns)
             bound += max(0, hi - lo)
         return bound
 
@@ -140,8 +142,9 @@ class KeyframeTable:
         Keep the first k search results that are not this session's recent past.
 
         The one definition of the temporal exclusion: a keyframe of the current `session` is
-        excluded when its stamp is strictly less than `excl_ns` away from the query's, or it is
-        among the last `exclusion_n` added; keyframes of earlier sessions never are.
+        excluded when its stamp is within `excl_ns` of the query's (|dt| <= excl_ns, exact
+        integer nanoseconds), or it is among the last `exclusion_n` added; keyframes of earlier
+        sessions never are.
         """
         valid = labels >= 0
         lab = labels[valid]
@@ -153,9 +156,11 @@ class KeyframeTable:
             first = self.session_ids[-min(exclusion_n, len(self.session_ids))]
             excluded |= cur & (lab >= first)
         if query_stamp_ns is not None and excl_ns > 0:
-            # float64: an int64 difference could overflow; ~256 ns precision is plenty here.
-            dt = np.abs(self.stamps[rows].astype(np.float64) - float(query_stamp_ns))
-            excluded |= cur & (dt < excl_ns)
+            # Bounds clipped to int64 instead of a difference that could overflow.
+            lo = max(query_stamp_ns - excl_ns, _INT64_MIN)
+            hi = min(query_stamp_ns + excl_ns, _INT64_MAX)
+            st = self.stamps[rows]
+            excluded |= cur & (st >= lo) & (st <= hi)
         keep = np.flatnonzero(~excluded)[:k]
         return [Match(id=int(lab[j]), score=float(sc[j]), record=self.record_at(int(rows[j])))
                 for j in keep]

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from typing import Callable, NamedTuple, Optional
 
 import faiss
@@ -143,6 +144,8 @@ def _remove_old(directory: str, keep: str) -> None:
         path = os.path.join(directory, name)
         if (GEN_RE.match(name) and name != keep) or _TEMP_RE.match(name):
             try:
+                if _TEMP_RE.match(name) and time.time() - os.lstat(path).st_mtime < 60:
+                    continue  # maybe being written right now (ids reserved by another map)
                 if _is_link(path) or not os.path.isdir(path):
                     os.unlink(path)
                 else:
