@@ -57,7 +57,8 @@ NOT_IMPORTED = {
     'libosmesa6-dev': 'the OSMesa library PyOpenGL loads for headless rendering (sim)',
     'python3-pytest-timeout': 'pytest.ini: --timeout',
     'python3-ruff-pip': 'test_lint runs ruff (the ament flake8/pep257 rules)',
-    'ros2cli': 'tests run the ros2 command', 'ros2launch': 'tests run ros2 launch',
+    'ros2cli': 'tests run the ros2 command',
+    'ros2launch': 'the `ros2 launch` verb for launch/vpr.launch.py',
     'ros2topic': 'tests run ros2 topic echo', 'ros2param': 'tests run ros2 param set',
     'ros2service': 'tests run ros2 service call', 'ros2pkg': 'tests run ros2 pkg prefix',
 }
