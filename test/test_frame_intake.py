@@ -1,4 +1,5 @@
 """FrameIntake: what the node refuses before the detector, and under which counter."""
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -19,9 +20,9 @@ def _image(img: np.ndarray, stamp: int, encoding: str = 'rgb8'):
                            header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nsec)))
 
 
-def _refused(intake: FrameIntake, msg, wall: float = 0.0, *pose) -> str:
+def _refused(intake: FrameIntake, msg) -> str:
     with pytest.raises(Refused) as err:
-        intake.accept(msg, wall, *pose)
+        intake.accept(msg)
     return err.value.key
 
 
@@ -29,7 +30,7 @@ def test_good_frames_pass_and_each_refusal_has_its_kind() -> None:
     intake = FrameIntake(max_pixels=240 * 320, stamp_window_s=10.0)
     img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     t = 1_700_000_000 * S
-    got, enc, stamp = intake.accept(_image(img, t), 0.0)
+    got, enc, stamp = intake.accept(_image(img, t))
     assert got.shape == img.shape and enc == 'rgb8' and stamp == t
     assert _refused(intake, _image(img, t + S, 'no_such_encoding')) == 'bad_encoding'
     big = np.zeros((480, 640, 3), np.uint8)
@@ -38,10 +39,34 @@ def test_good_frames_pass_and_each_refusal_has_its_kind() -> None:
         assert _refused(intake, _image(np.ascontiguousarray(tiny), t + S)) == 'bad_image_data'
     assert _refused(intake, _image(img, t)) == 'image_stamp_duplicate'
     assert _refused(intake, _image(img, t + 10**8 * S)) == 'image_stamp_implausible'
-    assert intake.accept(_image(img, t + S), 0.1)[2] == t + S
+    assert intake.accept(_image(img, t + S))[2] == t + S
     # the pose stream vouches for a restart far back
-    assert intake.accept(_image(img, 5 * S), 0.2, 5 * S, 0.2)[2] == 5 * S
+    assert intake.accept(_image(img, 5 * S), lambda: (5 * S, None))[2] == 5 * S
     assert intake.last_note == ''
+
+
+def test_a_pose_in_flight_may_vouch_for_its_frame_within_wait_s() -> None:
+    intake = FrameIntake(max_pixels=1 << 20, stamp_window_s=10.0)
+    img = np.zeros((32, 32, 3), np.uint8)
+    t = 1_700_000_000 * S
+    intake.accept(_image(img, t), lambda: (t, None))
+    calls = []
+
+    def late_pose():  # the restarted bag's first pose arrives on the third look
+        calls.append(1)
+        return (t, None) if len(calls) < 3 else (S, None)
+    t0 = time.monotonic()
+    assert intake.accept(_image(img, S + 1), late_pose, wait_s=5.0)[2] == S + 1
+    assert len(calls) == 3 and time.monotonic() - t0 < 1.0
+    t0 = time.monotonic()  # nothing vouches: refused after wait_s
+    assert _refused_waiting(intake, _image(img, 99 * S), lambda: (S, None), 0.2)
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+
+
+def _refused_waiting(intake: FrameIntake, msg, newest, wait_s: float) -> bool:
+    with pytest.raises(Refused) as err:
+        intake.accept(msg, newest, wait_s)
+    return err.value.key == 'image_stamp_implausible'
 
 
 def test_refusal_kind_names_opencv_and_other_errors() -> None:

@@ -218,3 +218,50 @@ def test_decompression_bombs_are_refused_without_decoding(seq, tmp_path) -> None
         if client is not None:
             client.close()
         assert node.stop() == 0, node.log()
+
+
+def test_stamp_jumps_vouched_for_by_poses_are_followed(seq, tmp_path) -> None:
+    """
+    Follow a clock jump the pose stream shares, even when the image arrives before its pose.
+
+    Issue 11 #7 refuses stamps that agree with neither the recent frames nor the poses; a bag
+    that restarts (poses and images jump back together) or a stretch the robot was off (both
+    jump ahead) must still be processed. The image is published before its pose here, so the
+    node has to wait for the pose before judging the stamp.
+    """
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Image
+
+    name = 'vpr_stamp_jumps'
+    node = NodeProcess(str(tmp_path), name, {'pose_type': 'PoseStamped', 'qos': 'reliable',
+                                             'map_dir': '', 'pose_wait_s': 1.0})
+    client = None
+    try:
+        node.wait_ready()
+        client = Client(f'client_{name}', node)
+        img_topic, pose_topic = node.topic('camera/image_raw'), node.topic('pose')
+        client.wait_connected([(Image, img_topic), (PoseStamped, pose_topic)])
+        img_pub = client.publisher(Image, img_topic)
+        pose_pub = client.publisher(PoseStamped, pose_topic)
+        base = 1_700_000_000 * S  # real epoch stamps: an hour back stays positive
+        plan = [(0, 0), (1, S), (2, 2 * S), (3, 600 * S), (4, 601 * S),  # robot off 10 min
+                (5, -3600 * S), (6, -3599 * S),  # the bag restarted an hour earlier
+                (7, 10 * 365 * 86400 * S)]  # an image alone, 10 years ahead: refused
+        rows_ = []
+        for i, offset in plan:
+            stamp = base + offset
+            img_pub.publish(client.image_msg(seq.frames[i], stamp))
+            if i != 7:
+                pose_pub.publish(client.pose_msg('PoseStamped', stamp, seq.poses[i]))
+            rows_.append(client.wait_status(stamp))
+        assert all(r[3] >= 0 for r in rows_[:7]), rows_
+        assert rows_[7][3] == -1 and rows_[7][1] == -1
+        diag = client.wait_for(
+            lambda: next((v for v in (diag_values(m) for m in client.diags[-2:])
+                          if v.get('image_stamp_implausible') == '1'), None),
+            what='image_stamp_implausible == 1')
+        assert diag['pose_time_reset'] == '1' and diag['processing_errors'] == '0', diag
+    finally:
+        if client is not None:
+            client.close()
+        assert node.stop() == 0, node.log()

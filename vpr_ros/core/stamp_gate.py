@@ -70,6 +70,16 @@ class StampGate:
         self._last = None
         self._pending.clear()
 
+    def agrees(self, stamp_ns: int, wall_s: float, pose_stamp_ns: int | None = None,
+               pose_wall_s: float | None = None) -> bool:
+        """Whether `check` would find a reference agreeing with the stamp (no state change)."""
+        if self.window_ns == 0 or (self._last is None and pose_stamp_ns is None):
+            return True
+        refs = [] if self._last is None else [self._last]
+        if pose_stamp_ns is not None:
+            refs.append((int(pose_stamp_ns), wall_s if pose_wall_s is None else pose_wall_s))
+        return any(_within(int(stamp_ns), ref, wall_s - w, self.window_ns) for ref, w in refs)
+
     def check(self, stamp_ns: int, wall_s: float, pose_stamp_ns: int | None = None,
               pose_wall_s: float | None = None) -> StampVerdict:
         """
@@ -82,16 +92,7 @@ class StampGate:
         if stamp_ns in self._recent:
             self.counters[DUPLICATE] += 1
             return StampVerdict(DUPLICATE, 'the same stamp as a recent frame (a duplicate)')
-        if self.window_ns == 0:
-            return self._accept(stamp_ns, wall_s, OK, '')
-        refs = []
-        if self._last is not None:
-            refs.append(('the previous frame', *self._last))
-        if pose_stamp_ns is not None:
-            refs.append(('the newest pose', int(pose_stamp_ns),
-                         wall_s if pose_wall_s is None else pose_wall_s))
-        if not refs or any(_within(stamp_ns, ref, wall_s - w, self.window_ns)
-                           for _, ref, w in refs):
+        if self.agrees(stamp_ns, wall_s, pose_stamp_ns, pose_wall_s):
             return self._accept(stamp_ns, wall_s, OK, '')
         if self._confirms_new_timeline(stamp_ns, wall_s):
             self.counters[NEW_TIMELINE] += 1
@@ -99,7 +100,10 @@ class StampGate:
                                 f'{self.confirm_frames} consecutive frames agree on a new '
                                 'timeline: following it')
         self.counters[IMPLAUSIBLE] += 1
-        parts = [f'{(stamp_ns - ref) / 1e9:+.3f} s from {name}' for name, ref, _ in refs]
+        refs = [] if self._last is None else [('the previous frame', self._last[0])]
+        if pose_stamp_ns is not None:
+            refs.append(('the newest pose', int(pose_stamp_ns)))
+        parts = [f'{(stamp_ns - ref) / 1e9:+.3f} s from {name}' for name, ref in refs]
         return StampVerdict(IMPLAUSIBLE, ', '.join(parts) + f' (window {self.window_ns / 1e9:g}'
                             ' s plus the wall time since)')
 

@@ -16,12 +16,23 @@ what was sent. The checks, cheapest first:
 `refusal_kind` names whatever a frame raised later on (OpenCV errors are image problems too), so
 the worker can count it and publish the row instead of losing the frame silently.
 """
+import time
+from typing import Callable
+
 from vpr_ros.core.errors import ImageError
 from vpr_ros.core.msg_convert import any_image_from_msg, stamp_ns, stamp_s
 from vpr_ros.core.stamp_gate import DUPLICATE, IMPLAUSIBLE, NEW_TIMELINE, StampGate
 
 MIN_IMAGE_SIDE = 8
 STAMP_KEYS = (DUPLICATE, IMPLAUSIBLE)
+PoseRef = Callable[[], tuple[int | None, float | None]]
+
+
+def _no_pose() -> tuple[None, None]:
+    return None, None
+
+
+_NO_POSE: PoseRef = _no_pose
 
 
 class Refused(Exception):
@@ -49,14 +60,8 @@ class FrameIntake:
         self.gate = StampGate(window_s=stamp_window_s)
         self.last_note = ''
 
-    def accept(self, msg, wall_s: float, pose_stamp_ns: int | None = None,
-               pose_wall_s: float | None = None):
-        """
-        Return (image, encoding, stamp_ns) of an acceptable frame, else raise Refused.
-
-        `pose_stamp_ns` / `pose_wall_s`: the newest pose and when it arrived (None without a
-        pose stream). `last_note` says when the stamp gate followed a new timeline.
-        """
+    def decode(self, msg):
+        """Return (image, encoding, stamp_ns) of a frame the decoder takes, else raise Refused."""
         self.last_note = ''
         try:
             image, encoding = any_image_from_msg(msg, self.max_pixels)
@@ -66,12 +71,34 @@ class FrameIntake:
         if min(h, w) < MIN_IMAGE_SIDE:
             raise Refused('bad_image_data', f'image refused: {w}x{h} is smaller than '
                           f'{MIN_IMAGE_SIDE} pixels a side')
-        stamp = stamp_ns(msg.header)
-        verdict = self.gate.check(stamp, wall_s, pose_stamp_ns, pose_wall_s)
+        return image, encoding, stamp_ns(msg.header)
+
+    def check_stamp(self, stamp: int, newest_pose: PoseRef = _NO_POSE, wait_s: float = 0.0
+                    ) -> None:
+        """
+        Raise Refused unless the stamp gate accepts `stamp` (it then remembers it).
+
+        `newest_pose()` gives the newest pose's stamp and when the last pose arrived ((None,
+        None) without a pose stream). A stamp no reference agrees with waits up to `wait_s` for
+        poses still in flight: when a bag restarts, the image may arrive before the pose that
+        vouches for it. `last_note` says when the gate followed a new timeline.
+        """
+        ref = newest_pose()
+        deadline = time.monotonic() + wait_s
+        while (time.monotonic() < deadline
+               and not self.gate.agrees(stamp, time.monotonic(), *ref)):
+            time.sleep(0.005)
+            ref = newest_pose()
+        verdict = self.gate.check(stamp, time.monotonic(), *ref)
         if not verdict.accepted:
             raise Refused(verdict.kind, f'image stamp {stamp_s(stamp):.3f} s refused: '
                           f'{verdict.reason}')
         if verdict.kind == NEW_TIMELINE:
             self.last_note = (f'image stamps moved to {stamp_s(stamp):.3f} s: '
                               f'{verdict.reason}')
+
+    def accept(self, msg, newest_pose: PoseRef = _NO_POSE, wait_s: float = 0.0):
+        """Decode and check the stamp in one call: (image, encoding, stamp_ns) or Refused."""
+        image, encoding, stamp = self.decode(msg)
+        self.check_stamp(stamp, newest_pose, wait_s)
         return image, encoding, stamp

@@ -211,15 +211,11 @@ class VprNode(Node):
 
     # ------------------------------------------------------------------ worker
     def _pose_for(self, stamp: int):
-        """Pose at the image stamp; waits up to pose_wait_s for poses to catch up with it."""
+        """(Pose at the image stamp or None, why not); waits up to pose_wait_s for poses."""
         p = self.params
         if p.pose_type == 'none':
-            return None
-        pose, why = self._poses.pose_at(stamp, p.pose_wait_s, p.pose_timeout_s)
-        if pose is None:
-            self._count('no_pose', f'image at {stamp_s(stamp):.3f} s has no pose: {why}; '
-                        'keyframes by time and novelty')
-        return pose
+            return None, ''
+        return self._poses.pose_at(stamp, p.pose_wait_s, p.pose_timeout_s)
 
     def _work(self) -> None:
         """Worker thread: one frame at a time, autosave between frames; never raises."""
@@ -240,8 +236,10 @@ class VprNode(Node):
 
     def _process(self, msg, t_recv: float) -> None:
         try:  # size, encoding and stamp checks: every refusal counted, with its status row
-            image, encoding, stamp = self._intake.accept(msg, time.monotonic(),
-                                                         *self._poses.newest())
+            image, encoding, stamp = self._intake.decode(msg)
+            pose, why = self._pose_for(stamp)  # first: a late pose is the stamp's reference
+            self._intake.check_stamp(stamp, self._poses.newest, self.params.pose_wait_s
+                                     if self.params.pose_type != 'none' else 0.0)
         except Refused as err:
             self._count(err.key, str(err))
             self._publish_status(stamp_ns(msg.header), None, t_recv)
@@ -253,7 +251,9 @@ class VprNode(Node):
             self._count('image_stamp_backwards', f'image stamp {stamp_s(stamp):.3f} s is older '
                         f'than the previous {stamp_s(last):.3f} s')
         self._last_image_stamp = stamp
-        pose = self._pose_for(stamp)
+        if why:
+            self._count('no_pose', f'image at {stamp_s(stamp):.3f} s has no pose: {why}; '
+                        'keyframes by time and novelty')
         frame = self._poses.frame_id if pose is not None else ''
         try:
             with self._core_lock:
