@@ -13,7 +13,6 @@ import errno
 import fcntl
 import os
 import threading
-from typing import Optional
 
 from vpr_ros.core.errors import MapError, MapLockedError
 from vpr_ros.map.id_pool import IdPool
@@ -94,13 +93,3 @@ def acquire(directory: str, create: bool) -> DirHandle:
             raise MapError(f'cannot use map directory {directory}: {exc}') from exc
         _REGISTRY[key] = handle
         return handle
-
-
-def held(directory: str) -> Optional[DirHandle]:
-    """Return this process's handle on `directory`, if one of its maps holds it."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    with _REGISTRY_LOCK:
-        return _REGISTRY.get((st.st_dev, st.st_ino))

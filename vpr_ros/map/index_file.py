@@ -144,6 +144,8 @@ def write_index_file(index: faiss.Index, path: str) -> None:
         writer = faiss.PyCallbackIOWriter(f.write)
         try:
             faiss.write_index(index, writer)
+        except RuntimeError as exc:  # FAISS reports a failed write (disk full) this way
+            raise MapError(f'cannot write {path}: {str(exc).strip()[-200:]}') from exc
         finally:
             del writer
         f.flush()

@@ -72,8 +72,12 @@ class PlaceMap:
     def __init__(self, dim: int, fingerprint: str, index: str = 'flat', hnsw_m: int = 32,
                  hnsw_ef_construction: int = 64, hnsw_ef_search: int = 256,
                  hnsw_threshold: int = 0) -> None:
-        if not isinstance(dim, (int, np.integer)) or not 0 < int(dim) <= 1 << 16:
-            raise MapError(f'descriptor dimension must be positive, got {dim}')
+        try:
+            ok = 0 < int(dim) <= 1 << 16
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise MapError(f'descriptor dimension must be in [1, 65536], got {dim!r}')
         if index not in INDEX_TYPES:
             raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
         self._dim = int(dim)
