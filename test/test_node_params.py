@@ -181,6 +181,8 @@ def test_stats() -> None:
     ({'top_k': 5.5}, ["'top_k'", 'wrong type', 'integer in [1, 100]']),
     ({'hnsw_ef_search': 10**12}, ["'hnsw_ef_search'", '[8, 65536]']),
     ({'hnsw_m': 1e12}, ["'hnsw_m'", 'wrong type']),
+    ({'hnsw_m': 2**64}, ["'hnsw_m'", 'integer in [4, 256]']),
+    ({'max_image_pixels': 2**63 - 1}, ["'max_image_pixels'", '[4096, 1073741824]']),
     ({'markers_period_s': 0.0001}, ["'markers_period_s'", '0 (off) or double in [0.1']),
     ({'autosave_period_s': 0.001}, ["'autosave_period_s'", '0 (off) or double in [1.0']),
     ({'image_size': [4096, 4096]}, ["'image_size'", '[0, 1024]']),
