@@ -21,10 +21,9 @@ from typing import Callable
 
 from vpr_ros.core.errors import ImageError
 from vpr_ros.core.msg_convert import any_image_from_msg, stamp_ns, stamp_s
-from vpr_ros.core.stamp_gate import DUPLICATE, IMPLAUSIBLE, NEW_TIMELINE, StampGate
+from vpr_ros.core.stamp_gate import NEW_TIMELINE, StampGate
 
 MIN_IMAGE_SIDE = 8
-STAMP_KEYS = (DUPLICATE, IMPLAUSIBLE)
 PoseRef = Callable[[], tuple[int | None, float | None]]
 
 
