@@ -229,3 +229,26 @@ def test_id_reservation_symlink_is_refused(pristine, tmp_path) -> None:
     os.symlink(tmp_path / 'elsewhere', os.path.join(d, 'IDS'))
     with pytest.raises(MapError, match='IDS.*symbolic link'):
         PlaceMap.load(d, FP, D)
+
+
+@pytest.mark.parametrize('kw', [{'hnsw_ef_search': 10**12}, {'hnsw_m': 10**12},
+                                {'hnsw_m': 1.5e12}, {'hnsw_ef_construction': 0},
+                                {'hnsw_threshold': -1}, {'hnsw_m': 'many'}])
+def test_absurd_index_parameters_are_map_errors(kw) -> None:
+    with pytest.raises(MapError, match=list(kw)[0]):
+        PlaceMap(D, FP, index='hnsw', **kw)
+
+
+def test_absurd_live_ef_search_is_a_map_error() -> None:
+    m = PlaceMap(D, FP, index='hnsw')
+    with pytest.raises(MapError, match='hnsw_ef_search'):
+        m.hnsw_ef_search = 10**12
+    assert m.hnsw_ef_search == 256
+
+
+def test_current_pointer_symlink_is_refused(pristine, tmp_path) -> None:
+    d, _ = _copy(pristine, tmp_path)
+    os.rename(os.path.join(d, 'CURRENT'), str(tmp_path / 'pointer'))
+    os.symlink(tmp_path / 'pointer', os.path.join(d, 'CURRENT'))
+    with pytest.raises(MapError, match='CURRENT.*symbolic link'):
+        PlaceMap.load(d, FP, D)
