@@ -205,3 +205,13 @@ def test_ids_never_reused_after_sigkill(tmp_path) -> None:
         assert min(new) > max(handed_out)
         handed_out += new
         m.close()  # unsaved: these ids are handed out too and never come back
+
+
+def test_maps_of_one_process_share_ids_and_sessions(tmp_path) -> None:
+    d = str(tmp_path / 'm')
+    saved_map(d)
+    a, b = PlaceMap.load(d, FP, D), PlaceMap.load(d, FP, D)
+    assert a.session != b.session
+    x = unit(np.random.default_rng(4), 6)
+    ids = [m.add(v, 0).id for v, m in zip(x, [a, b, a, b, b, a])]
+    assert len(set(ids)) == 6 and min(ids) >= 20

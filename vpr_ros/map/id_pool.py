@@ -9,6 +9,7 @@ file write only once per `BLOCK` ids; unused ids of a block are simply skipped.
 """
 import json
 import os
+import threading
 
 from vpr_ros.core.atomic_io import write_atomic
 from vpr_ros.core.errors import MapError
@@ -54,32 +55,41 @@ class IdPool:
         self.path = os.path.join(directory, IDS_FILE)
         self.reserved, self.sessions = read_reservation(directory)
         self.handed = self.reserved   # ids below may have been handed out (by a dead process)
+        self.claimed = self.sessions  # sessions opened by this process's maps, in memory
+        self._lock = threading.Lock()
 
     def first_free(self) -> int:
         """Return the lowest id no map of this directory can have handed out."""
         return self.handed
 
+    def claim_session(self, at_least: int) -> int:
+        """Return a session number no other map of this directory has (durable at first add)."""
+        with self._lock:
+            session = max(at_least, self.sessions, self.claimed)
+            self.claimed = session + 1
+            return session
+
     def take(self, start: int, n: int, session: int) -> int:
         """
-        First of n ids at or after `start`, reserved durably for `session`; MapError otherwise.
+        Return the first of n ids at or after `start`, reserved durably for `session`.
 
-        Nothing counts as handed out until `handed_out` is called (after the add succeeded).
+        The ids are the caller's from now on (a failed add leaves a gap, never a duplicate:
+        maps of one process share this pool); MapError when they cannot be reserved.
         """
-        first = max(start, self.handed)
-        end = first + n
-        if end > MAX_ID:
-            raise MapError(f'keyframe ids exhausted: {end} > {MAX_ID}')
-        if end > self.reserved or session >= self.sessions:
-            reserved = max(self.reserved, min(end + BLOCK, MAX_ID))
-            sessions = max(self.sessions, session + 1)
-            data = json.dumps({'next_id': reserved, 'session_count': sessions}) + '\n'
-            try:
-                write_atomic(self.path, data.encode('ascii'))
-            except OSError as exc:
-                raise MapError(f'cannot reserve keyframe ids in {self.path}: {exc}') from exc
-            self.reserved, self.sessions = reserved, sessions
-        return first
-
-    def handed_out(self, end: int) -> None:
-        """Ids below `end` are in use."""
-        self.handed = max(self.handed, end)
+        with self._lock:
+            first = max(start, self.handed)
+            end = first + n
+            if end > MAX_ID:
+                raise MapError(f'keyframe ids exhausted: {end} > {MAX_ID}')
+            if end > self.reserved or session >= self.sessions:
+                reserved = max(self.reserved, min(end + BLOCK, MAX_ID))
+                sessions = max(self.sessions, session + 1)
+                data = json.dumps({'next_id': reserved, 'session_count': sessions}) + '\n'
+                try:
+                    write_atomic(self.path, data.encode('ascii'))
+                except OSError as exc:
+                    raise MapError(f'cannot reserve keyframe ids in {self.path}: '
+                                   f'{exc}') from exc
+                self.reserved, self.sessions = reserved, sessions
+            self.handed = end
+            return first

@@ -140,7 +140,7 @@ class PlaceMap:
         self._handle = handle
         self._release = weakref.finalize(self, handle.release)
         self._next_id = max(self._next_id, handle.pool.first_free())
-        self._session = max(self._session, handle.pool.sessions)
+        self._session = handle.pool.claim_session(self._session)
 
     def _attach(self, create: bool) -> None:
         if self._handle is None and self._home is not None:
@@ -209,8 +209,6 @@ class PlaceMap:
         self._table.append(ids, stamps, poses, self._session, frames)
         self._blobs.commit(staged)
         self._next_id = first + n
-        if self._handle is not None:
-            self._handle.pool.handed_out(first + n)
         if (self._hnsw_threshold and self._kind == 'flat'
                 and self._table.n >= self._hnsw_threshold):
             try:
@@ -438,9 +436,7 @@ class PlaceMap:
         m = cls(dim, fingerprint, **index_kw)
         if directory:
             m._home = os.path.abspath(directory)
+            m._next_id, m._session = storage.peek_counters(m._home)
             if create or os.path.lexists(directory):
                 m._attach(create=create)
-                next_id, sessions = storage.peek_counters(m._home)
-                m._next_id = max(m._next_id, next_id)
-                m._session = max(m._session, sessions)
         return m
