@@ -202,7 +202,11 @@ def score_model(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
                       target_precision=target_precision, data=data)
     n_revisit = int(can_close.sum())
     prec, rec, thr = precision_recall(score[queried], correct[queried], can_close[queried])
-    row = {'n_queries': int(queried.sum()), 'n_revisit': n_revisit,
+    # per query (the frames with a candidate), so several sets can be calibrated jointly
+    row_queries = {'score': score[queried].round(6).tolist(),
+                   'correct': correct[queried].astype(int).tolist(),
+                   'can_close': can_close[queried].astype(int).tolist()}
+    row = {'n_queries': int(queried.sum()), 'n_revisit': n_revisit, 'queries': row_queries,
            'recall_at_1': float(correct[can_close].mean()) if n_revisit else float('nan'),
            'operating_point': point.to_dict(),
            'pr_curve': {'precision': prec.tolist(), 'recall': rec.tolist(),
@@ -215,6 +219,9 @@ def score_model(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
                            inliers=vinl[queried], target_precision=target_precision,
                            data={**data, 'verification': 'orb', 'top_k': top_k})
         row['operating_point_verified'] = vpoint.to_dict()
+        row['queries'].update(score_verified=vscore[queried].round(6).tolist(),
+                              correct_verified=vcorrect[queried].astype(int).tolist(),
+                              inliers=vinl[queried].tolist())
         row['recall_at_1_verified'] = (float(vcorrect[can_close].mean()) if n_revisit
                                        else float('nan'))
     return row
@@ -347,6 +354,42 @@ def best_operating_point(report: dict, row: int = 0, verified: bool = True) -> O
     key = 'operating_point_verified' if verified and 'operating_point_verified' in r \
         else 'operating_point'
     return OperatingPoint.from_dict(r[key])
+
+
+def calibrate_jointly(reports: Sequence[dict], verified: bool = True, row: int = 0,
+                      target_precision: float = 1.0, name: str = '') -> OperatingPoint:
+    """
+    One operating point over several loop reports (e.g. the demo loop and the corridor).
+
+    The point must hold on every set at once, so their queries are pooled; `data` names each
+    set with the recall the joint point keeps there.
+    """
+    parts = []
+    for rep in reports:
+        q = rep['rows'][row]['queries']
+        v = verified and 'inliers' in q
+        parts.append((np.asarray(q['score_verified' if v else 'score'], float),
+                      np.asarray(q['correct_verified' if v else 'correct'], bool),
+                      np.asarray(q['can_close'], bool),
+                      np.asarray(q['inliers']) if v else None))
+    use_inl = all(p[3] is not None for p in parts)
+    cat = [np.concatenate([p[k] for p in parts]) for k in range(3)]
+    inl = np.concatenate([p[3] for p in parts]) if use_inl else None
+    sets = [{k: rep['dataset'][k] for k in ('name', 'source', 'n_frames', 'ground_truth',
+                                            'exclusion')} for rep in reports]
+    point = calibrate(*cat, inliers=inl, target_precision=target_precision,
+                      data={'name': name or ' + '.join(s['name'] for s in sets), 'sets': sets,
+                            'verification': 'orb' if use_inl else None,
+                            'model': reports[0]['rows'][row].get('model') or 'built-in default',
+                            'fingerprint': reports[0]['rows'][row].get('fingerprint', ''),
+                            'image_size': reports[0].get('image_size')})
+    for s, (sc, corr, can, ii) in zip(sets, parts):
+        acc = np.nan_to_num(sc, nan=-np.inf) >= point.score_threshold
+        if ii is not None and point.min_inliers is not None:
+            acc &= ii >= point.min_inliers
+        s['recall'] = float((acc & corr).sum() / max(1, can.sum()))
+        s['false_accepted'] = int((acc & ~corr).sum())
+    return point
 
 
 def add_loop_arguments(parser) -> None:

@@ -31,6 +31,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
 from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns, stamp_s
+from vpr_ros.ros import loop_geometry as geo
 from vpr_ros.ros import topics
 from vpr_ros.ros.diagnostics import Counters, diagnostics_message, FrameTimes
 from vpr_ros.ros.frame_intake import FrameIntake, refusal_kind, Refused
@@ -129,9 +130,12 @@ class VprNode(Node):
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
         try:
-            self._detector = LoopDetector(self._encoder, self._map, p.detector_config())
+            self._point, why = geo.model_point(p)  # calibrated score (and inlier) threshold
+            self._detector = LoopDetector(self._encoder, self._map, geo.effective_config(
+                p, self._point))
         except VPRError as err:
             raise ParamError(str(err)) from None
+        self._log.info(geo.operating_point_note(p, self._point, why))
         self._core_lock = threading.Lock()
 
     def _make_publishers(self, p: Params) -> None:
@@ -147,6 +151,7 @@ class VprNode(Node):
                             if p.publish_status else None)
         self._pub_markers = pub(MarkerArray, topics.MARKERS, reliable_qos(1))
         self._pub_diag = pub(DiagnosticArray, topics.DIAGNOSTICS, reliable_qos(10))
+        self._pub_relpose = pub(Float64MultiArray, geo.RELATIVE_POSE, reliable_qos(10))
 
     def _make_inputs(self, p: Params) -> None:
         if p.image_transport == 'compressed':
@@ -168,6 +173,8 @@ class VprNode(Node):
                                            self._on_pose, sensor_qos(p.qos, 50),
                                            callback_group=self._sensor_group)
             self.pose_topic = sub.topic_name
+        self._camera_info = geo.CameraInfoInput(self, self._detector, sensor_qos(p.qos, 5),
+                                                self._sensor_group, self._count)
 
     def _make_services_and_timers(self, p: Params) -> None:
         from std_srvs.srv import SetBool, Trigger
@@ -275,6 +282,9 @@ class VprNode(Node):
             self._counters.matches += 1
             if self._pub_loop is not None:
                 self._pub_loop.publish(loop_closure_message(result))
+        relpose = geo.relative_pose_message(result)
+        if relpose is not None:
+            self._pub_relpose.publish(relpose)
         self._times.latency.add(time.monotonic() - t_recv)
         self._publish_status(result.stamp_ns, result, t_recv)
         self._markers.add_result(result)
@@ -312,7 +322,7 @@ class VprNode(Node):
     def _apply_params(self, new: Params) -> None:
         """Use changed parameters from the next frame on (never in the middle of one)."""
         with self._core_lock:
-            apply_config(self._detector, new.detector_config())
+            apply_config(self._detector, geo.effective_config(new, self._point))
             self.params = new
 
     def _srv_save(self, request, response):
@@ -345,6 +355,7 @@ class VprNode(Node):
         out = self._counters.as_dict()
         out['frames_dropped'] = self._queue.dropped
         out['map_size'] = len(self._map)
+        out.update(geo.gate_counters(self._detector))
         return out
 
     def _publish_diagnostics(self) -> None:

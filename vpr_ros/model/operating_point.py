@@ -1,0 +1,92 @@
+"""
+The calibrated operating point a model carries: what score (and inlier) threshold to run it at.
+
+A score threshold means nothing without the model it was measured with: the built-in ImageNet
+model scores unrelated places at 0.55-0.77, a trained and whitened one spreads scores
+differently. So the threshold that reaches precision 1.0 on validation loops travels with the
+model: `vpr-export --calibrate-loop` stores it in the model file's provenance under
+``operating_point`` (`vpr_ros.core.calibration.OperatingPoint.to_dict`, with the data it was
+fitted on), and the built-in default ships its own below. The node uses it when
+`score_threshold` is left at its default (vpr_ros/ros/loop_geometry.py) and logs which one.
+
+The built-in point was fitted with ``vpr-eval --loop ... --verify`` (training/loop_mode.py,
+`calibrate_jointly`) on two loops at once, the simulated demo loop and the real corridor played
+as a loop, so the shipped threshold keeps precision 1.0 on both.
+"""
+import copy
+
+from vpr_ros.core.calibration import OperatingPoint
+from vpr_ros.core.errors import ModelFileError, VPRError
+
+PROVENANCE_KEY = 'operating_point'
+
+# Fitted 2026-12-01 by training.loop_mode.calibrate_jointly on the two loop reports of the
+# built-in model (MobileNetV2 + GeM, 224x224, ORB verification, top-5):
+#   vpr-eval --loop <sim>/day_loop.json --rate-hz 5 --exclusion-s 30 --verify
+#   vpr-eval --loop-folder ../shared/data/corridor --verify          (exclusion 50 frames)
+# Pooled: 333 queries, 165 of them could close a loop; 62 accepted, none false. The node runs
+# it with max(gv_min_inliers, min_inliers) = 15 inliers, which is stricter still.
+BUILTIN_OPERATING_POINT: dict = {
+    'score_threshold': 0.9354365, 'min_inliers': 4, 'target_precision': 1.0,
+    'precision': 1.0, 'recall': 0.3758, 'n_queries': 333,
+    'data': {
+        'name': 'simulated demo loop + real corridor as a loop',
+        'model': 'built-in default', 'image_size': None, 'verification': 'orb, top-5',
+        'fingerprint': 'builtin:mobilenet_v2-gem3-224x224:b0353104',
+        'n_possible': 165, 'n_accepted': 62, 'n_false': 0,
+        'sets': [
+            {'name': 'simulated demo loop', 'source': 'vpr_ros.sim.dataset.default_dataset() '
+             'day_loop (313 frames, 5 Hz)', 'ground_truth': 'psi > 0.5 (90 deg, 3.5 m)',
+             'exclusion': '30 s', 'recall': 1.0, 'false_accepted': 0},
+            {'name': 'real corridor as a loop', 'source': '../shared/data/corridor ref then '
+             'query (222 frames, Milford 2013)', 'ground_truth': 'ground_truth.csv pairs',
+             'exclusion': '50 frames', 'recall': 0.0721, 'false_accepted': 0},
+        ],
+        'fitted': '2026-12-01, training.loop_mode.calibrate_jointly',
+    },
+}
+
+
+def builtin_operating_point() -> OperatingPoint | None:
+    """Return the built-in model's calibrated point (None until one is recorded above)."""
+    if not BUILTIN_OPERATING_POINT:
+        return None
+    return OperatingPoint.from_dict(copy.deepcopy(BUILTIN_OPERATING_POINT))
+
+
+def from_provenance(provenance: dict) -> OperatingPoint | None:
+    """Return the point in a model file's provenance; None when it has none (older files)."""
+    raw = (provenance or {}).get(PROVENANCE_KEY)
+    if raw is None:
+        return None
+    try:
+        return OperatingPoint.from_dict(raw)
+    except VPRError as err:
+        raise ModelFileError(f'provenance {PROVENANCE_KEY!r}: {err}') from None
+
+
+def model_operating_point(model_path: str, image_size=None) -> tuple[OperatingPoint | None,
+                                                                     str]:
+    """
+    (point, '') for a model ('' = built-in), or (None, why there is none).
+
+    A point fitted at one input size says nothing about another (`image_size` other than the
+    model's own, or the one the point names), so it is not used then.
+    """
+    if model_path:
+        from vpr_ros.model.model_file import load_model_and_fingerprint
+        _, provenance, _ = load_model_and_fingerprint(model_path)
+        point = from_provenance(provenance)
+        if point is None:
+            return None, f'{model_path} carries no calibrated operating point'
+    else:
+        point = builtin_operating_point()
+        if point is None:
+            return None, 'no calibrated operating point recorded for the built-in model'
+    fitted = point.data.get('image_size')
+    if image_size is not None and list(image_size) != list(fitted or []):
+        return None, (f'the calibrated point was fitted at image size '
+                      f'{fitted or "the model default"}, not {list(image_size)}')
+    if not point.usable:
+        return None, 'the calibrated point accepts nothing (recall 0 on its data)'
+    return point, ''
