@@ -84,6 +84,13 @@ class DetectorConfig:
     gv_ransac_threshold_px: float = 3.0
     gv_method: str = 'fundamental'
     gv_camera_matrix: list | None = None
+    # Features are found on the frame shrunk to this longer side (0: full frame): ORB 500 at
+    # 640x480 cost as much as the CNN; at 320x240 (where the ratio/spread defaults were
+    # measured) a seventh of it (bench/bench_verify.py, issue 13).
+    gv_max_side: int = 320
+    # Verify candidates best first and stop at the first accepted (only the best is used,
+    # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
+    gv_first_only: bool = False
     kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
     kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
@@ -107,6 +114,8 @@ class DetectorConfig:
             raise VPRError('temporal_tolerance_ids and temporal_tolerance_s must be >= 0')
         if self.reset_back_s < 0:
             raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
+        if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
+            raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
 
     def make_verifier(self) -> GeometricVerifier:
         """Build the GeometricVerifier these gv_* fields describe."""
@@ -114,7 +123,7 @@ class DetectorConfig:
             self.gv_camera_matrix, dtype=np.float64).reshape(3, 3)
         return GeometricVerifier(self.gv_feature, self.gv_n_features, self.gv_ratio,
                                  self.gv_min_inliers, self.gv_ransac_threshold_px,
-                                 self.gv_method, K)
+                                 self.gv_method, K, max_side=self.gv_max_side)
 
 
 @dataclass(frozen=True)
@@ -249,9 +258,15 @@ class LoopDetector:
         return all(any(self._near(key, prev) for prev in q) for q in self._history)
 
     def _verified(self, feats: Features, matches: list, inliers: dict) -> list:
-        """Keep the matches whose stored features verify; a bad or missing blob skips one."""
+        """
+        Keep the matches whose stored features verify; a bad or missing blob skips one.
+
+        Best first; with `gv_first_only` the loop stops at the first accepted one.
+        """
         verified = []
-        for m in matches:
+        for m in sorted(matches, key=lambda m: -m.score):
+            if verified and self.config.gv_first_only:
+                break
             try:
                 blob = self.place_map.blob(m.id)
                 stored = None if blob is None else Features.from_bytes(blob)
@@ -316,10 +331,13 @@ class LoopDetector:
             similarity = None
         decision = self.policy.decide(stamp_ns, pose, similarity)
 
+        # Local features only when needed, once: a candidate passed the descriptor threshold
+        # (and consistency) or the frame is a keyframe (its features are stored for later).
         feats = None
         inliers = {}
         if self.verifier is not None and (matches or decision.is_keyframe):
             feats = self.verifier.extract(image, encoding)
+        if feats is not None and matches:
             matches = self._verified(feats, matches, inliers)
         t3 = time.perf_counter()
 
