@@ -122,3 +122,32 @@ def test_vpr_eval_loop_cli_on_the_corridor_at_its_own_size(corridor_dir, tmp_pat
     op = OperatingPoint.from_dict(row['operating_point'])
     assert op.precision == 1.0 and 'corridor as a loop' in op.data['name']
     assert (out / 'loop_precision_recall.png').exists()
+
+
+def test_export_stores_the_calibrated_operating_point(tmp_path):
+    """vpr-export --calibrate-loop: the point travels in the model file and the node reads it."""
+    from synthetic import make_synthetic_garden
+
+    from vpr_ros.model.model_file import load_model
+    from vpr_ros.model.operating_point import model_operating_point, PROVENANCE_KEY
+    from vpr_ros.training.export import main as export_main
+    from vpr_ros.training.train import main as train_main
+    root = str(tmp_path / 'garden')
+    idx = make_synthetic_garden(root)
+    out = str(tmp_path / 'run')
+    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
+                       'train_query', '--image-size', '64', '64', '--workers', '0',
+                       '--no-progress', '--epochs', '1', '--batch-size', '16',
+                       '--pairs-per-epoch', '32', '--out', out]) == 0
+    path = str(tmp_path / 'model.pt')
+    # validation loop: the val map traverse, then the val query traverse over the same places
+    assert export_main([out, '--out', path, '--calibrate-loop', idx['val_map'],
+                        idx['val_query'], '--calibrate-exclusion-frames', '10',
+                        '--calibrate-verify']) == 0
+    _, prov = load_model(path)
+    point = OperatingPoint.from_dict(prov[PROVENANCE_KEY])
+    assert point.precision == 1.0 and point.target_precision == 1.0
+    assert point.data['sets'][0]['n_frames'] > 100 and point.data['verification'] == 'orb'
+    got, why = model_operating_point(path)
+    assert why == '' and got == point or (not point.usable and got is None)
+    assert model_operating_point(path, (32, 32))[0] is None  # fitted at another input size

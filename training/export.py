@@ -76,8 +76,14 @@ def map_descriptors(net: VPRNet, image_paths: Sequence[str], device: str = 'cpu'
 
 def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
                  whiten_map: Sequence[str] = (), data_root: str = '', device: str = 'cpu',
-                 extra: dict | None = None) -> tuple[str, str, dict]:
-    """Write the model file; returns (path, fingerprint, provenance)."""
+                 extra: dict | None = None, calibration: dict | None = None
+                 ) -> tuple[str, str, dict]:
+    """
+    Write the model file; returns (path, fingerprint, provenance).
+
+    `calibration` (training/loop_calibration.py `calibrate_net` keywords) fits the calibrated
+    operating point on validation loops and stores it in the provenance.
+    """
     net, ckpt = load_trained_net(checkpoint)
     args = ckpt.get('args', {})
     whitening = None
@@ -113,6 +119,11 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
         'whitening': whitening,
     }
     provenance.update(extra or {})
+    if calibration:
+        from vpr_ros.model.operating_point import PROVENANCE_KEY
+        from vpr_ros.training.loop_calibration import calibrate_net
+        point = calibrate_net(net, device=device, **calibration)
+        provenance[PROVENANCE_KEY] = point.to_dict()
     fingerprint = save_model(out_path, net, provenance)
     return out_path, fingerprint, provenance
 
@@ -129,17 +140,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help='map traverses (names under --data-root, or index paths)')
     ap.add_argument('--data-root', default='')
     ap.add_argument('--device', default='cpu', help='device for the whitening descriptors')
+    from vpr_ros.training.loop_calibration import add_calibration_arguments, calibration_from_args
+    add_calibration_arguments(ap)
     args = ap.parse_args(argv)
     try:
         path, fp, prov = export_model(args.checkpoint, args.out, args.whiten_dim or None,
-                                      args.whiten_map, args.data_root, args.device)
-    except VPRError as exc:
+                                      args.whiten_map, args.data_root, args.device,
+                                      calibration=calibration_from_args(args))
+    except (VPRError, ValueError) as exc:
         print(f'vpr-export: error: {exc}', file=sys.stderr)
         return 2
     m = prov['metrics']
     print(f'vpr-export: wrote {path} (sha256 {fp[:16]}…), epoch {prov["epoch"]}, '
           f'loss {prov["loss"]}, R@1 {m.get("r1")}, R@5 {m.get("r5")}'
           + (f', whitening {prov["whitening"]["dim"]}' if prov['whitening'] else ''))
+    if 'operating_point' in prov:
+        from vpr_ros.core.calibration import OperatingPoint
+        print('vpr-export: operating point ' + OperatingPoint.from_dict(
+            prov['operating_point']).describe())
     return 0
 
 

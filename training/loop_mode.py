@@ -83,7 +83,10 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
     for k, src in enumerate(inputs):
         if _is_bag(src):
             from vpr_ros.training.extract_bag import extract
-            out = os.path.join(work_dir or '.', f'loop_bag_{k}')
+            if work_dir is None:  # never write into the current directory
+                import tempfile
+                work_dir = tempfile.mkdtemp(prefix='vpr_loop_')
+            out = os.path.join(work_dir, f'loop_bag_{k}')
             summary = extract(src, out, all_frames=True, progress=False)
             index_path, bag_stamps = summary['index'], np.asarray(summary['stamps_ns']) / 1e9
         else:
@@ -260,7 +263,8 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     excl = ({'seconds': exclusion_s} if exclusion_s is not None and seq.stamps_s is not None
             else {'frames': exclusion_frames})
     data = {'name': os.path.basename(os.path.normpath(folder)) + ' as a loop' if folder
-            else ', '.join(os.path.basename(p) for p in inputs),
+            else ', '.join(os.path.relpath(p, os.path.dirname(os.path.dirname(
+                os.path.abspath(p)))) for p in inputs),
             'source': seq.source, 'n_frames': len(seq.paths), 'ground_truth': gt,
             'exclusion': excl, 'gate': gate}
     rows = []

@@ -1,0 +1,68 @@
+"""
+`vpr-export --calibrate-loop`: fit the operating point of the network being exported.
+
+The exported network is run through the loop evaluation (training/loop_mode.py) on one or more
+validation loops, the (score[, inlier]) threshold that reaches the target precision on all of
+them at once is fitted (`calibrate_jointly`), and it goes into the model file's provenance
+(`vpr_ros.model.operating_point.PROVENANCE_KEY`) with the data it was fitted on. The node then
+runs the model at that point unless `score_threshold` is set (vpr_ros/ros/loop_geometry.py).
+"""
+import copy
+from typing import Optional, Sequence
+
+from vpr_ros.core.calibration import OperatingPoint
+from vpr_ros.training.loop_mode import (
+    calibrate_jointly,
+    DEFAULT_EXCLUSION_FRAMES,
+    DEFAULT_TOP_K,
+    evaluate_loop,
+)
+
+
+def add_calibration_arguments(parser) -> None:
+    """Add vpr-export's calibration options."""
+    g = parser.add_argument_group('calibrated operating point (stored in the model file)')
+    g.add_argument('--calibrate-loop', nargs='+', action='append', default=[],
+                   metavar='INDEX.json|BAG', help='a validation loop: TB-Places indexes or bags '
+                   'played in order (repeat the option for more loops)')
+    g.add_argument('--calibrate-loop-folder', action='append', default=[], metavar='DIR',
+                   help='a folder pair played ref then query as a loop (repeatable)')
+    g.add_argument('--calibrate-verify', action='store_true',
+                   help='fit (score, inliers) with ORB verification, as the node runs it')
+    g.add_argument('--calibrate-exclusion-frames', type=int, default=DEFAULT_EXCLUSION_FRAMES)
+    g.add_argument('--calibrate-exclusion-s', type=float, default=None)
+    g.add_argument('--calibrate-rate-hz', type=float, default=None)
+    g.add_argument('--target-precision', type=float, default=1.0)
+
+
+def calibration_from_args(args) -> Optional[dict]:
+    """Return `calibrate_net` keyword arguments from parsed options (None: not asked for)."""
+    if not args.calibrate_loop and not args.calibrate_loop_folder:
+        return None
+    return {'loops': [list(x) for x in args.calibrate_loop],
+            'folders': list(args.calibrate_loop_folder), 'verify': args.calibrate_verify,
+            'exclusion_frames': args.calibrate_exclusion_frames,
+            'exclusion_s': args.calibrate_exclusion_s, 'rate_hz': args.calibrate_rate_hz,
+            'target_precision': args.target_precision}
+
+
+def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[str] = (),
+                  verify: bool = False, exclusion_frames: int = DEFAULT_EXCLUSION_FRAMES,
+                  exclusion_s: Optional[float] = None, rate_hz: Optional[float] = None,
+                  target_precision: float = 1.0, device: str = 'cpu',
+                  work_dir: Optional[str] = None) -> OperatingPoint:
+    """Run `net` (a copy: the export keeps its own) on every loop; return the joint point."""
+    from vpr_ros.model.encoder import Encoder
+
+    enc = Encoder(copy.deepcopy(net), 'vpr-export (this network)', device=device)
+    reports = []
+    runs = [dict(inputs=list(x)) for x in loops] + [dict(folder=f) for f in folders]
+    if not runs:
+        raise ValueError('calibration needs at least one loop or loop folder')
+    for run in runs:
+        reports.append(evaluate_loop(
+            models=[('export', enc)], include_default=False, exclusion_frames=exclusion_frames,
+            exclusion_s=exclusion_s, rate_hz=rate_hz, target_precision=target_precision,
+            verify=verify, top_k=DEFAULT_TOP_K, out_dir=work_dir, device=device,
+            progress=False, verbose=False, **run))
+    return calibrate_jointly(reports, verified=verify, target_precision=target_precision)
