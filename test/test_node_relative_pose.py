@@ -143,3 +143,54 @@ def _check_poses(seq, got, matches, n_matches) -> None:
     assert best_false == 0
     assert len(rot) >= 5 and np.median(rot) < 1.0 and np.percentile(rot, 90) < 2.0
     assert not dirs or np.median(dirs) < 10.0
+
+
+def test_depth_and_camera_info_decoding() -> None:
+    """ROS-free parts: 16UC1/32FC1 depth (padded rows, big endian), camera_info refusals."""
+    from vpr_ros.core.errors import VPRError
+    from vpr_ros.ros.loop_geometry import depth_from_msg, intrinsics_from_camera_info
+    d = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
+    padded = np.zeros((3, 6), np.uint16)
+    padded[:, :4] = d
+    msg = SimpleNamespace(encoding='16UC1', is_bigendian=0, height=3, width=4, step=12,
+                          data=padded.tobytes())
+    np.testing.assert_array_equal(depth_from_msg(msg), d)
+    f = np.linspace(0.5, 5, 12, dtype=np.float32).reshape(3, 4)
+    msg = SimpleNamespace(encoding='32FC1', is_bigendian=1, height=3, width=4, step=16,
+                          data=f.astype('>f4').tobytes())
+    np.testing.assert_array_equal(depth_from_msg(msg), f)
+    with pytest.raises(VPRError):
+        depth_from_msg(SimpleNamespace(encoding='rgb8', is_bigendian=0, height=1, width=1,
+                                       step=3, data=b'abc'))
+    with pytest.raises(VPRError):
+        depth_from_msg(SimpleNamespace(encoding='16UC1', is_bigendian=0, height=3, width=4,
+                                       step=6, data=b'\0' * 24))
+    info = SimpleNamespace(k=[0.0] * 9, d=[], distortion_model='')
+    with pytest.raises(VPRError, match='focal'):
+        intrinsics_from_camera_info(info)
+    info = SimpleNamespace(k=[500.0, 0, 320, 0, 500.0, 240, 0, 0, 1], d=[0.1, 0, 0, 0],
+                           distortion_model='equidistant')
+    with pytest.raises(VPRError, match='equidistant'):
+        intrinsics_from_camera_info(info)
+    info.distortion_model = 'plumb_bob'
+    intr = intrinsics_from_camera_info(info)
+    assert (intr.fx, intr.cy, intr.dist) == (500.0, 240.0, (0.1, 0.0, 0.0, 0.0))
+
+
+def test_operating_point_resolution() -> None:
+    """Calibrated point where score_threshold / gv_min_inliers are defaults, else the params."""
+    from vpr_ros.model.operating_point import builtin_operating_point
+    from vpr_ros.ros.loop_geometry import effective_config, operating_point_note
+    from vpr_ros.ros.params import Params
+    point = builtin_operating_point()
+    assert point is not None and point.usable and point.precision == 1.0
+    p = Params({})
+    c = effective_config(p, point)
+    assert c.score_threshold == point.score_threshold
+    assert c.gv_min_inliers == max(15, point.min_inliers)
+    assert 'calibrated' in operating_point_note(p, point, '')
+    mine = Params({'score_threshold': 0.85})
+    assert effective_config(mine, point).score_threshold == 0.85
+    assert 'set explicitly' in operating_point_note(mine, point, '')
+    assert effective_config(p, None).score_threshold == p.score_threshold
+    assert 'from the parameters (why)' in operating_point_note(p, None, 'why')

@@ -15,11 +15,16 @@ The node's loop-closure geometry: camera_info in, `vpr/relative_pose` out, opera
   graph adds between the two keyframes' camera poses. t is a unit direction (``scale_known``
   0) unless depth made it metric (1). ``parallax_deg`` is the median ray angle once the
   rotation is removed: under ~1 degree the rotation is good but the direction of t is noise.
+* ``camera/depth/image_raw`` (sensor_msgs/Image 16UC1 in mm or 32FC1 in m, registered to the
+  colour camera, optional): paired with the colour frame of the same stamp (within 10 ms), it
+  makes the translation metric (``scale_known`` 1).
 * The operating point: when ``score_threshold`` (and ``gv_min_inliers``) are left at their
   defaults, the model's calibrated point (vpr_ros/model/operating_point.py) replaces them;
   set either and yours is used. The node logs which one it uses.
 """
 import threading
+
+import numpy as np
 
 from vpr_ros.core.calibration import OperatingPoint
 from vpr_ros.core.detector import DetectorConfig
@@ -150,3 +155,63 @@ def model_point(params) -> tuple[OperatingPoint | None, str]:
                                      None if size == (0, 0) else size)
     except ModelFileError as err:
         raise ParamError(f"parameter 'model_path': {err}") from None
+
+
+DEPTH = 'camera/depth/image_raw'
+DEPTH_MATCH_S = 0.010  # a depth image within 10 ms of the colour image is its depth
+_DEPTH_DTYPES = {'16uc1': np.uint16, 'mono16': np.uint16, '32fc1': np.float32}
+
+
+def depth_from_msg(msg) -> np.ndarray:
+    """HxW depth of a sensor_msgs/Image: 16UC1 (mm) or 32FC1 (m), per REP-118; VPRError else."""
+    enc = str(msg.encoding).lower()
+    if enc not in _DEPTH_DTYPES:
+        raise VPRError(f'depth encoding {msg.encoding!r} is not 16UC1 or 32FC1')
+    dt = np.dtype(_DEPTH_DTYPES[enc]).newbyteorder('>' if msg.is_bigendian else '<')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = bytes(msg.data)
+    if h <= 0 or w <= 0 or step < w * dt.itemsize or len(data) < h * step:
+        raise VPRError(f'depth image {w}x{h} (step {step}) with {len(data)} bytes')
+    rows = np.frombuffer(data, np.uint8, count=h * step).reshape(h, step)
+    return rows[:, :w * dt.itemsize].copy().view(dt).reshape(h, w).astype(dt.newbyteorder('='))
+
+
+class DepthInput:
+    """
+    Subscribes to a depth image registered to the camera; `take(stamp)` pairs it by stamp.
+
+    Depth makes the relative pose metric (vpr_ros/core/relative_pose.py). Nothing changes when
+    no depth topic is published; a depth image without a colour image within 10 ms is unused.
+    """
+
+    def __init__(self, node, qos, group, count, keep: int = 30) -> None:
+        from sensor_msgs.msg import Image
+
+        self._count = count
+        self._lock = threading.Lock()
+        self._msgs: dict[int, object] = {}
+        self._keep = keep
+        sub = node.create_subscription(Image, DEPTH, self._on_depth, qos, callback_group=group)
+        self.topic = sub.topic_name
+
+    def _on_depth(self, msg) -> None:
+        from vpr_ros.core.msg_convert import stamp_ns
+        with self._lock:
+            self._msgs[stamp_ns(msg.header)] = msg
+            while len(self._msgs) > self._keep:
+                self._msgs.pop(min(self._msgs))
+
+    def take(self, stamp: int) -> np.ndarray | None:
+        """Return the depth image of the frame at `stamp` (decoded), or None."""
+        with self._lock:
+            if not self._msgs:
+                return None
+            near = min(self._msgs, key=lambda s: abs(s - stamp))
+            if abs(near - stamp) > DEPTH_MATCH_S * 1e9:
+                return None
+            msg = self._msgs.pop(near)
+        try:
+            return depth_from_msg(msg)
+        except VPRError as err:
+            self._count('bad_depth', f'depth image on {self.topic} refused: {err}')
+            return None

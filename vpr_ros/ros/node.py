@@ -175,6 +175,7 @@ class VprNode(Node):
             self.pose_topic = sub.topic_name
         self._camera_info = geo.CameraInfoInput(self, self._detector, sensor_qos(p.qos, 5),
                                                 self._sensor_group, self._count)
+        self._depth = geo.DepthInput(self, sensor_qos(p.qos, 5), self._sensor_group, self._count)
 
     def _make_services_and_timers(self, p: Params) -> None:
         from std_srvs.srv import SetBool, Trigger
@@ -264,7 +265,8 @@ class VprNode(Node):
         frame = self._poses.frame_id if pose is not None else ''
         try:
             with self._core_lock:
-                result = self._detector.process(image, stamp, encoding, pose, frame)
+                result = self._detector.process(image, stamp, encoding, pose, frame,
+                                                depth=self._depth.take(stamp))
         except ImageError as err:
             self._count('bad_image_data', f'image refused by the encoder: {err}')
             self._publish_status(stamp, None, t_recv)
