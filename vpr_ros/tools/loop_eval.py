@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vpr_ros.core.calibration import calibrate
 from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M, fov_overlap_many
 from vpr_ros.core.metrics import average_precision, precision_recall_curve
 from vpr_ros.core.pose_buffer import PoseBuffer
@@ -128,9 +129,18 @@ def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, excl
         scale = best_correct.sum() / n_possible
         pr_p, pr_r, pr_t = prec.tolist(), (np.asarray(rec) * scale).tolist(), thr.tolist()
         ap = average_precision(rows[first, 2], best_correct) * float(scale)
-        ok = np.flatnonzero((prec >= target_precision) & (rec > 0))
-        if len(ok):  # thresholds run high to low: the last one that keeps the precision
-            suggested, recall_suggested = float(thr[ok[-1]]), float(pr_r[ok[-1]])
+        # The suggested threshold is the calibrated operating point (vpr_ros.core.calibration,
+        # the mechanism of vpr-eval --loop and the model files): most recall at the target
+        # precision, put midway to the next lower best-candidate score.
+        index = {round(v, 6): k for k, v in enumerate(query_stamps_s)}
+        scores, good = np.full(len(query_ns), np.nan), np.zeros(len(query_ns), bool)
+        for r, ok in zip(rows[first], best_correct):
+            k = index.get(round(r[0], 6))
+            if k is not None:
+                scores[k], good[k] = r[2], ok
+        point = calibrate(scores, good, possible | good, target_precision=target_precision)
+        if point.usable:
+            suggested, recall_suggested = point.score_threshold, point.recall
     evaluation = LoopEvaluation(
         n_queries=len(query_ns), n_possible=n_possible, n_published=len(first),
         n_best_correct=int(best_correct.sum()),
