@@ -4,7 +4,8 @@ vpr_node under the real `ros2 launch`, driven by the real ros2 CLI, from a colco
 Issue 10: a full launch with a params file and remappings, real images over DDS, a match seen by
 `ros2 topic echo` (a client nobody here wrote), `ros2 param set` of a live parameter,
 `ros2 service call` of ~/save_map; Ctrl-C (SIGINT to the process group, so the node gets it
-twice) five times: every run exits cleanly with its map saved; two nodes in /robot1 and /robot2
+twice) five times: every run exits cleanly with its map saved, and once more with a second
+Ctrl-C during a slow save; two nodes in /robot1 and /robot2
 from one launch, each publishing only on its own vpr/matches; a third node on a map_dir that
 another holds refuses to start. One workspace is built per session (ws_fixtures); skipped only
 where ../shared/ros2-tools is absent.
@@ -26,6 +27,7 @@ from launch_fixtures import Feeder, LaunchProcess, READY  # noqa: E402
 from ws_fixtures import built_workspace, workspace_env  # noqa: E402
 
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
+from vpr_ros.ros.node import SAVE_DELAY_ENV  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 CTRL_C_RUNS = 5
@@ -188,6 +190,34 @@ def test_ctrl_c_under_launch_always_saves_the_map(env, seq, tmp_path) -> None:
             if feeder is not None:
                 feeder.close()
             launch.close()
+
+
+def test_second_ctrl_c_during_a_slow_save_under_launch(env, seq, tmp_path) -> None:
+    """Ctrl-C, then Ctrl-C again while the node saves: launch ignores it, the node too; saved."""
+    map_dir = str(tmp_path / 'map')
+    cfg = params_file(str(tmp_path / 'p.yaml'), map_dir=map_dir)
+    slow = {**env, SAVE_DELAY_ENV: '3'}  # test hook: the save waits 3 s before writing
+    launch = LaunchProcess(slow, ['vpr_ros', 'vpr.launch.py', f'params_file:={cfg}'],
+                           str(tmp_path / 'launch.log'))
+    feeder = None
+    try:
+        launch.wait_log(READY)
+        feeder = Feeder('feeder_slow_save')
+        feeder.wait_connected('/camera/image_raw', '/pose')
+        status = feeder.send(seq, list(seq.first_pass)[:3], '/camera/image_raw', '/pose')
+        feeder.close()
+        feeder = None
+        launch.interrupt()
+        launch.wait_log('vpr_node: shutdown: saving')
+        launch.interrupt()  # during the save: 2nd and 3rd SIGINT for the node
+        assert launch.wait() == 0, launch.log()
+        log = launch.log()
+        assert CLEAN in log and 'ignored: shutdown in progress' in log, log
+        assert saved_count(map_dir) == sum(int(s[2]) for s in status), log
+    finally:
+        if feeder is not None:
+            feeder.close()
+        launch.close()
 
 
 TWO_ROBOTS = textwrap.dedent('''\
