@@ -154,6 +154,16 @@ SPECS: tuple[ParamSpec, ...] = (
           'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
     _core('gv_min_inliers', 'gv_min_inliers',
           'RANSAC inliers needed to accept a candidate when verification is on.', 4, 10000),
+    _core('gv_min_inlier_ratio', 'gv_min_inlier_ratio',
+          'Share of the ratio-test matches that must be RANSAC inliers (look-alikes measured '
+          '0.77-0.92 with 15+ inliers, true revisits >= 0.96: vpr_ros/core/verification.py).',
+          0.0, 1.0),
+    _core('gv_min_spread', 'gv_min_spread',
+          'Share of a 4x4 grid over the query image that the inliers must cover (inliers '
+          'bunched on one poster are a look-alike).', 0.0, 1.0),
+    _core('degenerate_gate', 'degenerate_gate',
+          'Frames with nothing in them (lens cap, blank wall, over/under-exposed, heavy blur) '
+          'are neither matched nor stored, and counted (vpr_ros/core/degenerate.py).'),
     # ---- map
     ParamSpec('map_dir', '~/.ros/vpr_ros/map', 'Map directory (~ expanded); empty: keep the '
               'map in memory only, never save.'),
