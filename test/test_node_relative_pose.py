@@ -187,7 +187,7 @@ def test_operating_point_resolution() -> None:
     p = Params({})
     c = effective_config(p, point)
     assert c.score_threshold == point.score_threshold
-    assert c.gv_min_inliers == max(15, point.min_inliers)
+    assert c.gv_min_inliers == point.min_inliers
     assert 'calibrated' in operating_point_note(p, point, '')
     mine = Params({'score_threshold': 0.85})
     assert effective_config(mine, point).score_threshold == 0.85

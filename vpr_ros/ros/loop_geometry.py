@@ -114,7 +114,9 @@ def effective_config(params, point: OperatingPoint | None) -> DetectorConfig:
     if params.score_threshold == default.score_threshold:
         config.score_threshold = float(point.score_threshold)
     if point.min_inliers is not None and params.gv_min_inliers == default.gv_min_inliers:
-        config.gv_min_inliers = max(int(config.gv_min_inliers), int(point.min_inliers))
+        # the point's own inlier threshold: it was fitted together with the score threshold
+        # (verification accepting from 1 inlier), so precision was measured at this pair
+        config.gv_min_inliers = max(1, int(point.min_inliers))
     return config
 
 
