@@ -252,8 +252,9 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     positives = loop_positives(seq, allowed, hit, psi_threshold, fov_deg, radius, max_dist)
     verifier = None
     if verify:
-        from vpr_ros.core.verification import GeometricVerifier
-        verifier = GeometricVerifier(min_inliers=1)  # the threshold is what calibration finds
+        from vpr_ros.core.detector import DetectorConfig
+        # the node's verifier, accepting from 1 inlier: the threshold is what calibration finds
+        verifier = DetectorConfig(gv_min_inliers=1).make_verifier()
     frames = _frame_pass(seq, DegenerateGate() if gate else None, verifier)
     encoders = _resolve_models(models, include_default, device, image_size)
     gt = ({'rule': 'pairs', 'csv': gt_csv or os.path.join(folder, 'ground_truth.csv')}

@@ -88,6 +88,9 @@ class DetectorConfig:
     # 640x480 cost as much as the CNN; at 320x240 (where the ratio/spread defaults were
     # measured) a seventh of it (bench/bench_verify.py, issue 13).
     gv_max_side: int = 320
+    # ... and smaller frames are enlarged to it (ORB finds little in 160x120: corridor true
+    # pairs reaching 15 inliers went from 2 to 29 of 111, vpr_ros/core/verification.py).
+    gv_min_side: int = 320
     # Verify candidates best first and stop at the first accepted (only the best is used,
     # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
     gv_first_only: bool = False
@@ -123,7 +126,10 @@ class DetectorConfig:
             self.gv_camera_matrix, dtype=np.float64).reshape(3, 3)
         return GeometricVerifier(self.gv_feature, self.gv_n_features, self.gv_ratio,
                                  self.gv_min_inliers, self.gv_ransac_threshold_px,
-                                 self.gv_method, K, max_side=self.gv_max_side)
+                                 self.gv_method, K, min_inlier_ratio=self.gv_min_inlier_ratio,
+                                 min_spread=self.gv_min_spread, max_side=self.gv_max_side,
+                                 min_side=min(self.gv_min_side, self.gv_max_side or
+                                              self.gv_min_side))
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,6 @@ class LoopDetector:
                                      c.kf_max_interval_s, c.kf_novelty_threshold,
                                      reset_back_s=c.reset_back_s)
         self.verifier = c.make_verifier() if c.geometric_verification else None
-        if self.verifier is not None:
-            self.verifier.min_inlier_ratio = c.gv_min_inlier_ratio
-            self.verifier.min_spread = c.gv_min_spread
         self.gate = DegenerateGate() if c.degenerate_gate else None
         self.intrinsics: Intrinsics | None = None
         self.degenerate_reasons: dict[str, int] = {}

@@ -155,7 +155,11 @@ class GeometricVerifier:
     more outliers when the intrinsics are known. `mutual` adds a cross-check to the ratio test.
     `max_side` > 0 finds features on the image shrunk so its longer side is at most that (the
     keypoint count and time stay those of that size whatever the camera; keypoints are in
-    full-image pixels; 0: the full image).
+    full-image pixels; 0: the full image). `min_side` > 0 enlarges (cubic) a smaller image so
+    its longer side is that: ORB ignores a 31 px border and needs 31 px patches, so a 160x120
+    frame keeps few features. Measured on the real corridor (160x120, true pairs vs unrelated
+    ones, ORB 500, fundamental 3 px): at 160 px true pairs had 0 inliers (median) and 2 of 111
+    reached 15; enlarged to 320 px, 11 (median) and 29 of 111, unrelated pairs at most 12.
     """
 
     def __init__(self, feature: str = 'orb', n_features: int = 500, ratio: float = 0.8,
@@ -163,7 +167,7 @@ class GeometricVerifier:
                  method: str = 'fundamental', K: np.ndarray | None = None,
                  confidence: float = 0.999, mutual: bool = True,
                  min_inlier_ratio: float = 0.5, min_spread: float = 0.2,
-                 max_side: int = 0) -> None:
+                 max_side: int = 0, min_side: int = 0) -> None:
         feature = feature.lower()
         if feature not in FEATURE_TYPES:
             raise VPRError(f'feature must be one of {FEATURE_TYPES}, got {feature!r}')
@@ -182,6 +186,8 @@ class GeometricVerifier:
                            f'{min_inlier_ratio}, {min_spread}')
         if max_side and max_side < 32:
             raise VPRError(f'max_side must be 0 (no cap) or >= 32, got {max_side}')
+        if min_side < 0 or (max_side and min_side > max_side):
+            raise VPRError(f'min_side must be in [0, max_side], got {min_side}')
         if method == 'essential':
             if K is None:
                 raise VPRError("method='essential' needs the camera matrix K")
@@ -200,6 +206,7 @@ class GeometricVerifier:
         self.min_inlier_ratio = float(min_inlier_ratio)
         self.min_spread = float(min_spread)
         self.max_side = int(max_side)
+        self.min_side = int(min_side)
         if feature == 'orb':
             self._detector = cv2.ORB_create(nfeatures=self.n_features)
             self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
@@ -212,13 +219,13 @@ class GeometricVerifier:
         gray = _to_gray(image, encoding)
         size = gray.shape[:2]
         scale = self._scale(size)
-        if scale > 1.0:
+        if scale != 1.0:
             # Detection cost grows with the pixels (ORB 500: 15 ms at 640x480, 2 ms at 320x240
             # on the bench machine) while the verdict does not need them: features come from
             # the image shrunk to max_side, keypoints are given in full-image pixels.
             gray = cv2.resize(gray, (max(1, round(size[1] / scale)),
                                      max(1, round(size[0] / scale))),
-                              interpolation=cv2.INTER_AREA)
+                              interpolation=cv2.INTER_AREA if scale > 1.0 else cv2.INTER_CUBIC)
         kps, desc = self._detector.detectAndCompute(gray, None)
         width = 32 if self.feature == 'orb' else 128
         dtype = np.uint8 if self.feature == 'orb' else np.float32
@@ -226,14 +233,16 @@ class GeometricVerifier:
             return Features(self.feature, np.zeros((0, 2), np.float32),
                             np.zeros((0, width), dtype), size)
         pts = np.array([kp.pt for kp in kps], dtype=np.float32).reshape(-1, 2)
-        if scale > 1.0:
+        if scale != 1.0:
             pts = (pts + 0.5) * np.float32(scale) - 0.5
         return Features(self.feature, pts, np.asarray(desc, dtype=dtype), size)
 
     def _scale(self, size_hw) -> float:
-        """Shrink factor (>= 1) of an image of `size_hw` for extraction under `max_side`."""
+        """Shrink factor of an image of `size_hw` for extraction (< 1: enlarged to min_side)."""
         side = max(int(size_hw[0]), int(size_hw[1]))
-        return side / self.max_side if self.max_side and side > self.max_side else 1.0
+        if self.max_side and side > self.max_side:
+            return side / self.max_side
+        return side / self.min_side if 0 < side < self.min_side else 1.0
 
     def _fail(self, inliers: int, reason: str, ratio: float = 0.0,
               spread: float = 0.0) -> VerificationResult:
