@@ -182,6 +182,11 @@ def run_latency(client: Client, imgs: list, rate_hz: float, duration_s: float,
     }
 
 
+# The memory run's node: defaults but for these (no pose topic, map in memory, per-frame status).
+MEMORY_PARAMS = ('pose_type', 'map_dir', 'publish_status', 'diagnostics_period_s',
+                 'markers_period_s', 'device')
+
+
 def run_memory(client: Client, proc, n_frames: int, stamp0_ns: int) -> dict:
     """Stream n_frames small frames, each after the previous one was processed; RSS growth."""
     imgs = frames(64, (120, 160), seed=1)
@@ -227,6 +232,7 @@ def run_memory(client: Client, proc, n_frames: int, stamp0_ns: int) -> dict:
     return {'frames': n_frames, 'processed': int(diag.get('frames_processed', 0)),
             'rss_after_warmup_mb': rss0, 'rss_end_mb': rss1, 'rss_growth_mb': rss1 - rss0,
             'keyframes_added': map1 - map0,
+            'rss_growth_per_keyframe_bytes': round((rss1 - rss0) * 2**20 / max(1, map1 - map0)),
             'map_growth_estimate_mb': (map1 - map0) * per_kf / 2**20,
             'frames_per_s': n_frames / elapsed, 'core_p50_ms': pct(core_ms, 50),
             'node_p50_ms': pct(node_ms, 50)}
@@ -261,7 +267,15 @@ def main() -> None:
             stamp0 += 10**12
             results['latency'].append(r)
         if args.frames > 0:
+            # Memory per keyframe in the node's default detection config (verification on:
+            # each keyframe keeps its local features), not the latency run's.
+            proc.terminate()
+            proc.wait(60)
+            proc = start_node(tmp, 'vpr_node_mem', {k: params[k] for k in MEMORY_PARAMS})
+            client.wait_connected()
             results['memory'] = run_memory(client, proc, args.frames, stamp0)
+            results['memory']['config'] = ('node defaults (geometric verification on), '
+                                           'no map_dir')
     finally:
         client.close()
         proc.terminate()
@@ -281,7 +295,8 @@ def main() -> None:
               f"{m['rss_after_warmup_mb']:.0f} → {m['rss_end_mb']:.0f} MB "
               f"(+{m['rss_growth_mb']:.1f} MB), core p50 {m['core_p50_ms']:.1f} ms, node p50 "
               f"{m['node_p50_ms']:.1f} ms; map +{m['keyframes_added']} keyframes "
-              f"≈ {m['map_growth_estimate_mb']:.1f} MB")
+              f"≈ {m['map_growth_estimate_mb']:.1f} MB (descriptors only); RSS per keyframe "
+              f"{m['rss_growth_per_keyframe_bytes']} B ({m['config']})")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(results, f, indent=2)
