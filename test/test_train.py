@@ -46,10 +46,11 @@ def test_training_lowers_loss_and_raises_recall(garden, tmp_path):
     assert losses[-1] < 0.7 * losses[0]
     assert max(r1[1:]) > r1[0] + 0.1  # untrained ImageNet model vs trained
     best = torch.load(os.path.join(out, 'best.pt'), weights_only=True)
-    top_r5 = max(float(r['r5']) for r in rows[1:])
-    assert best['metrics']['r5'] == top_r5
-    assert best['metrics']['r1'] == max(float(r['r1']) for r in rows[1:]
-                                        if float(r['r5']) == top_r5)  # ties: best R@1
+    # issue 14: best by validation R@1 (the default --select-metric); a tie keeps the earlier
+    trained = [float(r['r1']) for r in rows[1:]]
+    assert best['metrics']['r1'] == max(trained)
+    assert best['epoch'] == 1 + trained.index(max(trained))
+    assert {'r10', 'map5'} <= set(rows[0])  # every selectable metric is in the log
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -138,3 +139,53 @@ def test_default_image_size_is_the_default_model_s() -> None:
 
     args = build_parser().parse_args(['--train-query', 'q', '--out', 'o'])
     assert tuple(args.image_size) == tuple(ModelSpec().image_size) == (224, 224)
+
+
+# ----------------------------------------------------------------------- best-epoch selection
+# A CL run's validation history (issue 14): R@5 saturates, R@1 peaks early; the R@5-first rule
+# kept epoch 5 (R@1 0.825) over epoch 2 (R@1 0.864).
+HISTORY = [
+    {'epoch': 0, 'r1': 0.70, 'r5': 0.90, 'r10': 0.95, 'map5': 0.50},
+    {'epoch': 1, 'r1': 0.80, 'r5': 0.95, 'r10': 0.97, 'map5': 0.60},
+    {'epoch': 2, 'r1': 0.864, 'r5': 0.97, 'r10': 0.98, 'map5': 0.70},
+    {'epoch': 3, 'r1': 0.864, 'r5': 0.98, 'r10': 0.99, 'map5': 0.72},
+    {'epoch': 4, 'r1': 0.85, 'r5': 0.98, 'r10': 1.00, 'map5': 0.72},
+    {'epoch': 5, 'r1': 0.825, 'r5': 0.99, 'r10': 1.00, 'map5': 0.69},
+]
+
+
+def _select(metric: str, history=HISTORY) -> dict:
+    from vpr_ros.training.best_epoch import update_best
+    best = {'value': None, 'epoch': None}
+    for row in history[1:]:  # as vpr-train: the untrained epoch-0 row is never saved as best
+        best, _ = update_best(best, row, metric)
+    return best
+
+
+@pytest.mark.parametrize('metric,epoch', [('r1', 2), ('r5', 5), ('r10', 4), ('map', 3)])
+def test_best_epoch_by_chosen_metric_ties_to_earlier(metric, epoch) -> None:
+    """R@1 keeps epoch 2 (its tie at epoch 3 too); each metric its own first maximum."""
+    best = _select(metric)
+    assert best['epoch'] == epoch and best['metric'] == metric
+    assert best['r1'] == HISTORY[epoch]['r1']
+
+
+def test_best_epoch_default_is_r1_and_no_validation_keeps_last() -> None:
+    from vpr_ros.training.best_epoch import best_from_history, update_best
+    from vpr_ros.training.train import build_parser
+
+    args = build_parser().parse_args(['--train-query', 'q', '--out', 'o'])
+    assert args.select_metric == 'r1'
+    assert _select(args.select_metric)['r1'] == 0.864
+    best = {'value': None, 'epoch': None}
+    for e in (1, 2, 3):  # no validation set: every epoch replaces the last, as before
+        best, improved = update_best(best, {'epoch': e, 'r1': None}, 'r1')
+        assert improved and best['epoch'] == e
+    # a NaN epoch (no query with a positive) never displaces a measured one
+    b, improved = update_best(_select('r1'), {'epoch': 6, 'r1': float('nan')}, 'r1')
+    assert not improved and b['epoch'] == 2
+    # resuming with another --select-metric: the best is recomputed from the history
+    assert best_from_history(HISTORY, 'map')['epoch'] == 3
+    assert best_from_history(HISTORY, 'r1')['epoch'] == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['--train-query', 'q', '--out', 'o', '--select-metric', 'ap'])

@@ -11,9 +11,9 @@ world size 1 simply has no DDP wrapper. ``--batch-size`` is the number of pairs 
 step over all ranks and accumulation steps, so a run optimises the same thing on 1 or 8 GPUs.
 Only rank 0 validates and writes files. Every epoch ends with an atomic checkpoint (model,
 optimiser, scheduler, AMP scaler, sampler state, RNG states, history); a run finding one in its
-output directory continues from it, so a killed job is simply started again. The model with the
-best validation R@5 (ψ > 0.5 hits; ties broken by R@1) is kept as ``best.pt``, the input of
-``vpr-export``.
+output directory continues from it, so a killed job is simply started again. The epoch with the
+best validation metric (``--select-metric``, R@1 by default, ψ > 0.5 hits; a tie keeps the
+earlier epoch) is kept as ``best.pt``, the input of ``vpr-export``.
 """
 import argparse
 import contextlib
@@ -34,6 +34,12 @@ from vpr_ros.core.atomic_io import write_atomic
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.psi import add_fov_arguments
 from vpr_ros.model.encoder import ModelSpec, VPRNet
+from vpr_ros.training.best_epoch import (
+    best_from_history,
+    DEFAULT_SELECT_METRIC,
+    SELECT_METRICS,
+    update_best,
+)
 from vpr_ros.training.checkpoint import (
     atomic_save,
     BEST,
@@ -53,7 +59,7 @@ from vpr_ros.training.train_data import cache_cut, load_train_labels, load_trave
 
 LOG_CSV = 'train_log.csv'
 DEFAULT_LR = {'gcl': 0.1, 'cl': 0.01}
-CSV_FIELDS = ('epoch', 'loss', 'lr', 'r1', 'r5', 'time_s')
+CSV_FIELDS = ('epoch', 'loss', 'lr', 'r1', 'r5', 'r10', 'map5', 'time_s')
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -114,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--no-resume', action='store_true', help='ignore a checkpoint in --out')
     r.add_argument('--device', default='auto', help='auto, cpu or cuda')
     r.add_argument('--eval-batch', type=int, default=64)
+    r.add_argument('--select-metric', choices=tuple(SELECT_METRICS), default=DEFAULT_SELECT_METRIC,
+                   help='validation metric that picks best.pt (map: mAP@5); a tie keeps the '
+                        'earlier epoch')
     r.add_argument('--no-initial-eval', action='store_true',
                    help='skip validating the untrained network (epoch 0 row)')
     r.add_argument('--no-progress', action='store_true')
@@ -132,10 +141,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def _or(x, default: float) -> float:
-    return default if x is None else x
 
 
 def _fmt(x) -> str:
@@ -171,7 +176,7 @@ class _Run:
     scaler: object = None
     start_epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
-    best: dict = dataclasses.field(default_factory=lambda: {'r5': -1.0, 'epoch': None})
+    best: dict = dataclasses.field(default_factory=lambda: {'value': None, 'epoch': None})
 
     @property
     def amp(self) -> bool:
@@ -235,7 +240,7 @@ def _resume(run: _Run) -> None:
         run.sampler.load_state_dict(ckpt['sampler'])
         set_rng_state(ckpt['rng'])
         run.start_epoch, run.history = int(ckpt['epoch']), list(ckpt['history'])
-        run.best = ckpt['best']
+        run.best = best_from_history(run.history, args.select_metric)  # metric may differ
         if run.dist.main:
             print(f'vpr-train: resumed from {resume} at epoch {run.start_epoch}', flush=True)
     elif args.resume:
@@ -312,12 +317,9 @@ def _train_epoch(run: _Run, model, loader: DataLoader, criterion, cut: int, epoc
 def _save_epoch(run: _Run, row: dict, epoch: int, validated: bool) -> bool:
     """Rank 0: best.pt when validation improved, the checkpoint and the log; True if best."""
     args, best = run.args, run.best
-    # R@5 saturates early on small sets: ties go to the higher R@1
-    improved = not validated or (row['r5'] is not None and (
-        (row['r5'], row['r1']) > (best['r5'], _or(best.get('r1'), -1.0))))
+    run.best, improved = update_best(best, row if validated else {'epoch': epoch + 1},
+                                     args.select_metric)
     if improved:
-        run.best = {'r5': -1.0 if row['r5'] is None else float(row['r5']), 'r1': row['r1'],
-                    'epoch': epoch + 1}
         atomic_save(_best_state(run.net, args, row, run.history, run.labels_path),
                     os.path.join(args.out, BEST))
     run.sampler.set_epoch(epoch + 1)
@@ -430,10 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if summary:
         b = summary['best']
-        r5 = b.get('r5')
-        r5 = f'R@5 {_fmt(r5)}' if r5 is not None and r5 >= 0 else 'no validation: last epoch'
+        how = (f'{args.select_metric} {_fmt(b["value"])}' if b.get('value') is not None
+               else 'no validation: last epoch')
         print(f'vpr-train: done in {summary["seconds"]:.0f}s; best epoch {b["epoch"]} '
-              f'({r5}); {os.path.join(args.out, BEST)}', flush=True)
+              f'({how}); {os.path.join(args.out, BEST)}', flush=True)
     return 0
 
 
