@@ -151,3 +151,18 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
     got, why = model_operating_point(path)
     assert why == '' and got == point or (not point.usable and got is None)
     assert model_operating_point(path, (32, 32))[0] is None  # fitted at another input size
+
+
+def test_node_keyframes_follow_the_node_policy():
+    """With poses: every 1 m (0.25 m per frame -> every 4th); without: 5 s or novelty."""
+    from vpr_ros.training.loop_mode import node_keyframes
+    poses = _line_poses(np.arange(20) * 0.25)
+    desc = np.tile(np.eye(4, dtype=np.float32)[0], (20, 1))
+    seq = LoopSequence(['x'] * 20, poses, None, np.arange(20) * 0.5, 'line')
+    usable = np.ones(20, bool)
+    assert np.flatnonzero(node_keyframes(desc, usable, seq)).tolist() == [0, 4, 8, 12, 16]
+    # no poses, identical descriptors: the 5 s interval only (1 s per frame without stamps)
+    seq = LoopSequence(['x'] * 20, None, None, None, 'still')
+    assert np.flatnonzero(node_keyframes(desc, usable, seq)).tolist() == [0, 5, 10, 15]
+    desc[7] = np.eye(4, dtype=np.float32)[1]  # a novel view becomes a keyframe at once
+    assert 7 in np.flatnonzero(node_keyframes(desc, usable, seq)).tolist()

@@ -63,6 +63,7 @@ def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[st
         reports.append(evaluate_loop(
             models=[('export', enc)], include_default=False, exclusion_frames=exclusion_frames,
             exclusion_s=exclusion_s, rate_hz=rate_hz, target_precision=target_precision,
-            verify=verify, top_k=DEFAULT_TOP_K, out_dir=work_dir, device=device,
+            verify=verify, top_k=DEFAULT_TOP_K, keyframes=True, out_dir=work_dir,
+            device=device,
             progress=False, verbose=False, **run))
     return calibrate_jointly(reports, verified=verify, target_precision=target_precision)

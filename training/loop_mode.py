@@ -17,6 +17,11 @@ rule and reports, per model:
   node;
 * the precision-recall curve of best candidates (PNG) with the operating point marked.
 
+With ``--node-keyframes`` the map holds only the frames the node's keyframe policy would store
+(1 m / 15 deg / 5 s, or novelty without poses), as in the node: the setting to calibrate the
+point a model ships with (a best candidate a few frames off the true place, where the true
+frames are no keyframes, then counts as false, as it would in the node).
+
 Frames the degenerate-frame gate rejects (`vpr_ros.core.degenerate`, as the node does) are
 neither queries nor map entries (``--no-gate`` keeps them). The map holds every earlier frame,
 not only the node's keyframes, so recall here is an upper bound of the node's at the same
@@ -160,8 +165,36 @@ def _frame_pass(seq: LoopSequence, gate: Optional[DegenerateGate], verifier) -> 
     return {'gated': gated, 'reasons': reasons, 'features': feats, 'unreadable': unreadable}
 
 
+def node_keyframes(desc: np.ndarray, usable: np.ndarray, seq: LoopSequence) -> np.ndarray:
+    """
+    Which frames the node would store as keyframes (its KeyframePolicy and defaults).
+
+    The node searches keyframes only (every 1 m / 15 deg / 5 s, or by novelty without poses),
+    so a threshold fitted against every earlier frame would meet, in the node, best
+    candidates a few frames off the true place. Without stamps, frames are 1 s apart.
+    """
+    from vpr_ros.core.detector import DetectorConfig
+    from vpr_ros.core.keyframe import KeyframePolicy
+    from vpr_ros.core.pose_buffer import Pose
+    c = DetectorConfig()
+    policy = KeyframePolicy(c.kf_min_distance_m, c.kf_min_angle_deg, c.kf_max_interval_s,
+                            c.kf_novelty_threshold, reset_back_s=c.reset_back_s)
+    stamps = seq.stamps_s if seq.stamps_s is not None else np.arange(len(desc), dtype=float)
+    is_kf = np.zeros(len(desc), bool)
+    last = None
+    for i in np.flatnonzero(usable):
+        t = int(round(stamps[i] * 1e9))
+        pose = None if seq.poses is None else Pose.from_vector(t, seq.poses[i])
+        sim = float(desc[i] @ desc[last]) if pose is None and last is not None else None
+        if policy.decide(t, pose, sim).is_keyframe:
+            policy.accept(t, pose)
+            is_kf[i], last = True, i
+    return is_kf
+
+
 def best_candidates(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
-                    top_k: int = 1, verifier=None, features=None
+                    top_k: int = 1, verifier=None, features=None,
+                    map_mask: Optional[np.ndarray] = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     Per frame: index, score and inliers of its best candidate among the allowed earlier frames.
@@ -169,15 +202,16 @@ def best_candidates(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
     Without a verifier the best is the top-scoring one (inliers -1); with one, the first of the
     top-k (score order) that passes verification, as the node picks it (inliers 0 if none does,
     then the top-scoring one stands as the rejected candidate). Index -1 / score NaN: none.
+    `map_mask`: the frames that are in the map (the node's keyframes), None: all.
     """
     n = len(desc)
     best = np.full(n, -1, np.int64)
     score = np.full(n, np.nan)
     inliers = np.full(n, -1 if verifier is None else 0, np.int64)
-    ids = np.flatnonzero(usable)
-    for i in ids:
+    ids = np.flatnonzero(usable if map_mask is None else usable & map_mask)
+    for i in np.flatnonzero(usable):
         cand = ids[ids < allowed[i]]
-        if not usable[i] or len(cand) == 0:
+        if len(cand) == 0:
             continue
         s = desc[cand] @ desc[i]
         order = np.argsort(-s, kind='stable')[:max(1, top_k)]
@@ -194,11 +228,13 @@ def best_candidates(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
 
 def score_model(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
                 positives: list[np.ndarray], target_precision: float, data: dict,
-                top_k: int = DEFAULT_TOP_K, verifier=None, features=None) -> dict:
+                top_k: int = DEFAULT_TOP_K, verifier=None, features=None,
+                map_mask: Optional[np.ndarray] = None) -> dict:
     """R@1 on revisiting frames, the operating point(s) and the PR curve of one model."""
-    can_close = np.array([usable[i] and any(usable[j] for j in positives[i])
+    in_map = usable if map_mask is None else usable & map_mask
+    can_close = np.array([usable[i] and any(in_map[j] for j in positives[i])
                           for i in range(len(desc))])
-    best, score, inl = best_candidates(desc, usable, allowed, 1)
+    best, score, inl = best_candidates(desc, usable, allowed, 1, map_mask=map_mask)
     correct = np.array([b >= 0 and b in set(positives[i].tolist()) for i, b in enumerate(best)])
     queried = usable & (best >= 0)
     point = calibrate(score[queried], correct[queried], can_close[queried],
@@ -215,7 +251,8 @@ def score_model(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
            'pr_curve': {'precision': prec.tolist(), 'recall': rec.tolist(),
                         'threshold': thr.tolist()}}
     if verifier is not None:
-        vbest, vscore, vinl = best_candidates(desc, usable, allowed, top_k, verifier, features)
+        vbest, vscore, vinl = best_candidates(desc, usable, allowed, top_k, verifier, features,
+                                              map_mask)
         vcorrect = np.array([b >= 0 and b in set(positives[i].tolist())
                              for i, b in enumerate(vbest)])
         vpoint = calibrate(vscore[queried], vcorrect[queried], can_close[queried],
@@ -238,7 +275,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   exclusion_frames: int = DEFAULT_EXCLUSION_FRAMES,
                   exclusion_s: Optional[float] = None, rate_hz: Optional[float] = None,
                   target_precision: float = 1.0, verify: bool = False,
-                  top_k: int = DEFAULT_TOP_K, gate: bool = True,
+                  top_k: int = DEFAULT_TOP_K, gate: bool = True, keyframes: bool = False,
                   image_size: Optional[Sequence[int]] = None, out_dir: Optional[str] = None,
                   device: str = 'auto', batch_size: int = 32, progress: bool = True,
                   cache_dir: Optional[str] = None, verbose: bool = True) -> dict:
@@ -267,7 +304,8 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
             else ', '.join(os.path.relpath(p, os.path.dirname(os.path.dirname(
                 os.path.abspath(p)))) for p in inputs),
             'source': seq.source, 'n_frames': len(seq.paths), 'ground_truth': gt,
-            'exclusion': excl, 'gate': gate}
+            'exclusion': excl, 'gate': gate,
+            'map': 'node keyframes (KeyframePolicy defaults)' if keyframes else 'every frame'}
     rows = []
     for name, src, enc in encoders:
         fp = str(getattr(enc, 'fingerprint', '') or '')
@@ -281,9 +319,11 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
         if cache is not None and len(cache) > n_before:
             _save_cache(cpath, cache)
         usable = ok & ~frames['gated']
+        kf = node_keyframes(desc, usable, seq) if keyframes else None
         row = score_model(desc, usable, allowed, positives, target_precision,
                           {**data, 'model': src or 'built-in default', 'fingerprint': fp},
-                          top_k, verifier, frames['features'])
+                          top_k, verifier, frames['features'], kf)
+        row['n_map'] = int(usable.sum() if kf is None else (usable & kf).sum())
         rows.append({'name': name, 'model': src, 'fingerprint': fp, **row})
     report = {'mode': 'loop', 'dataset': {**data, 'gated': int(frames['gated'].sum()),
                                           'gate_reasons': frames['reasons'],
@@ -291,66 +331,12 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
               'target_precision': target_precision,
               'image_size': list(image_size) if image_size else None,
               'rows': rows, 'seconds': round(time.monotonic() - t0, 2)}
+    from vpr_ros.training.loop_report import format_loop_table, write_loop_report
     if out_dir:
         report['files'] = write_loop_report(report, out_dir)
     if verbose:
         print(format_loop_table(report))
     return report
-
-
-def format_loop_table(report: dict) -> str:
-    """Console table: per model R@1 on revisits, recall at the target precision, thresholds."""
-    ds = report['dataset']
-    recall_head = f'recall@P{report["target_precision"]:g}'
-    lines = [f'loop: {ds["source"]}: {ds["n_frames"]} frames, {ds["gated"]} gated '
-             f'{ds["gate_reasons"] or ""}, exclusion {ds["exclusion"]}, '
-             f'ground truth {ds["ground_truth"]["rule"]}',
-             f'{"model":<28} {"revisits":>8} {"R@1":>6} {recall_head:>10} '
-             f'{"threshold":>9} {"min_inl":>7}']
-    for r in report['rows']:
-        for key, tag in (('operating_point', ''), ('operating_point_verified', ' +verify')):
-            if key not in r:
-                continue
-            op = r[key]
-            r1 = r['recall_at_1_verified' if tag else 'recall_at_1']
-            inl = '-' if op['min_inliers'] is None else str(op['min_inliers'])
-            lines.append(f'{(r["name"] + tag)[:28]:<28} {r["n_revisit"]:>8} {r1:>6.3f} '
-                         f'{op["recall"]:>10.3f} {op["score_threshold"]:>9.4f} {inl:>7}')
-    return '\n'.join(lines)
-
-
-def write_loop_report(report: dict, out_dir: str) -> dict:
-    """Write loop_results.json and the precision-recall PNG with each operating point."""
-    import json
-
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    from vpr_ros.core.atomic_io import write_atomic
-    os.makedirs(out_dir, exist_ok=True)
-    files = {'json': os.path.join(out_dir, 'loop_results.json'),
-             'pr_png': os.path.join(out_dir, 'loop_precision_recall.png')}
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in report['rows']:
-        c, op = r['pr_curve'], r['operating_point']
-        line, = ax.plot(c['recall'], c['precision'], label=f'{r["name"]} (R@1 '
-                        f'{r["recall_at_1"]:.2f})')
-        ax.plot([op['recall']], [op['precision']], marker='o', color=line.get_color())
-        ax.annotate(f'{op["score_threshold"]:.3f}', (op['recall'], op['precision']),
-                    fontsize=7, xytext=(3, -10), textcoords='offset points')
-    ax.set_xlabel('recall (frames that can close a loop)')
-    ax.set_ylabel('precision (best candidate)')
-    ax.set_xlim(0, 1.0)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(f'Loop closures, {report["dataset"]["source"]}'[:90], fontsize=9)
-    ax.legend(fontsize=8, loc='lower left')
-    fig.tight_layout()
-    fig.savefig(files['pr_png'], dpi=110)
-    plt.close(fig)
-    write_atomic(files['json'], json.dumps({**report, 'files': files}, indent=1).encode())
-    return files
 
 
 def best_operating_point(report: dict, row: int = 0, verified: bool = True) -> OperatingPoint:
@@ -417,6 +403,9 @@ def add_loop_arguments(parser) -> None:
                    help='candidates verified per frame with --verify')
     g.add_argument('--no-gate', action='store_true',
                    help='keep frames the degenerate-frame gate rejects')
+    g.add_argument('--node-keyframes', action='store_true',
+                   help='match against the frames the node would keep as keyframes only '
+                        '(its keyframe policy), as the node does: the calibration to ship')
 
 
 def run_from_args(args) -> dict:
@@ -427,6 +416,7 @@ def run_from_args(args) -> dict:
         fov_deg=args.fov_deg, radius=args.radius, max_dist=args.max_dist,
         exclusion_frames=args.exclusion_frames, exclusion_s=args.exclusion_s,
         rate_hz=args.rate_hz, target_precision=args.target_precision, verify=args.verify,
-        top_k=args.top_k, gate=not args.no_gate, image_size=args.image_size,
+        top_k=args.top_k, gate=not args.no_gate, keyframes=args.node_keyframes,
+        image_size=args.image_size,
         out_dir=args.out, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache)
