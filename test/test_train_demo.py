@@ -1,18 +1,17 @@
-"""`make train-demo` in reduced form: bags → extract → labels → GCL → export → eval → demo."""
+"""`make train-demo` in reduced form: bags → extract → labels → GCL/CL → export → eval → demo."""
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 FRAMES = 24        # images rendered per traverse
 DEMO_FRAMES = 40   # images of the demo bag played into each node
 REDUCED = ['--frames', str(FRAMES), '--image-size', '96', '96', '--epochs', '2',
            '--pairs-per-epoch', '64', '--batch-size', '16', '--workers', '0',
-           '--demo-frames', str(DEMO_FRAMES), '--no-progress']
+           '--demo-frames', str(DEMO_FRAMES), '--no-progress', '--loss', 'both', '--boot', '200']
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -20,6 +19,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           env=os.environ.copy(), capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_train_demo_reduced(tmp_path, repo_root) -> None:
     from vpr_ros.model.encoder import build_encoder
 
@@ -39,21 +40,32 @@ def test_train_demo_reduced(tmp_path, repo_root) -> None:
     assert enc.spec.image_size == (96, 96) and enc.fingerprint == summary['fingerprint']
 
     rows = {r['model']: r for r in summary['models']}
-    assert set(rows) == {'default', 'trained'}
+    assert set(rows) == {'imagenet', 'gcl s0', 'cl s0'}
+    trained = {m['name']: m for m in summary['trained']}
+    assert trained['gcl s0']['lr'] == 0.1 and trained['cl s0']['lr'] == 0.01  # paper's rates
+    assert trained['gcl s0']['best']['metric'] == 'r1'
     sets = ['garden winter', 'garden fog'] + (['corridor (real)'] if corridor else [])
     for row in rows.values():
         for name in sets:
-            assert 0.0 <= row[name]['r1'] <= row[name]['r5'] <= 1.0, (name, row)
-            assert row[name]['n_queries'] > 0
-        demo = row['demo']
+            cell = row[name]
+            assert 0.0 <= cell['r1'] <= cell['r5'] <= cell['r10'] <= 1.0, (name, row)
+            assert cell['n_queries'] > 0
+            for metric in ('r1', 'r5', 'r10', 'map5', 'ap'):
+                lo, hi = cell['ci'][metric]
+                assert lo <= cell[metric] + 1e-9 and cell[metric] <= hi + 1e-9, (metric, cell)
+    for name in ('imagenet', 'gcl s0'):  # the demo ran with the baseline and the first model
+        demo = rows[name]['demo']
         assert demo['frames_processed'] == DEMO_FRAMES
         assert demo['node_exit_code'] == 0 and demo['map_saved']
-    assert rows['trained']['fingerprint'] == summary['fingerprint']
-    assert rows['default']['fingerprint'].startswith('builtin:')
-    node_log = (out / 'demo_trained' / 'vpr_node.log').read_text()
+    assert 'demo' not in rows['cl s0']
+    assert rows['gcl s0']['fingerprint'] == summary['fingerprint']
+    assert rows['imagenet']['fingerprint'].startswith('builtin:')
+    node_log = (out / 'demo_gcl_s0' / 'vpr_node.log').read_text()
     assert summary['fingerprint'] in node_log  # the node ran the trained model
     assert os.path.getsize(summary['report_png']) > 10_000
-    assert 'garden winter R@1/R@5' in proc.stdout
+    pairs = {(v['set'], v['metric'], v['a'], v['b']) for v in summary['verdicts']}
+    assert ('garden winter', 'ap', 'gcl', 'cl') in pairs and len(pairs) == len(sets) * 5 * 3
+    assert 'who wins' in proc.stdout and 'garden winter, GCL vs CL: ' in proc.stdout
 
     # a second run reuses every stage: nothing is extracted or trained again
     again = _run(['--out', str(out), '--corridor', corridor, *REDUCED, '--no-demo'])
@@ -62,3 +74,67 @@ def test_train_demo_reduced(tmp_path, repo_root) -> None:
     assert 'kept ' not in again.stdout
     second = json.loads((out / 'train_demo_summary.json').read_text())
     assert second['fingerprint'] == summary['fingerprint']
+
+
+# ---------------------------------------------------------------- bootstrap intervals (fast)
+def _toy(n_q: int = 120, noise: float = 1.0, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(200, 32))
+    q = m[:n_q] + rng.normal(size=(n_q, 32)) * noise
+    pos = [np.array([i, i + 1]) if i % 9 else np.zeros(0, np.int64) for i in range(n_q)]
+    return q, m, pos
+
+
+def test_bootstrap_centre_is_vpr_eval_s_numbers() -> None:
+    from vpr_ros.core.metrics import evaluate_descriptors
+    from vpr_ros.training.bootstrap_ci import bootstrap, per_query_terms
+
+    q, m, pos = _toy()
+    q[5] = q[6]  # tied scores: one threshold, as in metrics.precision_recall_curve
+    ref = evaluate_descriptors(q, m, pos, ks=(1, 5, 10))
+    ci = bootstrap([per_query_terms(q, m, pos)], n_boot=300, seed=3)[0]
+    for key, want in (('r1', ref['recall'][1]), ('r5', ref['recall'][5]),
+                      ('r10', ref['recall'][10]), ('map5', ref['map'][5]), ('ap', ref['ap'])):
+        assert ci[key]['value'] == pytest.approx(want, abs=1e-6), key
+        assert ci[key]['lo'] <= want <= ci[key]['hi'], key
+        assert ci[key]['hi'] - ci[key]['lo'] > 0.0 or want in (0.0, 1.0), key
+    assert ci['n_queries'] == sum(len(p) > 0 for p in pos)
+    again = bootstrap([per_query_terms(q, m, pos)], n_boot=300, seed=3)[0]
+    assert again == ci  # seeded: a rerun reports the same intervals
+
+
+def test_bootstrap_interval_shrinks_with_queries_and_verdict_needs_clear_intervals() -> None:
+    from vpr_ros.training.bootstrap_ci import bootstrap, per_query_terms, verdict
+
+    small = bootstrap([per_query_terms(*_toy(40, 1.3))], n_boot=300)[0]['r1']
+    large = bootstrap([per_query_terms(*_toy(180, 1.3))], n_boot=300)[0]['r1']
+    assert large['hi'] - large['lo'] < small['hi'] - small['lo']
+    good = bootstrap([per_query_terms(*_toy(150, 0.6))], n_boot=300)
+    bad = bootstrap([per_query_terms(*_toy(150, 2.5))], n_boot=300)
+    assert verdict(good, bad, 'r1') == 'a' and verdict(bad, good, 'r1') == 'b'
+    near = bootstrap([per_query_terms(*_toy(150, 0.62, seed=2))], n_boot=300)
+    assert verdict(good, near, 'r1') == 'tie'  # overlapping intervals: no winner
+    # one seed of a recipe overlapping the other recipe is enough for no winner
+    assert verdict(good + near, bad, 'r1') == 'a'
+    assert verdict(good, near + bad, 'r1') == 'tie'
+
+
+def test_report_says_where_gcl_does_not_win() -> None:
+    from vpr_ros.training.train_demo_report import format_table, verdicts
+
+    def cell(v: float, half: float) -> dict:
+        d = {k: v for k in ('r1', 'r5', 'r10', 'map5', 'ap')}
+        return {**d, 'n_queries': 100, 'ci': {k: [v - half, v + half] for k in d}}
+    rows = [{'model': 'imagenet', 's': cell(0.5, 0.02)},
+            {'model': 'gcl s0', 's': {**cell(0.80, 0.03), 'ap': 0.6,
+                                      'ci': {**cell(0.8, 0.03)['ci'], 'ap': [0.55, 0.65]}}},
+            {'model': 'cl s0', 's': {**cell(0.78, 0.03), 'ap': 0.4,
+                                     'ci': {**cell(0.78, 0.03)['ci'], 'ap': [0.35, 0.45]}}}]
+    v = {(x['metric'], x['a'], x['b']): x['winner'] for x in verdicts(rows, ['s'])}
+    assert v[('r1', 'gcl', 'cl')] == 'none (intervals overlap)'
+    assert v[('ap', 'gcl', 'cl')] == 'gcl'
+    assert v[('r1', 'cl', 'imagenet')] == 'cl'
+    text = format_table(rows, ['s'])
+    assert 's, GCL vs CL: GCL wins AP (all pairs); no winner on R@1, R@5, R@10, mAP@5' in text
+    assert 's, CL vs IMAGENET: CL wins R@1, R@5, R@10, mAP@5; IMAGENET wins AP (all pairs)' in text
+    assert '0.800 [0.770, 0.830]' in text

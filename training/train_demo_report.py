@@ -1,76 +1,152 @@
 """
-What `vpr-train-demo` reports: one row per model (default, trained), a table and a PNG.
+What `vpr-train-demo` reports: one row per model (ImageNet, each loss × seed), a table, a PNG.
 
-The inputs are `vpr-eval` reports (one per evaluation set; row 0 is the built-in model, row 1
-the trained one) and the demo summaries per model.
+The inputs are `training.compare_eval` reports (one per evaluation set, rows in model order,
+each with bootstrap 95 % intervals) and the demo summaries per model. Who wins is decided by the
+intervals only: a recipe wins a metric on a set when every seed's interval lies above every
+interval of the other; anything overlapping is reported as no winner.
 """
+import math
 from typing import Sequence
+
+from vpr_ros.training.bootstrap_ci import LABELS, METRICS, verdict
+
+DEMO_KEYS = ('precision_best', 'recall', 'average_precision', 'queries_with_loop_closures',
+             'keyframes', 'frames_processed', 'node_exit_code', 'map_saved')
+
+
+def recipe(model: str) -> str:
+    """'gcl s1' -> 'gcl'; 'imagenet' -> 'imagenet': the group a model's seeds belong to."""
+    return model.split(' ')[0]
 
 
 def summarize(evals: dict[str, dict], demos: dict[str, dict]) -> list[dict]:
-    """One row per model: R@1/R@5 per evaluation set, demo precision/recall/AP."""
+    """One row per model: every metric with its interval per evaluation set, the demo's P/R/AP."""
     rows: dict[str, dict] = {}
     for set_name, report in evals.items():
-        for i, r in enumerate(report['rows']):
-            key = 'default' if i == 0 else 'trained'
-            row = rows.setdefault(key, {'model': key, 'name': r['name'],
-                                        'fingerprint': r['fingerprint'], 'dim': r['dim']})
-            row[set_name] = {'r1': r['recall'][1], 'r5': r['recall'][5], 'ap': r['ap'],
-                             'n_queries': r['n_evaluated']}
+        for r in report['rows']:
+            row = rows.setdefault(r['name'], {'model': r['name'], 'fingerprint': r['fingerprint'],
+                                              'dim': r['dim']})
+            ci = r.get('ci', {})
+            row[set_name] = {'r1': r['recall'][1], 'r5': r['recall'][5],
+                             'r10': r['recall'][10], 'map5': r['map'][5], 'ap': r['ap'],
+                             'n_queries': r['n_evaluated'],
+                             'ci': {k: [ci[k]['lo'], ci[k]['hi']] for k in METRICS if k in ci}}
     for key, d in demos.items():
-        rows.setdefault(key, {'model': key})['demo'] = {
-            k: d.get(k) for k in ('precision_best', 'recall', 'average_precision',
-                                  'queries_with_loop_closures', 'keyframes',
-                                  'frames_processed', 'node_exit_code', 'map_saved')}
+        rows.setdefault(key, {'model': key})['demo'] = {k: d.get(k) for k in DEMO_KEYS}
     return list(rows.values())
+
+
+def verdicts(rows: list[dict], set_names: Sequence[str]) -> list[dict]:
+    """Per set and metric: GCL vs CL, and each trained recipe vs ImageNet, by the intervals."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(recipe(row['model']), []).append(row)
+    pairs = [(a, b) for a, b in (('gcl', 'cl'), ('gcl', 'imagenet'), ('cl', 'imagenet'))
+             if a in groups and b in groups]
+    out = []
+    for s in set_names:
+        for metric in METRICS:
+            for a, b in pairs:
+                ra = [_ci_row(r[s], metric) for r in groups[a] if s in r]
+                rb = [_ci_row(r[s], metric) for r in groups[b] if s in r]
+                v = verdict(ra, rb, metric)
+                out.append({'set': s, 'metric': metric, 'a': a, 'b': b,
+                            'winner': {'a': a, 'b': b}.get(v, 'none (intervals overlap)')})
+    return out
+
+
+def _ci_row(cell: dict, metric: str) -> dict:
+    lo, hi = cell['ci'].get(metric, [math.nan, math.nan])
+    return {metric: {'value': cell[metric], 'lo': lo, 'hi': hi}}
 
 
 def _num(x: float | None) -> str:
     return 'n/a' if x is None or x != x else f'{x:.2f}'  # x != x: NaN (no loop to close)
 
 
+def _cell(cell: dict | None, metric: str) -> str:
+    if not cell:
+        return '-'
+    lo, hi = cell['ci'].get(metric, [math.nan, math.nan])
+    return f'{cell[metric]:.3f} [{lo:.3f}, {hi:.3f}]'
+
+
 def format_table(rows: list[dict], set_names: Sequence[str]) -> str:
-    cols = [f'{s} R@1/R@5' for s in set_names] + ['demo P/R/AP']
-    width = [max(len(c), 17) for c in cols]
-    lines = ['model    ' + '  '.join(f'{c:>{w}}' for c, w in zip(cols, width))]
-    for row in rows:
-        cells = []
-        for s in set_names:
-            v = row.get(s)
-            cells.append(f'{v["r1"]:.3f} / {v["r5"]:.3f}' if v else '-')
-        d = row.get('demo')
-        cells.append(' / '.join(_num(d[k]) for k in ('precision_best', 'recall',
-                                                      'average_precision')) if d else '-')
-        lines.append(f'{row["model"]:<8} ' + '  '.join(f'{c:>{w}}' for c, w in zip(cells, width)))
+    """Every model × set × metric with its 95 % interval, the demo, and the plain verdicts."""
+    name_w = max([len('model')] + [len(r['model']) for r in rows])
+    lines = []
+    for s in set_names:
+        n = next((r[s]['n_queries'] for r in rows if s in r), 0)
+        lines.append(f'{s} ({n} queries; value [95 % bootstrap interval over queries])')
+        lines.append(f'  {"model":<{name_w}} ' + ' '.join(f'{LABELS[m]:>21}' for m in METRICS))
+        for r in rows:
+            if s in r:
+                lines.append(f'  {r["model"]:<{name_w}} '
+                             + ' '.join(f'{_cell(r[s], m):>21}' for m in METRICS))
+    demo_rows = [r for r in rows if 'demo' in r]
+    if demo_rows:
+        lines.append('demo loop closures (precision of best candidate / recall / AP)')
+        for r in demo_rows:
+            d = r['demo']
+            lines.append(f'  {r["model"]:<{name_w}} ' + ' / '.join(
+                _num(d[k]) for k in ('precision_best', 'recall', 'average_precision')))
+    lines.append('who wins (only where every interval of one lies above every one of the other; '
+                 'overlapping intervals: no winner):')
+    for s in set_names:
+        for a, b in (('gcl', 'cl'), ('gcl', 'imagenet'), ('cl', 'imagenet')):
+            vs = [v for v in verdicts(rows, [s]) if (v['a'], v['b']) == (a, b)]
+            if vs:
+                lines.append(f'  {s}, {a.upper()} vs {b.upper()}: ' + _verdict_text(vs))
     return '\n'.join(lines)
 
 
+def _verdict_text(vs: list[dict]) -> str:
+    """'GCL wins AP; CL wins R@1; no winner on R@5, R@10, mAP@5' for one set and pair."""
+    parts = []
+    for who in (vs[0]['a'], vs[0]['b']):
+        won = [LABELS[v['metric']] for v in vs if v['winner'] == who]
+        if won:
+            parts.append(f'{who.upper()} wins {", ".join(won)}')
+    tie = [LABELS[v['metric']] for v in vs if v['winner'] not in (vs[0]['a'], vs[0]['b'])]
+    if tie:
+        parts.append(f'no winner on {", ".join(tie)}')
+    return '; '.join(parts)
+
+
 def plot_report(path: str, evals: dict[str, dict], demos: dict[str, dict]) -> str:
-    """Recall@k per evaluation set and the demo's precision-recall, default vs trained."""
+    """Per evaluation set every metric with its interval per model; the demo's PR curves."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     n = len(evals) + (1 if demos else 0)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
-    colours = {'default': 'tab:blue', 'trained': 'tab:red'}
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), squeeze=False)
+    colours = {'imagenet': 'tab:blue', 'gcl': 'tab:red', 'cl': 'tab:green'}
     for ax, (set_name, report) in zip(axes[0], evals.items()):
-        for i, r in enumerate(report['rows']):
-            key = 'default' if i == 0 else 'trained'
-            c = r['recall_curve']
-            ax.plot(c['k'], c['recall'], marker='.', color=colours[key],
-                    label=f'{key} (R@1 {r["recall"][1]:.2f})')
-        ax.set_title(f'{set_name}: {report["dataset"]["n_query"]} queries', fontsize=9)
-        ax.set_xlabel('k')
-        ax.set_ylabel('recall@k')
+        models = report['rows']
+        width = 0.8 / max(len(models), 1)
+        for i, r in enumerate(models):
+            x = [j + (i - (len(models) - 1) / 2) * width for j in range(len(METRICS))]
+            ci = r.get('ci', {})
+            vals = [ci[m]['value'] for m in METRICS]
+            err = [[v - ci[m]['lo'] for v, m in zip(vals, METRICS)],
+                   [ci[m]['hi'] - v for v, m in zip(vals, METRICS)]]
+            ax.errorbar(x, vals, yerr=err, fmt='o', ms=3, capsize=2,
+                        color=colours.get(recipe(r['name']), 'tab:gray'), label=r['name'])
+        ax.set_xticks(range(len(METRICS)), [LABELS[m].replace(' (all pairs)', '')
+                                            for m in METRICS], fontsize=8)
+        ax.set_title(f'{set_name}: {report["dataset"]["n_query"]} queries, 95 % CI', fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc='lower right')
+        ax.legend(fontsize=7, loc='lower left')
     if demos:
         ax = axes[0][-1]
         for key, d in demos.items():
-            ax.plot(d.get('pr_recall', []), d.get('pr_precision', []), color=colours[key],
-                    label=f'{key} (P {d["precision_best"]:.2f}, AP {d["average_precision"]:.2f})')
+            ax.plot(d.get('pr_recall', []), d.get('pr_precision', []),
+                    color=colours.get(recipe(key), 'tab:gray'),
+                    label=f'{key} (P {_num(d["precision_best"])}, '
+                          f'AP {_num(d["average_precision"])})')
         ax.set_title('demo loop closures (best candidate)', fontsize=9)
         ax.set_xlabel('recall')
         ax.set_ylabel('precision')
