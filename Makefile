@@ -15,7 +15,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm16mb.xml
 export PYOPENGL_PLATFORM ?= osmesa
 
-.PHONY: setup test lint bench demo train-demo clean
+.PHONY: setup test lint bench demo train-demo train-demo-large clean
 
 # make demo [BAG=path/to/your.bag IMAGE_TOPIC=... POSE_TOPIC=... POSE_TYPE=Odometry|PoseStamped
 #            GT_TOPIC=... MODEL=model.pt MAX_FRAMES=N OUT=demo_out
@@ -86,6 +86,12 @@ demo: setup
 # -> the demo with each model; reuses what an earlier run left in TRAIN_OUT.
 train-demo: setup
 	$(PY) -m vpr_ros.training.train_demo --out $(TRAIN_OUT) $(TRAIN_ARGS)
+
+# The longer comparison: 4 simulated gardens (2 never trained on), unseen seasons/times/weather,
+# >= 1,000 test queries; GCL vs CL, 2 seeds each, bootstrap 95 % intervals (renders cached).
+train-demo-large: setup
+	$(PY) -m vpr_ros.training.train_demo --large --loss both --seeds 2 \
+	  --out $(TRAIN_OUT)_large $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,4 +1,5 @@
 """`make train-demo` in reduced form: bags → extract → labels → GCL/CL → export → eval → demo."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -138,3 +139,35 @@ def test_report_says_where_gcl_does_not_win() -> None:
     assert 's, GCL vs CL: GCL wins AP (all pairs); no winner on R@1, R@5, R@10, mAP@5' in text
     assert 's, CL vs IMAGENET: CL wins R@1, R@5, R@10, mAP@5; IMAGENET wins AP (all pairs)' in text
     assert '0.800 [0.770, 0.830]' in text
+
+
+def test_large_benchmark_tests_unseen_gardens_and_conditions() -> None:
+    """--large: >= 1,000 test queries, in conditions and (mostly) gardens never trained on."""
+    from vpr_ros.sim.conditions import parse_condition
+    from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec
+    from vpr_ros.sim.world import generate_world
+    from vpr_ros.training.train_demo_sets import LARGE
+
+    split = LARGE.split
+    trained = split.train_map + split.train_query + split.val_map + split.val_query
+    by_name = {t.name: (seed, t) for seed, ts in LARGE.gardens for t in ts}
+    train_gardens = {by_name[n][0] for n in trained}
+    def look(condition: str):  # the appearance, whatever the preset's name
+        return dataclasses.replace(parse_condition(condition), name='')
+    train_conditions = {look(by_name[n][1].condition) for n in trained}
+    assert len(train_gardens) >= 2 and len(LARGE.gardens) >= 4
+    n_unseen_garden = 0
+    for label, map_name, query_name in split.test:
+        seed, q = by_name[query_name]
+        assert by_name[map_name][0] == seed  # ψ needs map and query in one garden
+        assert query_name not in trained and map_name not in trained
+        assert look(q.condition) not in train_conditions, label
+        route = ROUTES[q.route] if isinstance(q.route, str) else q.route
+        n = len(sample_traverse(TraverseSpec(route=tuple(route), rate_hz=2.5),
+                                generate_world(seed))[0])
+        n_unseen_garden += n if seed not in train_gardens else 0
+    assert n_unseen_garden >= 1000
+    # the trainer concatenates traverses in order: per-garden ψ blocks need them grouped
+    for names in (split.train_query, split.train_map):
+        gardens = [LARGE.garden_of(n) for n in names]
+        assert gardens == sorted(gardens)
