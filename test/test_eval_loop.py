@@ -166,3 +166,26 @@ def test_node_keyframes_follow_the_node_policy():
     assert np.flatnonzero(node_keyframes(desc, usable, seq)).tolist() == [0, 5, 10, 15]
     desc[7] = np.eye(4, dtype=np.float32)[1]  # a novel view becomes a keyframe at once
     assert 7 in np.flatnonzero(node_keyframes(desc, usable, seq)).tolist()
+
+
+def test_loop_mode_reads_a_rosbag_with_its_stamps(tmp_path):
+    """The demo's simulated bag: frames and poses extracted, exclusion in seconds by stamps."""
+    code = ('from vpr_ros.sim.dataset import default_dataset; '
+            'p = default_dataset(log=lambda *a, **k: None); '
+            "print(p.bags[p.names.index('day_loop')])")
+    proc = subprocess.run([sys.executable, '-c', code], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bag = proc.stdout.strip().splitlines()[-1]
+    from vpr_ros.sim.writers import GT_TOPIC
+    with pytest.raises(ValueError, match='pose topic'):  # odometry and ground truth: say which
+        evaluate_loop([bag], models=[('rawpix', RawPixels())], include_default=False,
+                      out_dir=str(tmp_path / 'x'), progress=False, verbose=False)
+    report = evaluate_loop([bag], models=[('rawpix', RawPixels())], include_default=False,
+                           exclusion_s=30.0, keyframes=True, out_dir=str(tmp_path),
+                           progress=False, verbose=False, topics=(None, GT_TOPIC))
+    ds, row = report['dataset'], report['rows'][0]
+    assert ds['n_frames'] == 313 and ds['exclusion'] == {'seconds': 30.0}
+    assert ds['map'].startswith('node keyframes') and 40 < row['n_map'] < 120
+    assert row['n_revisit'] > 20 and OperatingPoint.from_dict(row['operating_point']).precision \
+        == 1.0

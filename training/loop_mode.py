@@ -62,11 +62,13 @@ def _is_bag(path: str) -> bool:
 
 def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   gt_csv: Optional[str] = None, work_dir: Optional[str] = None,
-                  rate_hz: Optional[float] = None) -> LoopSequence:
+                  rate_hz: Optional[float] = None, image_topic: Optional[str] = None,
+                  pose_topic: Optional[str] = None) -> LoopSequence:
     """
     One sequence from TB-Places indexes and bags (concatenated in order) or a folder pair.
 
-    Bags are extracted (all frames, poses interpolated) into ``work_dir``. ``rate_hz`` gives
+    Bags are extracted (all frames, poses of `pose_topic` interpolated: give the ground-truth
+    topic when the bag has odometry too) into ``work_dir``. ``rate_hz`` gives
     stamps to indexes and folders, which carry none, so the exclusion can be in seconds.
     """
     if folder:
@@ -92,7 +94,11 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
                 import tempfile
                 work_dir = tempfile.mkdtemp(prefix='vpr_loop_')
             out = os.path.join(work_dir, f'loop_bag_{k}')
-            summary = extract(src, out, all_frames=True, progress=False)
+            try:
+                summary = extract(src, out, image_topic, pose_topic, all_frames=True,
+                                  progress=False)
+            except SystemExit as err:  # the extractor's command-line refusals
+                raise ValueError(f'{src}: {err}') from None
             index_path, bag_stamps = summary['index'], np.asarray(summary['stamps_ns']) / 1e9
         else:
             index_path, bag_stamps = src, None
@@ -278,13 +284,18 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   top_k: int = DEFAULT_TOP_K, gate: bool = True, keyframes: bool = False,
                   image_size: Optional[Sequence[int]] = None, out_dir: Optional[str] = None,
                   device: str = 'auto', batch_size: int = 32, progress: bool = True,
-                  cache_dir: Optional[str] = None, verbose: bool = True) -> dict:
-    """Run the loop evaluation for every model; returns (with ``out_dir`` writes) the report."""
+                  cache_dir: Optional[str] = None, verbose: bool = True,
+                  topics: Optional[tuple] = None) -> dict:
+    """
+    Run the loop evaluation for every model; returns (with ``out_dir`` writes) the report.
+
+    `topics`: (image topic, pose topic) of bags, None where the bag has one of the kind.
+    """
     import time
 
     from vpr_ros.training.evaluate import _resolve_models, embed_paths
     t0 = time.monotonic()
-    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz)
+    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None, None)))
     allowed = earlier_allowed(seq, exclusion_frames, exclusion_s)
     positives = loop_positives(seq, allowed, hit, psi_threshold, fov_deg, radius, max_dist)
     verifier = None
@@ -390,6 +401,8 @@ def add_loop_arguments(parser) -> None:
                    help='sequence(s) played in order: TB-Places indexes or rosbags')
     g.add_argument('--loop-folder', metavar='DIR',
                    help='ref/ then query/ of a folder pair, ground truth from its CSV')
+    g.add_argument('--loop-image-topic', help='image topic of --loop bags')
+    g.add_argument('--loop-pose-topic', help='ground-truth pose topic of --loop bags')
     g.add_argument('--exclusion-frames', type=int, default=DEFAULT_EXCLUSION_FRAMES,
                    help=f'recent frames never matched (default {DEFAULT_EXCLUSION_FRAMES})')
     g.add_argument('--exclusion-s', type=float, default=None,
@@ -419,4 +432,5 @@ def run_from_args(args) -> dict:
         top_k=args.top_k, gate=not args.no_gate, keyframes=args.node_keyframes,
         image_size=args.image_size,
         out_dir=args.out, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress, cache_dir=args.cache)
+        progress=not args.no_progress, cache_dir=args.cache,
+        topics=(args.loop_image_topic, args.loop_pose_topic))
