@@ -173,6 +173,10 @@ def run_demo(args: argparse.Namespace) -> dict:
         'report_png': png,
     }
     summary['node_params'] = list(args.param)
+    with open(node_log.name, errors='replace') as f:  # the point the node ran at (issue 12)
+        used = [ln.split('operating point: ', 1)[1].strip() for ln in f
+                if 'operating point: ' in ln]
+    summary['operating_point'] = used[0] if used else ''
     with open(os.path.join(args.out, 'demo_summary.json'), 'w') as f:
         json.dump({**summary, 'pr_precision': evaluation.pr_precision,
                    'pr_recall': evaluation.pr_recall, 'pr_threshold': evaluation.pr_threshold},
