@@ -59,6 +59,9 @@ def test_train_demo_reduced(tmp_path, repo_root) -> None:
         assert demo['frames_processed'] == DEMO_FRAMES
         assert demo['node_exit_code'] == 0 and demo['map_saved']
     assert 'demo' not in rows['cl s0']
+    for row in rows.values():  # the textureless collapse, measured per model
+        assert 0.0 < row['blank_wall_cosine'] <= 1.0
+    assert 'two different blank walls, cosine' in proc.stdout
     assert rows['gcl s0']['fingerprint'] == summary['fingerprint']
     assert rows['imagenet']['fingerprint'].startswith('builtin:')
     node_log = (out / 'demo_gcl_s0' / 'vpr_node.log').read_text()

@@ -179,6 +179,15 @@ def run_demos(models: list[tuple[str, str]], out: str, max_frames: int) -> dict[
     return runs
 
 
+def blank_wall_cosines(models: list[dict]) -> list[float]:
+    """Two different blank walls' cosine for ImageNet and each model (the textureless collapse)."""
+    from vpr_ros.model.encoder import build_encoder
+    from vpr_ros.training.blank_walls import blank_wall_cosine
+
+    return [round(blank_wall_cosine(build_encoder(path, device='cpu')), 4)
+            for path in [''] + [m['path'] for m in models]]
+
+
 def _prepare(args: argparse.Namespace, out: str, bench: Benchmark, seconds: dict) -> tuple:
     """Stages 1-3: rendered bags, their extractions, the labels."""
     t = _stage('1/7 data: simulated garden bags')
@@ -230,6 +239,8 @@ def run(args: argparse.Namespace) -> dict:
         seconds['demo'] = time.monotonic() - t
 
     rows = summarize(evals, demos)
+    for row, cos in zip(rows, blank_wall_cosines(models)):  # rows: imagenet, then models
+        row['blank_wall_cosine'] = cos
     summary = {
         'out': out, 'benchmark': bench.name, 'model': models[0]['path'],
         'fingerprint': models[0]['fingerprint'], 'trained': models,

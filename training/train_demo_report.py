@@ -91,6 +91,11 @@ def format_table(rows: list[dict], set_names: Sequence[str]) -> str:
             d = r['demo']
             lines.append(f'  {r["model"]:<{name_w}} ' + ' / '.join(
                 _num(d[k]) for k in ('precision_best', 'recall', 'average_precision')))
+    walls = [f'{r["model"]} {r["blank_wall_cosine"]:.3f}' for r in rows
+             if 'blank_wall_cosine' in r]
+    if walls:
+        lines.append('two different blank walls, cosine (1 = textureless collapse): '
+                     + ', '.join(walls))
     lines.append('who wins (only where every interval of one lies above every one of the other; '
                  'overlapping intervals: no winner):')
     for s in set_names:
