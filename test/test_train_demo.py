@@ -174,3 +174,38 @@ def test_large_benchmark_tests_unseen_gardens_and_conditions() -> None:
     for names in (split.train_query, split.train_map):
         gardens = [LARGE.garden_of(n) for n in names]
         assert gardens == sorted(gardens)
+
+
+def test_labels_of_two_gardens_are_block_diagonal(tmp_path) -> None:
+    """Poses of two gardens share coordinates, not places: no ψ across gardens, blocks exact."""
+    from synthetic import make_synthetic_garden
+
+    from vpr_ros.sim.dataset import TraverseConfig
+    from vpr_ros.training.dataset import select_traverses
+    from vpr_ros.training.labels import generate_labels, load_labels
+    from vpr_ros.training.train_demo_sets import Benchmark, make_labels, Split
+
+    root = str(tmp_path / 'g')
+    make_synthetic_garden(root)  # two "gardens": the train pair and the val pair
+    bench = Benchmark('two', ((0, (TraverseConfig('train_map'), TraverseConfig('train_query'))),
+                              (1, (TraverseConfig('val_map'), TraverseConfig('val_query')))),
+                      Split(train_map=('train_map', 'val_map'),
+                            train_query=('train_query', 'val_query')))
+    out = str(tmp_path / 'labels.npz')
+    make_labels(root, out, bench)
+    psi = load_labels(out).toarray()
+    blocks = []
+    for m, q in (('train_map', 'train_query'), ('val_map', 'val_query')):
+        path = str(tmp_path / f'{m}.npz')
+        generate_labels(select_traverses(root, [q]), select_traverses(root, [m]), path)
+        blocks.append(load_labels(path).toarray())
+    (r0, c0), (r1, c1) = blocks[0].shape, blocks[1].shape
+    assert psi.shape == (r0 + r1, c0 + c1)
+    np.testing.assert_array_equal(psi[:r0, :c0], blocks[0])
+    np.testing.assert_array_equal(psi[r0:, c0:], blocks[1])
+    assert not psi[:r0, c0:].any() and not psi[r0:, :c0].any()
+    # labelled together, the second garden's queries would overlap the first garden's map
+    naive = str(tmp_path / 'naive.npz')
+    generate_labels(select_traverses(root, ['val_query']), select_traverses(root, ['train_map']),
+                    naive)
+    assert load_labels(naive).nnz > 0
