@@ -2,7 +2,9 @@
 Per-frame cost of the loop detector in the node's DEFAULT config against the bare forward (CPU).
 
 What users run: `DetectorConfig()` as the node ships it (geometric verification on, its gv_*
-and keyframe defaults; the node's parameter table takes its defaults from there) on 640x480
+and keyframe defaults; the node's parameter table takes its defaults from there), at the built-in
+model's calibrated operating point as the node applies it (`core.calibration.calibrated_config`),
+on 640x480
 frames. The frames are the simulated garden loop (`day_loop`, 640x480, 5 Hz, noon), driven once
 with its ground-truth poses, so keyframes are taken by the default policy, their features are
 stored, and the end of the loop revisits the start (candidates verified against stored
@@ -51,11 +53,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bench_verify import load_loop  # noqa: E402
 
+from vpr_ros.core.calibration import calibrated_config  # noqa: E402
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.pose_buffer import Pose  # noqa: E402
 from vpr_ros.core.preprocess import preprocess_batch  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
 from vpr_ros.model.encoder import build_encoder  # noqa: E402
+from vpr_ros.model.operating_point import model_operating_point  # noqa: E402
 
 GOAL = 1.3
 S = 1_000_000_000
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> dict:
         cv2.setNumThreads(args.threads)
     enc = build_encoder('', device='cpu')
     spec = enc.spec
-    cfg = DetectorConfig()
+    # the node's default: DetectorConfig() at the built-in model's calibrated operating point
+    cfg = calibrated_config(DetectorConfig(), model_operating_point('')[0])
     place_map = PlaceMap(enc.dim, enc.fingerprint)
     _prefill(place_map, args.map_size, enc.dim)
     det = LoopDetector(enc, place_map, cfg)

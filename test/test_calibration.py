@@ -145,3 +145,19 @@ def test_precision_recall_curve_over_possible_loops():
     assert thr.tolist() == [0.9, 0.8]
     assert prec.tolist() == [1.0, pytest.approx(2 / 3)]
     assert rec.tolist() == [0.25, 0.5]
+
+
+def test_calibrated_config_keeps_what_the_user_set():
+    """The node and bench_core share this rule: the point replaces only the untouched values."""
+    from vpr_ros.core.calibration import calibrated_config
+    from vpr_ros.core.detector import DetectorConfig
+
+    point = OperatingPoint(score_threshold=0.93, min_inliers=14, target_precision=1.0,
+                           precision=1.0, recall=0.9, n_queries=10, data={'name': 'x'})
+    base = DetectorConfig()
+    cfg = calibrated_config(base, point)
+    assert (cfg.score_threshold, cfg.gv_min_inliers) == (0.93, 14)
+    assert base.score_threshold != 0.93  # a copy, the input is not changed
+    kept = calibrated_config(base, point, explicit=('score_threshold',))
+    assert (kept.score_threshold, kept.gv_min_inliers) == (base.score_threshold, 14)
+    assert calibrated_config(base, None) == base

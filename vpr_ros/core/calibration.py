@@ -212,3 +212,23 @@ def precision_recall(scores, correct, can_close=None) -> tuple[np.ndarray, np.nd
     n_possible = int(pos.sum())
     recall = tp / n_possible if n_possible else np.zeros_like(tp)
     return precision, recall, s[last]
+
+
+def calibrated_config(config, point: 'OperatingPoint | None', explicit: tuple[str, ...] = ()):
+    """
+    Return a copy of a DetectorConfig running at the model's calibrated operating point.
+
+    One rule for the node and the benchmarks: `score_threshold` and `gv_min_inliers` take the
+    point's values unless named in `explicit` (set by the user). The inlier threshold goes with
+    the score threshold because both were fitted together (verification accepting from 1 inlier).
+    """
+    import dataclasses
+
+    config = dataclasses.replace(config)
+    if point is None:
+        return config
+    if 'score_threshold' not in explicit:
+        config.score_threshold = float(point.score_threshold)
+    if point.min_inliers is not None and 'gv_min_inliers' not in explicit:
+        config.gv_min_inliers = max(1, int(point.min_inliers))
+    return config

@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-from vpr_ros.core.calibration import OperatingPoint
+from vpr_ros.core.calibration import calibrated_config, OperatingPoint
 from vpr_ros.core.detector import DetectorConfig
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.msg_convert import stamp_s
@@ -107,17 +107,10 @@ class CameraInfoInput:
 
 def effective_config(params, point: OperatingPoint | None) -> DetectorConfig:
     """Build the parameters' DetectorConfig, calibrated where they left the defaults."""
-    config = params.detector_config()
     default = DetectorConfig()
-    if point is None:
-        return config
-    if params.score_threshold == default.score_threshold:
-        config.score_threshold = float(point.score_threshold)
-    if point.min_inliers is not None and params.gv_min_inliers == default.gv_min_inliers:
-        # the point's own inlier threshold: it was fitted together with the score threshold
-        # (verification accepting from 1 inlier), so precision was measured at this pair
-        config.gv_min_inliers = max(1, int(point.min_inliers))
-    return config
+    explicit = tuple(name for name in ('score_threshold', 'gv_min_inliers')
+                     if getattr(params, name) != getattr(default, name))
+    return calibrated_config(params.detector_config(), point, explicit)
 
 
 def operating_point_note(params, point: OperatingPoint | None, why: str) -> str:
