@@ -42,14 +42,7 @@ def evaluate_with_ci(models: Sequence[tuple[str, str]], map_indexes: Sequence[st
     for row, ci in zip(rows, bootstrap(terms, n_boot=n_boot, seed=seed)):
         row['ci'] = ci
     report = {
-        'dataset': {
-            'mode': data['mode'], 'folder': folder, 'map': list(map_indexes),
-            'query': list(query_indexes), 'n_map': int(len(m_keep)),
-            'n_query': int(len(q_keep)),
-            'skipped': {'map': int((~emb['map_ok']).sum()),
-                        'query': int((~emb['query_ok']).sum()), 'files': emb['skipped_files']},
-            'hit': hit_desc,
-        },
+        'dataset': ev.dataset_summary(data, folder, map_indexes, query_indexes, emb, hit_desc),
         'ks': list(DEFAULT_KS), 'cache': {'dir': cache_dir, 'hits': emb['cache_hits']},
         'rows': rows, 'bootstrap': {'n_boot': n_boot, 'seed': seed, 'resampled': 'queries'},
         'seconds': round(time.monotonic() - t0, 2),

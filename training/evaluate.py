@@ -299,6 +299,19 @@ def _score(encoders, emb: dict, positives: list, ks: tuple, whiten_dim: Optional
     return rows
 
 
+def dataset_summary(data: dict, folder, map_indexes, query_indexes, emb: dict,
+                    hit_desc: str) -> dict:
+    """Describe the evaluated data for the report: sizes, what was skipped, what a hit is."""
+    return {
+        'mode': data['mode'], 'folder': folder, 'map': list(map_indexes),
+        'query': list(query_indexes), 'n_map': int(len(emb['m_keep'])),
+        'n_query': int(len(emb['q_keep'])),
+        'skipped': {'map': int((~emb['map_ok']).sum()),
+                    'query': int((~emb['query_ok']).sum()), 'files': emb['skipped_files']},
+        'hit': hit_desc,
+    }
+
+
 def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
              folder: Optional[str] = None, gt_csv: Optional[str] = None,
              models: Sequence[Any] = (), include_default: bool = True, hit: str = 'psi',
@@ -332,15 +345,7 @@ def evaluate(map_indexes: Sequence[str] = (), query_indexes: Sequence[str] = (),
     positives, hit_desc = _ground_truth(data, m_keep, q_keep, hit, gt_csv, folder,
                                         psi_threshold, fov_deg, radius, max_dist)
     report = {
-        'dataset': {
-            'mode': data['mode'], 'folder': folder, 'map': list(map_indexes),
-            'query': list(query_indexes), 'n_map': int(len(m_keep)),
-            'n_query': int(len(q_keep)),
-            'skipped': {'map': int((~emb['map_ok']).sum()),
-                        'query': int((~emb['query_ok']).sum()),
-                        'files': emb['skipped_files']},
-            'hit': hit_desc,
-        },
+        'dataset': dataset_summary(data, folder, map_indexes, query_indexes, emb, hit_desc),
         'ks': list(ks),
         'cache': {'dir': cache_dir, 'hits': emb['cache_hits']},
         'rows': _score(encoders, emb, positives, ks, whiten_dim),
