@@ -20,14 +20,17 @@ from vpr_ros.core.errors import MapError
 IDMAP_TAG = b'IxM2'
 FLAT_TAG = b'IxFI'
 METRIC_INNER_PRODUCT = 0
+METRIC_L2 = 1
 _HEADER = struct.Struct('<iqqq?i')   # d, ntotal, two unused int64, is_trained, metric type
 
 
 class IndexFileWalker:
     """Bounds-checked reader of a FAISS file's structure; MapError names the file."""
 
-    def __init__(self, f, path: str, dim: int, count: int) -> None:
+    def __init__(self, f, path: str, dim: int, count: int,
+                 metric: int = METRIC_INNER_PRODUCT) -> None:
         self.f = f
+        self.metric = metric
         self.path = path
         self.dim = dim
         self.count = count
@@ -86,9 +89,10 @@ class IndexFileWalker:
         if got != tag:
             raise self.fail(f'index type {got!r}, expected {tag!r}')
         d, ntotal, _, _, _, metric = _HEADER.unpack(self.read(_HEADER.size))
-        if d != self.dim or ntotal != self.count or metric != METRIC_INNER_PRODUCT:
+        if d != self.dim or ntotal != self.count or metric != self.metric:
             raise self.fail(f'header (d={d}, ntotal={ntotal}, metric={metric}) disagrees with '
-                            f'the manifest (d={self.dim}, count={self.count}, inner product)')
+                            f'the manifest (d={self.dim}, count={self.count}, '
+                            f'metric={self.metric})')
 
     def flat_body(self) -> None:
         """Check the body of an IndexFlatIP: count x dim float32 codes."""

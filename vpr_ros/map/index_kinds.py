@@ -3,7 +3,8 @@ Index kinds: one table entry per kind (how to build it, recognise it, tune it, c
 
 Every kind sits inside an `IndexIDMap2` (inner product on L2-normalised descriptors), so
 keyframe ids survive reloads and `reconstruct(id)` reads a vector back. A new kind (IVF, ...) is
-one `IndexKind` entry in `INDEX_KINDS`.
+one `IndexKind` entry in `INDEX_KINDS`. 'compact' stores like flat; its extra structure
+(PCA projection + HNSW graph, compact_kind.py) is saved in its own file.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -46,7 +47,7 @@ def _tune_hnsw(inner: faiss.Index, p: IndexParams) -> None:
     inner.hnsw.efSearch = p.ef_search
 
 
-def _check_hnsw_body(w: IndexFileWalker) -> None:
+def check_hnsw_body(w: IndexFileWalker, storage_tag: bytes = FLAT_TAG) -> None:
     """HNSW graph: level probabilities, per-node levels and neighbour lists, all in range."""
     n = w.count
     probas = w.array('<f8')
@@ -69,7 +70,7 @@ def _check_hnsw_body(w: IndexFileWalker) -> None:
         raise w.fail(f'HNSW entry point {entry} / max level {max_level} are inconsistent')
     if n == 0 and entry != -1:
         raise w.fail('HNSW entry point in an empty graph')
-    w.header(FLAT_TAG)
+    w.header(storage_tag)
     w.flat_body()
 
 
@@ -79,7 +80,11 @@ INDEX_KINDS: dict[str, IndexKind] = {
                       lambda inner, p: None, IndexFileWalker.flat_body),
     'hnsw': IndexKind('hnsw', b'IHNf', _build_hnsw,
                       lambda inner: isinstance(inner, faiss.IndexHNSWFlat),
-                      _tune_hnsw, _check_hnsw_body),
+                      _tune_hnsw, check_hnsw_body),
+    # Flat storage of the full vectors; its PCA-HNSW graph lives in compact_kind.py.
+    'compact': IndexKind('compact', FLAT_TAG, lambda dim, p: faiss.IndexFlatIP(dim),
+                         lambda inner: isinstance(inner, faiss.IndexFlatIP),
+                         lambda inner, p: None, IndexFileWalker.flat_body),
 }
 INDEX_TYPES = tuple(INDEX_KINDS)
 

@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 INDEX_FILE = 'index.faiss'
 DB_FILE = 'keyframes.sqlite'
 MANIFEST_FILE = 'manifest.json'
+COMPACT_FILE = 'compact.bin'
 DATA_FILES = (INDEX_FILE, DB_FILE)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
@@ -39,6 +40,11 @@ def build_manifest(fingerprint: str, dim: int, count: int, next_id: int, session
             'count': count, 'next_id': next_id, 'session_count': session_count,
             'index': index, 'generation': generation, 'saved_unix_s': time.time(),
             'files': files}
+
+
+def data_files(kind: str) -> tuple[str, ...]:
+    """Name the data files of a generation with an index of `kind` (compact: + its graph)."""
+    return DATA_FILES + (COMPACT_FILE,) if kind == 'compact' else DATA_FILES
 
 
 def _int_in(value, lo: int, hi: int) -> bool:
@@ -83,10 +89,10 @@ def check_manifest(man, path: str) -> None:
     if not isinstance(idx, dict) or idx.get('type') not in INDEX_TYPES or not all(
             _int_in(idx.get(k), lo, hi) for k, (lo, hi) in _INDEX_FIELDS.items()):
         raise MapError(f"map manifest {path}: field 'index' is malformed")
-    _check_files(man.get('files'), path)
+    _check_files(man.get('files'), path, data_files(idx['type']))
 
 
-def _check_files(files, path: str) -> None:
+def _check_files(files, path: str, expected: tuple[str, ...]) -> None:
     if not isinstance(files, dict):
         raise MapError(f"map manifest {path}: field 'files' missing or not an object")
     for name, info in files.items():
@@ -96,6 +102,6 @@ def _check_files(files, path: str) -> None:
         if not (isinstance(info, dict) and _int_in(info.get('size'), 0, MAX_FILE_BYTES)
                 and isinstance(info.get('sha256'), str) and _SHA256.match(info['sha256'])):
             raise MapError(f'map manifest {path}: no size/sha256 for {name}')
-    if sorted(files) != sorted(DATA_FILES):
+    if sorted(files) != sorted(expected):
         raise MapError(f'map manifest {path} lists files {sorted(files)[:5]}, expected '
-                       f'{list(DATA_FILES)}')
+                       f'{list(expected)}')

@@ -24,6 +24,7 @@ import numpy as np
 from vpr_ros.core.errors import MapError, MapMismatchError
 from vpr_ros.map import dir_lock, storage
 from vpr_ros.map.blobs import BlobStore
+from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.id_pool import MAX_ID
 from vpr_ros.map.index_kinds import all_vectors, INDEX_TYPES, IndexParams, new_index, tune
 from vpr_ros.map.manifest import DB_FILE
@@ -64,9 +65,9 @@ class PlaceMap:
     All public methods hold one lock, so the node's worker thread (add/search) and its service
     callbacks (save/reset) can share a map. `hnsw_threshold` > 0 switches a flat index to HNSW
     once the map reaches that many keyframes (a one-off rebuild), because exact search grows
-    linearly with the map. HNSW defaults (M=32, efConstruction=64, efSearch=256) are the ones
-    bench/bench_map.py measured at 1M x 256 clustered keyframes: ~1.1 ms/query, recall@5 0.996
-    of exact; efSearch can be lowered live for smaller maps.
+    linearly with the map. HNSW defaults (M=32, efConstruction=64, efSearch=256) were measured at
+    1M x 256 (bench/bench_map.py); efSearch can be lowered live. index='compact' keeps exact
+    scores and proposes candidates from a PCA-HNSW graph saved with the map (compact_kind.py).
     """
 
     def __init__(self, dim: int, fingerprint: str, index: str = 'flat', hnsw_m: int = 32,
@@ -93,6 +94,7 @@ class PlaceMap:
         self._table = KeyframeTable()
         self._blobs = BlobStore()
         self._index = new_index(self._dim, self._kind, self._params)
+        self._compact = CompactState.for_kind(self._kind, self._params)
         self._home: Optional[str] = None        # the directory this map was opened on
         self._handle: Optional[dir_lock.DirHandle] = None
         self._release: Optional[weakref.finalize] = None
@@ -130,6 +132,7 @@ class PlaceMap:
         with self._lock:
             self._params = IndexParams(self._params.m, self._params.ef_construction, ef)
             tune(self._index, self._kind, self._params)
+            self._compact.tune(self._params)
 
     def __len__(self) -> int:
         return self._table.n
@@ -209,6 +212,7 @@ class PlaceMap:
         self._table.append(ids, stamps, poses, self._session, frames)
         self._blobs.commit(staged)
         self._next_id = first + n
+        self._compact.sync(self._index)   # logs and falls back to exact search on failure
         if (self._hnsw_threshold and self._kind == 'flat'
                 and self._table.n >= self._hnsw_threshold):
             try:
@@ -270,7 +274,7 @@ class PlaceMap:
         stamp = None if query_stamp_ns is None else int(query_stamp_ns)
         with self._lock:
             return search_rows(self._index, self._table, self._session, x, int(k), [stamp],
-                               excl_ns, int(exclusion_n))[0]
+                               excl_ns, int(exclusion_n), self._compact)[0]
 
     def search_batch(self, descs: np.ndarray, k: int,
                      query_stamps_ns: Optional[Iterable[Optional[int]]] = None,
@@ -288,7 +292,7 @@ class PlaceMap:
             return [[] for _ in range(x.shape[0])]
         with self._lock:
             return search_rows(self._index, self._table, self._session, x, int(k), stamps,
-                               excl_ns, int(exclusion_n))
+                               excl_ns, int(exclusion_n), self._compact)
 
     # ---------------------------------------------------------- rebuild/reset
     def _rebuild(self, kind: str) -> None:
@@ -299,6 +303,7 @@ class PlaceMap:
             index.add_with_ids(vecs, self._table.ids[:self._table.n].copy())
         self._index = index
         self._kind = kind
+        self._compact = CompactState.built(kind, self._params, index)
 
     def reset(self) -> None:
         """Empty the map (memory only until the next save); ids keep increasing, session stays."""
@@ -306,6 +311,7 @@ class PlaceMap:
             self._table.clear()
             self._blobs.clear()
             self._index = new_index(self._dim, self._kind, self._params)
+            self._compact.clear()
 
     # ------------------------------------------------------------ save / load
     def save(self, directory: str) -> str:
@@ -341,7 +347,7 @@ class PlaceMap:
             self._index, t, self._blobs, self._fingerprint, self._dim, self._next_id,
             max(sessions, self._session + 1),
             {'type': self._kind, 'hnsw_m': p.m, 'hnsw_ef_construction': p.ef_construction,
-             'hnsw_ef_search': p.ef_search})
+             'hnsw_ef_search': p.ef_search}, self._compact)
 
     @classmethod
     def load(cls, directory: str, fingerprint: str, dim: int, index: Optional[str] = None,
@@ -415,6 +421,8 @@ class PlaceMap:
         self._index = loaded.index
         self._kind = loaded.kind
         tune(self._index, self._kind, self._params)
+        self._compact = loaded.compact
+        self._compact.attach(self._index, self._params)
         self._table.load(rows.ids, rows.stamps, rows.poses, rows.sessions, rows.frames)
         self._blobs.loaded(loaded.db_path, rows.blob_ids)
         self._next_id = loaded.manifest['next_id']

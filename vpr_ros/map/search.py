@@ -9,7 +9,8 @@ with its own loop (61 ms at 100k x 1280 on the 2-core bench machine) where a BLA
 product over the same contiguous float32 array, read in place, takes 22 ms (issue 13). So a flat
 index is searched as `X @ q` + argpartition on a zero-copy view of FAISS's own storage (no second
 copy of the vectors), same top-k; FAISS keeps batches of `BLAS_BATCH` or more, where its sgemm
-path is as fast.
+path is as fast. The compact kind (compact_kind.py) proposes candidates from its graph over the
+same view and scores them exactly; the exclusion loop is the flat one.
 """
 import math
 from typing import Optional
@@ -107,15 +108,35 @@ def _search_flat(xb: np.ndarray, ids: np.ndarray, table: KeyframeTable, session:
         f = min(n, max(2 * f, k + bound))
 
 
+def _search_compact(compact, xb: np.ndarray, ids: np.ndarray, table: KeyframeTable,
+                    session: int, q: np.ndarray, k: int, stamp: Optional[int], excl_ns: int,
+                    exclusion_n: int, fetch: int, bound: int) -> list[Match]:
+    """One query through the compact graph (exact scores); exact scan once all is asked for."""
+    n = len(ids)
+    f = fetch
+    while f < n:
+        pos, scores = compact.candidates(xb, q, f)
+        res = table.exclude(scores, ids[pos], session, stamp, excl_ns, exclusion_n, k)
+        if len(res) >= k:
+            return res
+        f = min(n, max(2 * f, k + bound))
+    return _search_flat(xb, ids, table, session, q, k, stamp, excl_ns, exclusion_n, n, bound)
+
+
 def search_rows(index: faiss.Index, table: KeyframeTable, session: int, x: np.ndarray, k: int,
                 stamps: list[Optional[int]], excl_ns: int,
-                exclusion_n: int) -> list[list[Match]]:
+                exclusion_n: int, compact=None) -> list[list[Match]]:
     """Top-k matches per query row, none of them excluded, best first."""
     n = table.n
     if n == 0:
         return [[] for _ in range(x.shape[0])]
     bounds = [table.fetch_bound(s, excl_ns, exclusion_n) for s in stamps]
     fetch = min(n, k + max(bounds))
+    flat = flat_arrays(index) if compact is not None and compact.ready(n) else None
+    if flat is not None:
+        return [_search_compact(compact, flat[0], flat[1], table, session, x[q], k, stamps[q],
+                                excl_ns, exclusion_n, min(n, k + bounds[q]), bounds[q])
+                for q in range(x.shape[0])]
     flat = flat_arrays(index) if x.shape[0] < BLAS_BATCH else None
     if flat is not None:
         return [_search_flat(flat[0], flat[1], table, session, x[q], k, stamps[q], excl_ns,

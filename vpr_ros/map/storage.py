@@ -33,11 +33,13 @@ from vpr_ros.core.atomic_io import fsync_dir, sha256_file, write_atomic
 from vpr_ros.core.errors import MapError
 from vpr_ros.map import database
 from vpr_ros.map.blobs import BlobStore
+from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.index_file import open_nofollow, read_index_file, write_index_file
-from vpr_ros.map.index_kinds import INDEX_KINDS, kind_of
+from vpr_ros.map.index_kinds import INDEX_KINDS, IndexParams, inner_index, kind_of
 from vpr_ros.map.manifest import (
     build_manifest,
-    DATA_FILES,
+    COMPACT_FILE,
+    data_files,
     DB_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
@@ -61,6 +63,7 @@ class Snapshot(NamedTuple):
     next_id: int
     session_count: int
     index_info: dict
+    compact: CompactState
 
 
 class Loaded(NamedTuple):
@@ -71,6 +74,7 @@ class Loaded(NamedTuple):
     kind: str
     rows: database.SavedRows
     db_path: str
+    compact: CompactState
 
 
 def map_exists(directory: str) -> bool:
@@ -159,11 +163,15 @@ def _write_generation(directory: str, gen: str, gen_name: str, snap: Snapshot,
     fsync_dir(directory)
     hook('gen_created')
     write_index_file(snap.index, os.path.join(gen, INDEX_FILE))
+    kind = snap.index_info['type']
+    if kind == 'compact':
+        snap.compact.write(os.path.join(gen, COMPACT_FILE), snap.dim, snap.table.n)
     hook('index_written')
     database.write_database(os.path.join(gen, DB_FILE), snap.table, snap.blobs)
     hook('db_written')
     files = {name: {'size': os.path.getsize(os.path.join(gen, name)),
-                    'sha256': sha256_file(os.path.join(gen, name))} for name in DATA_FILES}
+                    'sha256': sha256_file(os.path.join(gen, name))}
+             for name in data_files(kind)}
     man = build_manifest(snap.fingerprint, snap.dim, snap.table.n, snap.next_id,
                          snap.session_count, snap.index_info, gen_name, files)
     fd = open_nofollow(os.path.join(gen, MANIFEST_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -219,7 +227,7 @@ def load_generation(gen: str, man: dict) -> Loaded:
         raise MapError(f'map index {index_path} is not an IndexIDMap2 of dimension '
                        f'{man["dim"]}')
     got = kind_of(idx)
-    if got != kind.name or idx.ntotal != man['count']:
+    if not kind.is_kind(inner_index(idx)) or idx.ntotal != man['count']:
         raise MapError(f'map index {index_path} ({got}, {idx.ntotal} vectors) disagrees '
                        f'with its manifest ({kind.name}, {man["count"]})')
     db_path = os.path.join(gen, DB_FILE)
@@ -230,4 +238,9 @@ def load_generation(gen: str, man: dict) -> Loaded:
             np.sort(faiss.vector_to_array(idx.id_map)), rows.ids):
         raise MapError(f'map database {db_path} ({len(rows.ids)} keyframes) and index '
                        f'{index_path} ({idx.ntotal}) hold different keyframes')
-    return Loaded(man, idx, kind.name, rows, db_path)
+    info = man['index']
+    params = IndexParams(info['hnsw_m'], info['hnsw_ef_construction'], info['hnsw_ef_search'])
+    compact = (CompactState.read(os.path.join(gen, COMPACT_FILE), man['dim'], man['count'],
+                                 params)
+               if kind.name == 'compact' else CompactState.for_kind(kind.name, params))
+    return Loaded(man, idx, kind.name, rows, db_path, compact)

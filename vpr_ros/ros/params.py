@@ -169,14 +169,16 @@ SPECS: tuple[ParamSpec, ...] = (
               'map in memory only, never save.'),
     ParamSpec('load_map', False, 'Continue the map saved in map_dir (a new session); false: '
               'start a new map, which replaces the saved one at the first save.'),
-    ParamSpec('map_index', 'flat', 'FAISS index: flat (exact) or hnsw (approximate, for '
-              'large maps).', choices=('flat', 'hnsw')),
-    ParamSpec('hnsw_m', 32, 'HNSW links per node (map_index hnsw): memory per keyframe grows '
-              'with it.', 4, 256),
-    ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw): '
-              'add time grows with it.', 8, 4096),
-    ParamSpec('hnsw_ef_search', 256, 'HNSW candidate list while searching (map_index hnsw): '
-              'search time grows with it, recall too.', 8, 65536),
+    ParamSpec('map_index', 'flat', 'FAISS index: flat (exact), hnsw (approximate, for '
+              'large maps) or compact (exact scores of candidates from a PCA-reduced HNSW '
+              'graph, fitted from 2000 keyframes and saved with the map).',
+              choices=('flat', 'hnsw', 'compact')),
+    ParamSpec('hnsw_m', 32, 'HNSW links per node (map_index hnsw, compact): memory per '
+              'keyframe grows with it.', 4, 256),
+    ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw, '
+              'compact): add time grows with it.', 8, 4096),
+    ParamSpec('hnsw_ef_search', 256, 'HNSW candidate list while searching (map_index hnsw, '
+              'compact): search time grows with it, recall too.', 8, 65536),
     ParamSpec('autosave_period_s', 300.0, 'Save the map this often (0: only on shutdown and '
               'on ~/save_map). Each save writes the whole map, so under 1 s is refused.',
               0.0, 86400.0, min_on=1.0),
