@@ -110,10 +110,15 @@ class CompactState:
         """Whether the graph covers all `count` stored vectors (else search exactly)."""
         return self.cs is not None and len(self.cs) == count
 
-    def candidates(self, xb: np.ndarray, q: np.ndarray,
-                   f: int) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, exact scores) of the best `f` rows the graph proposes, best first."""
-        return self.cs.search(xb, q, f)
+    def candidates(self, xb: np.ndarray, q: np.ndarray, f: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+        """
+        (positions, exact scores) of the best `f` rows the graph proposes, best first.
+
+        `f - k` of them may be excluded (the robot's recent keyframes, usually the closest
+        ones), so the graph is asked for those plus the k x k_factor a plain top-k re-ranks.
+        """
+        return self.cs.search(xb, q, f, n_candidates=k * self.cs.k_factor + f - k)
 
     # ------------------------------------------------------------------ file
     def write(self, path: str, dim: int, count: int) -> None:

@@ -115,7 +115,7 @@ def _search_compact(compact, xb: np.ndarray, ids: np.ndarray, table: KeyframeTab
     n = len(ids)
     f = fetch
     while f < n:
-        pos, scores = compact.candidates(xb, q, f)
+        pos, scores = compact.candidates(xb, q, f, k)
         res = table.exclude(scores, ids[pos], session, stamp, excl_ns, exclusion_n, k)
         if len(res) >= k:
             return res
