@@ -1,6 +1,7 @@
 """GCL and contrastive loss: values, and autograd gradients equal to the paper's eq. 4 and 5."""
 import pytest
 import torch
+
 from vpr_ros.training.losses import (
     contrastive_loss,
     gcl_loss,

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from vpr_ros.training.pairs import PairImages, PairSampler
 
 
