@@ -54,6 +54,7 @@ from vpr_ros.training.checkpoint import (
 )
 from vpr_ros.training.distributed import all_sum, barrier, Dist, setup_distributed
 from vpr_ros.training.losses import DEFAULT_MARGIN, PairLoss
+from vpr_ros.training.lowtex import add_lowtex_arguments, wrap_lowtex
 from vpr_ros.training.pairs import PairImages, PairSampler
 from vpr_ros.training.train_data import cache_cut, load_train_labels, load_traverses, ValSet
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument('--lr-gamma', type=float, default=0.1)
     o.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
     o.add_argument('--seed', type=int, default=0)
+    add_lowtex_arguments(o)
     r = ap.add_argument_group('run')
     r.add_argument('--out', required=True, help='output directory (checkpoints, logs)')
     r.add_argument('--resume', default='', help='checkpoint to resume from (default: the one '
@@ -267,6 +269,7 @@ def _pair_loader(run: _Run, val) -> tuple[DataLoader, int]:
     else:
         pair_data = PairImages(run.q_images.paths, run.m_images.paths, run.spec.image_size,
                                run.spec.mean, run.spec.std)
+    pair_data = wrap_lowtex(run, pair_data, cut)  # --lowtex-negatives: adds ψ = 0 blank pairs
     loader_kw = {}
     if args.workers > 0 and not cut:  # cached features need no worker processes
         loader_kw = {'persistent_workers': True, 'prefetch_factor': max(1, args.prefetch)}
