@@ -15,9 +15,14 @@ what was sent. The checks, cheapest first:
 
 `refusal_kind` names whatever a frame raised later on (OpenCV errors are image problems too), so
 the worker can count it and publish the row instead of losing the frame silently.
+
+`check` is what the worker runs on each queued frame before the detector, `Checked` what it
+keeps of it until the frame's turn comes (a batch checks all its frames first,
+vpr_ros/ros/batching.py); `problems` are the counted remarks of a frame that is still processed.
 """
+from dataclasses import dataclass
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from vpr_ros.core.errors import ImageError
 from vpr_ros.core.msg_convert import any_image_from_msg, stamp_ns, stamp_s
@@ -32,6 +37,18 @@ def _no_pose() -> tuple[None, None]:
 
 
 _NO_POSE: PoseRef = _no_pose
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A frame that passed the checks: pixels, stamp, pose at the stamp (or why none)."""
+
+    image: Any
+    encoding: str
+    stamp: int
+    pose: Any
+    why_no_pose: str
+    note: str  # the stamp gate followed a new timeline: logged when the frame is processed
 
 
 class Refused(Exception):
@@ -58,6 +75,7 @@ class FrameIntake:
         self.max_pixels = int(max_pixels)
         self.gate = StampGate(window_s=stamp_window_s)
         self.last_note = ''
+        self.last_stamp: int | None = None
 
     def decode(self, msg):
         """Return (image, encoding, stamp_ns) of a frame the decoder takes, else raise Refused."""
@@ -101,3 +119,23 @@ class FrameIntake:
         image, encoding, stamp = self.decode(msg)
         self.check_stamp(stamp, newest_pose, wait_s)
         return image, encoding, stamp
+
+    def check(self, msg, pose_for: Callable[[int], tuple[Any, str]],
+              newest_pose: PoseRef = _NO_POSE, wait_s: float = 0.0) -> Checked:
+        """Decode, look the pose up (`pose_for(stamp)`: pose or None, why), gate the stamp."""
+        image, encoding, stamp = self.decode(msg)
+        pose, why = pose_for(stamp)  # first: a late pose is the stamp's reference
+        self.check_stamp(stamp, newest_pose, wait_s)
+        return Checked(image, encoding, stamp, pose, why, self.last_note)
+
+    def problems(self, c: Checked) -> list[tuple[str, str]]:
+        """(counter, message) remarks on a frame about to be processed, in processing order."""
+        out = []
+        last, self.last_stamp = self.last_stamp, c.stamp
+        if last is not None and c.stamp < last:
+            out.append(('image_stamp_backwards', f'image stamp {stamp_s(c.stamp):.3f} s is '
+                        f'older than the previous {stamp_s(last):.3f} s'))
+        if c.why_no_pose:
+            out.append(('no_pose', f'image at {stamp_s(c.stamp):.3f} s has no pose: '
+                        f'{c.why_no_pose}; keyframes by time and novelty'))
+        return out

@@ -1,15 +1,17 @@
 """
 `vpr_node`: the ROS 2 node, a thin layer that feeds camera frames to the loop detector.
 
-Callbacks only enqueue: the image callback puts the message in a drop-oldest queue of size 1
-(no decode, no copy), so DDS delivery never waits for the CNN, and a frame overtaken before
-the worker got to it is counted as dropped. Decoding happens in the worker, so frames that are
-dropped anyway cost no decode (a 640x480 JPEG costs ~3 ms). The worker thread converts the
-message (msg_convert), looks the pose up at the image stamp (PoseBuffer), runs
-`LoopDetector.process`, and publishes `vpr/matches` (layout in README.md) and optionally
-`vpr/loop_closure` and `vpr/status`. Topic names are relative (vpr_ros.ros.topics): a namespace
-moves them all, and inputs are chosen by remapping. Map saves and resets hold the same lock as
-`process`, so a save never sees half a frame; autosave runs in the worker between frames.
+Callbacks only enqueue: the image callback puts the message in a drop-oldest queue of
+`max_batch` frames (default 1; no decode, no copy), so DDS delivery never waits for the CNN, and
+a frame overtaken before the worker got to it is counted as dropped. Decoding happens in the
+worker, so frames that are dropped anyway cost no decode (a 640x480 JPEG costs ~3 ms). The
+worker thread takes the waiting frames (several embedded in one forward: ros/batching.py),
+converts each message (msg_convert), looks the pose up at the image stamp (PoseBuffer), runs
+`LoopDetector.process` frame by frame in stamp order, and publishes `vpr/matches` (layout in
+README.md) and optionally `vpr/loop_closure` and `vpr/status`. Topic names are relative
+(vpr_ros.ros.topics): a namespace moves them all, and inputs are chosen by remapping. Map
+saves and resets hold the same lock as `process`, so a save never sees half a frame; autosave
+runs in the worker between frames.
 
 Bad input (wrong encoding, truncated data, NaN poses, stamps going backwards, a pose topic that
 stops) is logged with throttling and counted in /diagnostics; it never stops the node. A bad
@@ -30,11 +32,12 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
-from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns, stamp_s
+from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns
 from vpr_ros.ros import loop_geometry as geo
 from vpr_ros.ros import topics
+from vpr_ros.ros.batching import PrefetchEncoder, run_batch
 from vpr_ros.ros.diagnostics import Counters, diagnostics_message, FrameTimes
-from vpr_ros.ros.frame_intake import FrameIntake, refusal_kind, Refused
+from vpr_ros.ros.frame_intake import Checked, FrameIntake, refusal_kind, Refused
 from vpr_ros.ros.markers import MarkerTrail
 from vpr_ros.ros.messages import (
     loop_closure_message,
@@ -70,9 +73,8 @@ class VprNode(Node):
         self._intake = FrameIntake(p.max_image_pixels, p.stamp_window_s)
         self._counters = Counters()
         self._times = FrameTimes()
-        self._queue = DropOldestQueue(1)
+        self._queue = DropOldestQueue(p.max_batch)
         self._paused = False
-        self._last_image_stamp: int | None = None
         self._poses = PoseInput(p.pose_max_gap_s)
         self._markers = MarkerTrail()
         self._poses.frame_id = self._markers.add_records(self._map.records())
@@ -131,7 +133,8 @@ class VprNode(Node):
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
         try:
             self._point, why = geo.model_point(p)  # calibrated score (and inlier) threshold
-            self._detector = LoopDetector(self._encoder, self._map, geo.effective_config(
+            self._prefetch = PrefetchEncoder(self._encoder)  # batches of queued frames
+            self._detector = LoopDetector(self._prefetch, self._map, geo.effective_config(
                 p, self._point))
         except VPRError as err:
             raise ParamError(str(err)) from None
@@ -226,55 +229,49 @@ class VprNode(Node):
         return self._poses.pose_at(stamp, p.pose_wait_s, p.pose_timeout_s)
 
     def _work(self) -> None:
-        """Worker thread: one frame at a time, autosave between frames; never raises."""
+        """Worker thread: the waiting frames (up to max_batch), autosave between; never raises."""
         while not self._stop.is_set():
-            item = self._queue.get(timeout=0.2)
-            if item is None:
-                self._maybe_autosave()
-                continue
-            try:
-                self._process(*item)
-            except Exception as err:  # one frame must never end the worker
-                if self._stop.is_set() or not rclpy.ok(context=self.context):
-                    break
-                self._count(refusal_kind(err), f'frame failed: {err!r}')
-                self._log.debug(traceback.format_exc())
-                self._publish_status(stamp_ns(item[0].header), None, item[1])  # paced clients
+            items = self._queue.get_many(self.params.max_batch, timeout=0.2)
+            if items and not run_batch(items, lambda it: stamp_ns(it[0].header), self._check,
+                                       self._finish, self._frame_error, self._prefetch):
+                break
             self._maybe_autosave()
 
-    def _process(self, msg, t_recv: float) -> None:
-        try:  # size, encoding and stamp checks: every refusal counted, with its status row
-            image, encoding, stamp = self._intake.decode(msg)
-            pose, why = self._pose_for(stamp)  # first: a late pose is the stamp's reference
-            self._intake.check_stamp(stamp, self._poses.newest, self.params.pose_wait_s
-                                     if self.params.pose_type != 'none' else 0.0)
-        except Refused as err:
+    def _frame_error(self, item, err: BaseException) -> bool:
+        """Count a refused or failed frame, publish its status row; False: stop the worker."""
+        if isinstance(err, Refused):
             self._count(err.key, str(err))
-            self._publish_status(stamp_ns(msg.header), None, t_recv)
-            return
-        if self._intake.last_note:
-            self._log.warning(self._intake.last_note)
-        last = self._last_image_stamp
-        if last is not None and stamp < last:
-            self._count('image_stamp_backwards', f'image stamp {stamp_s(stamp):.3f} s is older '
-                        f'than the previous {stamp_s(last):.3f} s')
-        self._last_image_stamp = stamp
-        if why:
-            self._count('no_pose', f'image at {stamp_s(stamp):.3f} s has no pose: {why}; '
-                        'keyframes by time and novelty')
-        frame = self._poses.frame_id if pose is not None else ''
+        elif self._stop.is_set() or not rclpy.ok(context=self.context):
+            return False
+        else:  # one frame must never end the worker
+            self._count(refusal_kind(err), f'frame failed: {err!r}')
+            self._log.debug(''.join(traceback.format_exception(err)))
+        self._publish_status(stamp_ns(item[0].header), None, item[1])  # paced clients
+        return True
+
+    def _check(self, item) -> Checked:
+        """Size, encoding, pose and stamp checks (Refused: counted by _frame_error)."""
+        wait_s = self.params.pose_wait_s if self.params.pose_type != 'none' else 0.0
+        return self._intake.check(item[0], self._pose_for, self._poses.newest, wait_s)
+
+    def _finish(self, item, c: Checked) -> None:
+        """One checked frame through the detector (its batch's descriptor if any); publish."""
+        if c.note:
+            self._log.warning(c.note)
+        for key, text in self._intake.problems(c):
+            self._count(key, text)
+        frame = self._poses.frame_id if c.pose is not None else ''
         try:
             with self._core_lock:
-                result = self._detector.process(image, stamp, encoding, pose, frame,
-                                                depth=self._depth.take(stamp))
+                result = self._prefetch.charge(self._detector.process(
+                    c.image, c.stamp, c.encoding, c.pose, frame,
+                    depth=self._depth.take(c.stamp)), c.image)
         except ImageError as err:
-            self._count('bad_image_data', f'image refused by the encoder: {err}')
-            self._publish_status(stamp, None, t_recv)
-            return
+            raise Refused('bad_image_data', f'image refused by the encoder: {err}') from None
         self._counters.processed += 1
         self._times.processed_rate.tick()
         self._times.core.add(result.t_total_s)
-        self._publish_result(result, t_recv)
+        self._publish_result(result, item[1])
 
     def _publish_result(self, result, t_recv: float) -> None:
         """vpr/matches (and vpr/loop_closure) when a candidate was accepted, status, markers."""
@@ -326,6 +323,7 @@ class VprNode(Node):
         with self._core_lock:
             apply_config(self._detector, geo.effective_config(new, self._point))
             self.params = new
+        self._queue.resize(new.max_batch)
 
     def _srv_save(self, request, response):
         response.success, response.message = self.save_map()
@@ -356,6 +354,7 @@ class VprNode(Node):
     def counters(self) -> dict[str, int]:
         out = self._counters.as_dict()
         out['frames_dropped'] = self._queue.dropped
+        out.update(batches=self._prefetch.batches, batched_frames=self._prefetch.batched_frames)
         out['map_size'] = len(self._map)
         out.update(geo.gate_counters(self._detector))
         return out

@@ -6,8 +6,10 @@ anything is set, a post-set callback (`add_post_set_parameters_callback`) applie
 
 Nothing is copied by hand: the new values become a new `Params` (validated by the table), its
 `detector_config()` (field names derived by the table) replaces the detector's config, and the
-keyframe policy's thresholds follow their `kf_*` fields. `ros2 param set` of a read-only
-parameter is refused with the reason 'restart needed'.
+keyframe policy's thresholds follow their `kf_*` fields, and the verifier is rebuilt from its
+`gv_*` fields when one changed (an ORB detector: microseconds; keyframes keep the features they
+were stored with, whose keypoints are in full-frame pixels whatever side they were found at).
+`ros2 param set` of a read-only parameter is refused with the reason 'restart needed'.
 """
 from dataclasses import fields
 from typing import Callable
@@ -17,14 +19,20 @@ from vpr_ros.core.errors import VPRError
 from vpr_ros.ros.params import BY_NAME, ParamError, Params, validate
 
 POLICY_PREFIX = 'kf_'  # DetectorConfig.kf_x is KeyframePolicy.x
+VERIFIER_PREFIX = 'gv_'  # DetectorConfig.gv_x builds the GeometricVerifier (make_verifier)
 
 
 def apply_config(detector, config: DetectorConfig) -> None:
     """Make a running LoopDetector use `config` (it reads its config at every frame)."""
+    old = detector.config
     detector.config = config
     for f in fields(config):
         if f.name.startswith(POLICY_PREFIX):
             setattr(detector.policy, f.name[len(POLICY_PREFIX):], getattr(config, f.name))
+    if detector.verifier is not None and any(
+            getattr(old, f.name) != getattr(config, f.name) for f in fields(config)
+            if f.name.startswith(VERIFIER_PREFIX)):
+        detector.verifier = config.make_verifier()
 
 
 class ParamUpdates:

@@ -26,7 +26,8 @@ class ParamSpec:
     One parameter: `lo`/`hi` bound numbers (inclusive), `choices` bound strings.
 
     `min_on` > 0: the value 0 means off, and values in (0, min_on) are refused, for periods
-    whose tiny values cost far more than anyone means (a busy core, a save after every frame).
+    whose tiny values cost far more than anyone means (a busy core, a save after every frame)
+    and sizes too small to work with (gv_max_side: ORB finds nothing in a 16-pixel frame).
     `field`: the DetectorConfig field this parameter sets (see `_core`), None for node-only ones.
     """
 
@@ -73,7 +74,8 @@ _T = ('raw', 'compressed')
 
 
 def _core(name: str, field: str, description: str, lo: float | None = None,
-          hi: float | None = None, read_only: bool = True) -> ParamSpec:
+          hi: float | None = None, read_only: bool = True,
+          min_on: float | None = None) -> ParamSpec:
     """
     Declare a parameter that sets DetectorConfig.`field`, with the core's default.
 
@@ -81,7 +83,7 @@ def _core(name: str, field: str, description: str, lo: float | None = None,
     under another name or with another default by mistake.
     """
     return ParamSpec(name, getattr(_C, field), description, lo, hi, read_only=read_only,
-                     field=field)
+                     min_on=min_on, field=field)
 
 
 SPECS: tuple[ParamSpec, ...] = (
@@ -123,6 +125,12 @@ SPECS: tuple[ParamSpec, ...] = (
               '(224x224 for the default). Another size changes descriptors, so a map made '
               'with one size cannot be continued with another (the encoder time and memory '
               'grow with the pixels: 1024x1024 is 21x the default).', 0, 1024),
+    ParamSpec('max_batch', 1, 'Frames the worker takes at once when it fell behind: up to '
+              'this many wait in the queue (the oldest beyond are dropped and counted), are '
+              'embedded in one forward and then processed one by one in stamp order. 1: only '
+              'the newest frame waits (no gain from batches on the CPU, measured by '
+              'bench/bench_node.py --max-batch; on a GPU a batch costs little more than one '
+              'frame: bench/bench_gpu.py).', 1, 32, read_only=False),
     # ---- keyframes
     _core('keyframe_min_distance_m', 'kf_min_distance_m',
           'A frame is a keyframe once the robot moved this far (0: off).', 0.0, 1000.0,
@@ -161,6 +169,18 @@ SPECS: tuple[ParamSpec, ...] = (
     _core('gv_min_spread', 'gv_min_spread',
           'Share of a 4x4 grid over the query image that the inliers must cover (inliers '
           'bunched on one poster are a look-alike).', 0.0, 1.0),
+    # 320: ORB 500 on the full 640x480 frame cost as much as the CNN, at 320x240 a seventh
+    # (bench/bench_verify.py, issue 13); the ratio and spread defaults were measured there.
+    _core('gv_max_side', 'gv_max_side',
+          'Local features are found on the frame shrunk to this longer side (0: the full '
+          'frame; frames under 320 px are enlarged, to at most this side). Larger costs more '
+          'per verified frame, and inlier counts change: the calibrated gv_min_inliers was '
+          'measured at 320. Keyframes keep the features they were stored with.', 0, 4096,
+          read_only=False, min_on=32),
+    _core('gv_first_only', 'gv_first_only',
+          'Verify candidates best first and stop at the first accepted: /vpr/matches then '
+          'carries that one candidate (what /vpr/loop_closure uses anyway); false: every '
+          'candidate above the threshold is verified and listed.', read_only=False),
     _core('degenerate_gate', 'degenerate_gate',
           'Frames with nothing in them (lens cap, blank wall, over/under-exposed, heavy blur) '
           'are neither matched nor stored, and counted (vpr_ros/core/degenerate.py).'),

@@ -2,8 +2,10 @@
 ROS-free plumbing between the node's callbacks and its worker thread: queue and statistics.
 
 The camera callback must never wait for the CNN, so frames go through a drop-oldest queue of
-size 1: the worker always takes the newest frame, and a frame that was overtaken before the
-worker got to it is counted as dropped (reported in diagnostics) instead of piling up latency.
+`max_batch` frames (default 1: the worker always takes the newest frame): a frame overtaken
+before the worker got to it is counted as dropped (reported in diagnostics) instead of piling
+up latency. With `max_batch` > 1 the worker takes every waiting frame at once
+(`get_many`, vpr_ros/ros/batching.py embeds them in one forward).
 """
 from collections import deque
 import threading
@@ -47,6 +49,31 @@ class DropOldestQueue:
             if self._items:
                 return self._items.popleft()
             return None
+
+    def get_many(self, n: int, timeout: float | None = None) -> list:
+        """
+        Up to `n` items, oldest first, waiting up to `timeout` for the first; [] if none.
+
+        Items beyond `n` stay queued (the next call takes them), so nothing is lost here: only
+        `put` drops, and counts what it drops.
+        """
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            return [self._items.popleft() for _ in range(min(max(1, n), len(self._items)))]
+
+    def resize(self, maxsize: int) -> int:
+        """Hold at most `maxsize` items from now on; drop (and count) the oldest beyond it."""
+        if maxsize < 1:
+            raise ValueError(f'maxsize must be >= 1, got {maxsize}')
+        with self._cond:
+            self.maxsize = maxsize
+            n = 0
+            while len(self._items) > maxsize:
+                self._items.popleft()
+                n += 1
+            self.dropped += n
+            return n
 
     def clear(self) -> int:
         """Drop everything queued (counted as dropped); return how many."""
