@@ -76,28 +76,35 @@ def map_descriptors(net: VPRNet, image_paths: Sequence[str], device: str = 'cpu'
 
 def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
                  whiten_map: Sequence[str] = (), data_root: str = '', device: str = 'cpu',
-                 extra: dict | None = None, calibration: dict | None = None
+                 extra: dict | None = None, calibration: dict | None = None,
+                 projection: str = 'whitening', delta_from_imagenet: bool = False
                  ) -> tuple[str, str, dict]:
     """
     Write the model file; returns (path, fingerprint, provenance).
 
+    `projection` 'whitening' (scaled by 1/sqrt(eigenvalue)) or 'pca' (plain, training/
+    projection.py) is fitted to `whiten_dim` on the `whiten_map` traverses and attached.
+
     `calibration` (training/loop_calibration.py `calibrate_net` keywords) fits the calibrated
     operating point on validation loops and stores it in the provenance.
+    `delta_from_imagenet` stores only the tensors that differ from the pinned ImageNet weights
+    (model file version 2; `save_model` says why that is asked for, not automatic).
     """
     net, ckpt = load_trained_net(checkpoint)
     args = ckpt.get('args', {})
     whitening = None
     if whiten_dim:
         if not whiten_map:
-            raise VPRError('--whiten-dim needs --whiten-map traverses to fit on')
-        from vpr_ros.model.whitening import fit_pca_whitening
+            raise VPRError('--whiten-dim/--pca-dim needs --whiten-map traverses to fit on')
+        from vpr_ros.training.projection import fit_projection
 
         paths = [p for t in load_traverses(data_root, whiten_map) for p in t.image_paths]
         descs = map_descriptors(net, paths, device)
         dim = int(min(whiten_dim, descs.shape[1], len(descs) - 1))
-        mean, proj = fit_pca_whitening(descs, dim)
+        mean, proj = fit_projection(descs, dim, projection)
         net.set_whitening(mean, proj)
-        whitening = {'dim': dim, 'requested': int(whiten_dim), 'fitted_on': list(whiten_map),
+        whitening = {'dim': dim, 'requested': int(whiten_dim), 'kind': projection,
+                     'fitted_on': list(whiten_map),
                      'n_descriptors': int(len(descs))}
     metrics = ckpt.get('metrics') or (ckpt.get('history') or [{}])[-1]
     provenance = {
@@ -124,7 +131,7 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
         from vpr_ros.training.loop_calibration import calibrate_net
         point = calibrate_net(net, device=device, **calibration)
         provenance[PROVENANCE_KEY] = point.to_dict()
-    fingerprint = save_model(out_path, net, provenance)
+    fingerprint = save_model(out_path, net, provenance, delta_from_imagenet=delta_from_imagenet)
     return out_path, fingerprint, provenance
 
 
@@ -138,24 +145,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help='attach PCA whitening to this dimension (fitted on --whiten-map); '
                          'not recommended: fitted on training traverses it cost 0.15-0.38 '
                          'R@1 on unseen conditions (check with vpr-eval --whiten-dim first)')
+    ap.add_argument('--pca-dim', type=int, default=0,
+                    help='attach a plain PCA projection to this dimension (no per-component '
+                         'scaling; fitted on --whiten-map): smaller maps, see '
+                         'doc/results/pca_vs_whitening.md for its R@1 on unseen gardens')
     ap.add_argument('--whiten-map', nargs='+', default=[],
-                    help='map traverses (names under --data-root, or index paths)')
+                    help='traverses to fit --whiten-dim/--pca-dim on (names under '
+                         '--data-root, or index paths)')
     ap.add_argument('--data-root', default='')
     ap.add_argument('--device', default='cpu', help='device for the whitening descriptors')
+    ap.add_argument('--delta-from-imagenet', action='store_true',
+                    help='store only the tensors that differ from the pinned ImageNet weights '
+                         '(a third of the size for train_blocks 2; loading then needs those '
+                         'weights, as the built-in model does)')
     from vpr_ros.training.loop_calibration import add_calibration_arguments, calibration_from_args
     add_calibration_arguments(ap)
     args = ap.parse_args(argv)
+    if args.whiten_dim and args.pca_dim:
+        ap.error('give --whiten-dim or --pca-dim, not both')
     try:
-        path, fp, prov = export_model(args.checkpoint, args.out, args.whiten_dim or None,
+        path, fp, prov = export_model(args.checkpoint, args.out,
+                                      args.whiten_dim or args.pca_dim or None,
                                       args.whiten_map, args.data_root, args.device,
-                                      calibration=calibration_from_args(args))
+                                      calibration=calibration_from_args(args),
+                                      projection='pca' if args.pca_dim else 'whitening',
+                                      delta_from_imagenet=args.delta_from_imagenet)
     except (VPRError, ValueError) as exc:
         print(f'vpr-export: error: {exc}', file=sys.stderr)
         return 2
     m = prov['metrics']
     print(f'vpr-export: wrote {path} (sha256 {fp[:16]}…), epoch {prov["epoch"]}, '
           f'loss {prov["loss"]}, R@1 {m.get("r1")}, R@5 {m.get("r5")}'
-          + (f', whitening {prov["whitening"]["dim"]}' if prov['whitening'] else ''))
+          + (f', {prov["whitening"]["kind"]} {prov["whitening"]["dim"]}'
+             if prov['whitening'] else ''))
     if 'operating_point' in prov:
         from vpr_ros.core.calibration import OperatingPoint
         print('vpr-export: operating point ' + OperatingPoint.from_dict(
