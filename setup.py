@@ -18,6 +18,8 @@ setup(
         f'{package_name}.sim',
         f'{package_name}.training',
     ],
+    # The shipped model files (vpr_ros/model/shipped.py pins their sha256), read by path.
+    package_data={f'{package_name}.model': ['data/*.pt']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),
@@ -25,7 +27,7 @@ setup(
         (f'share/{package_name}/config', glob('config/*.yaml') + glob('config/*.xml')),
     ],
     install_requires=['setuptools'],
-    zip_safe=True,
+    zip_safe=False,  # shipped model files are opened by path
     maintainer='vpr_ros developers',
     maintainer_email='vpr_ros@example.org',
     description='Visual place recognition and loop-closure candidates for ROS 2 (GCL-trained).',

@@ -6,7 +6,9 @@ data and tensors, so it is read with ``torch.load(weights_only=True)``: a file c
 is refused, never executed. Fields (all required, no others allowed)::
 
     format      'vpr_ros.model'
-    version     1
+    version     1 or 2
+    base        (version 2 only) None, or the full sha256 of the backbone's ImageNet weights
+                file as pinned in the backbone table (backbones.py)
     spec        backbone, pooling ('gem' | 'avg'), gem_p, image_size [h, w],
                 mean [3], std [3], whitening_dim (int or None)
     output_dim  descriptor dimension the network produces
@@ -14,7 +16,16 @@ is refused, never executed. Fields (all required, no others allowed)::
     state_dict  the network's weights (trunk + pooling; whitening kept apart above)
     provenance  free JSON-able dict: loss, data, metrics, date, ...
 
-Its sha256 is the model's fingerprint, recorded in each map's manifest.
+With ``base`` set, ``state_dict`` holds only the tensors that differ from the network built on
+those ImageNet weights (a model that fine-tuned the last blocks: 3 MB instead of 9 MB). The
+reader builds the net from the hash-checked ImageNet file (imagenet.py, ``weights_only``) and
+overlays the stored tensors; a base that is not the table's, a stored key the net does not have
+or a wrong shape is refused. Files without ``base`` are written as version 1, which older
+readers still read. The delta logic lives in ``model_delta.py``.
+
+Its sha256 is the model's fingerprint, recorded in each map's manifest. A name of the shipped
+model table (``shipped.py``, e.g. ``gcl_garden``) is read from the package's data folder and
+refused unless its sha256 is the pinned one, checked before anything is unpickled.
 """
 import dataclasses
 import hashlib
@@ -27,26 +38,39 @@ import torch
 
 from vpr_ros.core.atomic_io import sha256_file, write_atomic
 from vpr_ros.core.errors import ModelFileError, VPRError
+from vpr_ros.model import model_delta, shipped
 from vpr_ros.model.network import ModelSpec, VPRNet
 
 FORMAT = 'vpr_ros.model'
-VERSION = 1
+VERSION = 2
 TOP_FIELDS = ('format', 'version', 'spec', 'output_dim', 'whitening', 'state_dict',
               'provenance')
+TOP_FIELDS_V2 = TOP_FIELDS + ('base',)
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 WHITENING_FIELDS = ('mean', 'proj')
 
 
 def file_fingerprint(path: str) -> str:
     """Sha256 hex digest of the file at ``path``: the model's identity for maps."""
+    if shipped.is_shipped_name(path):
+        path = shipped.path_and_sha256(path)[0]
     try:
         return sha256_file(path)
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
 
 
-def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
-    """Write ``net`` and its ``provenance`` to ``path`` atomically; return the fingerprint."""
+def save_model(path: str, net: VPRNet, provenance: dict | None = None,
+               delta_from_imagenet: bool = False) -> str:
+    """
+    Write ``net`` and its ``provenance`` to ``path`` atomically; return the fingerprint.
+
+    ``delta_from_imagenet`` stores only the tensors that differ from the backbone's pinned
+    ImageNet weights (version 2, ``base``). It is the caller's choice, not automatic: such a
+    file is no longer self-contained, it needs the ImageNet file (hub cache, ``make setup``)
+    wherever it is loaded; the built-in model needs that file anyway, so a shipped model is
+    stored this way.
+    """
     try:
         # Round trip through JSON: refuses what is not JSON-able, turns tuples into lists.
         provenance = json.loads(json.dumps(provenance or {}))
@@ -60,15 +84,20 @@ def save_model(path: str, net: VPRNet, provenance: dict | None = None) -> str:
     if net.whitening is not None:
         whitening = {'mean': net.whitening.mean.detach().cpu().clone(),
                      'proj': net.whitening.proj.detach().cpu().clone()}
+    base = None
+    if delta_from_imagenet:
+        state, base = model_delta.delta_state(net, state)
     obj = {
         'format': FORMAT,
-        'version': VERSION,
+        'version': 1 if base is None else VERSION,
         'spec': net.spec.to_dict(),
         'output_dim': int(net.dim),
         'whitening': whitening,
         'state_dict': state,
         'provenance': provenance,
     }
+    if base is not None:
+        obj['base'] = base
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
@@ -97,13 +126,19 @@ def _unpickler_reason(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _read(path: str) -> tuple[dict, str]:
+def _read(path: str, expected_sha256: str | None = None) -> tuple[dict, str]:
     """Read and safely unpickle the file; return the raw dict and its sha256."""
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
+    sha = hashlib.sha256(data).hexdigest()
+    # The hash of the very bytes unpickled below, compared before torch sees them.
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ModelFileError(f'model file {path} has sha256 {sha}, expected {expected_sha256} '
+                             f'(the pinned hash of this shipped model): refusing to load it. '
+                             f'Reinstall the package to get the genuine file.')
     try:
         obj = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
@@ -114,18 +149,26 @@ def _read(path: str) -> tuple[dict, str]:
     except Exception as e:  # zip/pickle/storage errors of a truncated or damaged file
         raise ModelFileError(f'model file {path} is corrupt or not a torch file: '
                              f'{type(e).__name__}: {e}') from e
-    return obj, hashlib.sha256(data).hexdigest()
+    return obj, sha
 
 
-def _build(obj: Any, path: str) -> tuple[VPRNet, dict]:
-    _check_fields(f'model file {path}', obj, TOP_FIELDS)
+def _check_header(obj: Any, path: str) -> int:
+    """Check format, version and the fields that version has; return the version."""
+    if not isinstance(obj, dict) or 'version' not in obj:
+        _check_fields(f'model file {path}', obj, TOP_FIELDS)  # names what is missing
+    version = obj.get('version')
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise ModelFileError(f'model file {path}: field version {version!r} is not supported '
+                             f'(this reader knows 1..{VERSION})')
+    _check_fields(f'model file {path}', obj, TOP_FIELDS if version == 1 else TOP_FIELDS_V2)
     if obj['format'] != FORMAT:
         raise ModelFileError(f'model file {path}: field format is {obj["format"]!r}, '
                              f'expected {FORMAT!r}')
-    version = obj['version']
-    if not isinstance(version, int) or not 1 <= version <= VERSION:
-        raise ModelFileError(f'model file {path}: field version {version!r} is not supported '
-                             f'(this reader knows 1..{VERSION})')
+    return version
+
+
+def _build(obj: Any, path: str) -> tuple[VPRNet, dict]:
+    version = _check_header(obj, path)
     _check_fields(f'model file {path}: spec', obj['spec'], SPEC_FIELDS)
     try:
         spec = ModelSpec(**obj['spec'])
@@ -138,7 +181,11 @@ def _build(obj: Any, path: str) -> tuple[VPRNet, dict]:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ModelFileError(f'model file {path}: field state_dict must map names to tensors')
-    net = VPRNet(spec, pretrained=False)
+    base = obj['base'] if version >= 2 else None
+    if base is None:
+        net = VPRNet(spec, pretrained=False)
+    else:
+        net, state = model_delta.overlay(spec, base, state, path)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -165,12 +212,19 @@ def _build(obj: Any, path: str) -> tuple[VPRNet, dict]:
 
 def load_model_and_fingerprint(path: str) -> tuple[VPRNet, dict, str]:
     """Like ``load_model`` plus the sha256 of exactly the bytes that were loaded."""
-    obj, fingerprint = _read(path)
+    expected = None
+    if shipped.is_shipped_name(path):
+        path, expected = shipped.path_and_sha256(path)
+    obj, fingerprint = _read(path, expected)
     net, provenance = _build(obj, path)
     return net, provenance, fingerprint
 
 
 def load_model(path: str) -> tuple[VPRNet, dict]:
-    """Load a model file into a ``VPRNet`` (eval mode, CPU) and its provenance dict."""
+    """
+    Load a model file into a ``VPRNet`` (eval mode, CPU) and its provenance dict.
+
+    ``path`` may also name a shipped model (``shipped.SHIPPED``), read hash-checked.
+    """
     net, provenance, _ = load_model_and_fingerprint(path)
     return net, provenance

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from vpr_ros.core.detector import DetectorConfig
+from vpr_ros.model import shipped
 
 
 class ParamError(ValueError):
@@ -117,8 +118,9 @@ SPECS: tuple[ParamSpec, ...] = (
               'consecutive frames agreeing on a new timeline are followed (0: no check).',
               0.0, 1e7),
     # ---- model
-    ParamSpec('model_path', '', 'Model file written by vpr-export; empty: the built-in '
-              'ImageNet MobileNetV2 + GeM.'),
+    ParamSpec('model_path', '', "Model file written by vpr-export, or 'gcl_garden' (the "
+              'shipped GCL-trained model, hash-checked, with its own calibrated operating '
+              'point); empty: the built-in ImageNet MobileNetV2 + GeM.'),
     ParamSpec('device', 'auto', 'Inference device; auto picks cuda when available.',
               choices=('auto', 'cpu', 'cuda')),
     ParamSpec('image_size', [0, 0], "Network input [height, width]; [0, 0]: the model's own "
@@ -273,10 +275,12 @@ class Params:
         if (size[0] == 0) != (size[1] == 0) or (0 < min(size) < 32):
             raise ParamError(f"parameter 'image_size': {size} is not accepted; expected "
                              "[0, 0] (the model's own) or two integers >= 32")
-        if v['model_path'] and not os.path.isfile(os.path.expanduser(v['model_path'])):
+        if v['model_path'] and not shipped.is_shipped_name(v['model_path']) \
+                and not os.path.isfile(os.path.expanduser(v['model_path'])):
             raise ParamError(f'parameter \'model_path\': file {v["model_path"]!r} does not '
-                             "exist; expected a model file written by vpr-export, or '' for "
-                             'the built-in model')
+                             "exist; expected a model file written by vpr-export, a shipped "
+                             f"model ({', '.join(shipped.SHIPPED)}) or '' for the built-in "
+                             'model')
 
     def __getattr__(self, name: str) -> Any:
         try:
