@@ -1,0 +1,187 @@
+"""
+The textureless-collapse experiment of issue 14 (`python -m vpr_ros.training.collapse_experiment`).
+
+Does a training change keep blank walls apart, and what does it cost or bring where it matters
+(R@1, loops at 100 % precision)?
+
+For ImageNet and every model given (``--model NAME=PATH``) it measures, with the project's own
+code and nothing else:
+
+* the cosine of two different blank walls (`training.blank_walls`, 1 = collapsed);
+* R@1 with a bootstrap 95 % interval on test traverses (map:query pairs under ``--data-root``,
+  e.g. unseen gardens) and on the real corridor (`training.compare_eval`);
+* recall at 100 % precision as a loop (`training.loop_mode`, node keyframes, with and without
+  ORB verification) on the corridor played as a loop (1 frame/s, 30 s exclusion) and on the
+  simulated demo loop (5 Hz, 30 s exclusion): the settings of the built-in operating point.
+
+Writes OUT/collapse.json, OUT/collapse.txt (the table) and OUT/collapse.png.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+BASELINE = 'imagenet'
+
+
+def _parse_models(items: Sequence[str]) -> list[tuple[str, str]]:
+    out = [(BASELINE, '')]
+    for it in items:
+        name, sep, path = it.partition('=')
+        if not sep or not name or not path:
+            raise ValueError(f'--model wants NAME=PATH, got {it!r}')
+        out.append((name, path))
+    return out
+
+
+def blank_cosines(models: list[tuple[str, str]]) -> dict[str, float]:
+    """Blank-wall cosine per model."""
+    from vpr_ros.model.encoder import build_encoder
+    from vpr_ros.training.blank_walls import blank_wall_cosine
+    return {n: round(blank_wall_cosine(build_encoder(p, device='cpu')), 4) for n, p in models}
+
+
+def r1_sets(models: list[tuple[str, str]], data_root: str, sets: Sequence[str], corridor: str,
+            cache: str, out: str) -> dict[str, dict[str, list[float]]]:
+    """R@1 [lo, hi] per set and model."""
+    from vpr_ros.training.compare_eval import evaluate_with_ci
+    from vpr_ros.training.dataset import select_traverses
+
+    res: dict[str, dict[str, list[float]]] = {}
+    jobs = []
+    for s in sets:
+        map_name, query_name = s.split(':')
+        m, q = (t.index_path for t in select_traverses(data_root, [map_name, query_name]))
+        jobs.append((query_name, {'map_indexes': [m], 'query_indexes': [q]}))
+    if corridor:
+        jobs.append(('corridor', {'folder': corridor}))
+    for label, kw in jobs:
+        rep = evaluate_with_ci(models, out_dir=os.path.join(out, label), cache_dir=cache,
+                               progress=False, **kw)
+        res[label] = {row['name']: [round(row['recall'][1], 4),
+                                    round(row['ci']['r1']['lo'], 4),
+                                    round(row['ci']['r1']['hi'], 4)]
+                      for row in rep['rows']}
+    return res
+
+
+def loops(models: list[tuple[str, str]], corridor: str, demo_loop: str, cache: str,
+          out: str) -> dict[str, dict[str, dict]]:
+    """Loop R@1 and recall at precision 1.0, without and with verification, per loop."""
+    from vpr_ros.training.loop_mode import evaluate_loop
+
+    jobs = []
+    if corridor:
+        jobs.append(('corridor loop', {'folder': corridor, 'rate_hz': 1.0}))
+    if demo_loop:
+        jobs.append(('demo loop', {'inputs': [demo_loop], 'rate_hz': 5.0}))
+    res: dict[str, dict[str, dict]] = {}
+    for label, kw in jobs:
+        rep = evaluate_loop(models=[p for _, p in models[1:]], include_default=True,
+                            exclusion_s=30.0, verify=True, keyframes=True, progress=False,
+                            cache_dir=cache, verbose=False,
+                            out_dir=os.path.join(out, label.replace(' ', '_')), **kw)
+        res[label] = {}
+        for (name, _), row in zip(models, rep['rows']):
+            op, vop = row['operating_point'], row['operating_point_verified']
+            res[label][name] = {
+                'r1': round(row['recall_at_1'], 4), 'recall_p100': round(op['recall'], 4),
+                'precision': round(op['precision'], 4),
+                'r1_verified': round(row['recall_at_1_verified'], 4),
+                'recall_p100_verified': round(vop['recall'], 4),
+                'precision_verified': round(vop['precision'], 4), 'n_revisit': row['n_revisit']}
+    return res
+
+
+def format_table(summary: dict) -> str:
+    """One line per model: blank-wall cosine, R@1 per set, loop recall at 100 % precision."""
+    names = list(summary['blank_wall_cosine'])
+    head = ['model', 'blank cos'] + [f'R@1 {s}' for s in summary['r1']]
+    for lp in summary['loops']:
+        head += [f'{lp} R@1', f'{lp} rec@P1', f'{lp} +GV R@1', f'{lp} +GV rec@P1']
+    lines = [' | '.join(head), ' | '.join(['---'] * len(head))]
+    for n in names:
+        cells = [n, f'{summary["blank_wall_cosine"][n]:.3f}']
+        cells += [f'{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]' for v in
+                  (summary['r1'][s][n] for s in summary['r1'])]
+        for lp in summary['loops'].values():
+            r = lp[n]
+            cells += [f'{r["r1"]:.3f}', f'{r["recall_p100"]:.3f}', f'{r["r1_verified"]:.3f}',
+                      f'{r["recall_p100_verified"]:.3f}']
+        lines.append(' | '.join(cells))
+    return '\n'.join('| ' + ln + ' |' for ln in lines)
+
+
+def plot(summary: dict, path: str) -> str:
+    """Blank-wall cosine, R@1 per set and loop recall at 100 % precision, bars per model."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(summary['blank_wall_cosine'])
+    panels = [('blank-wall cosine (lower: less collapse)',
+               {'blank walls': [summary['blank_wall_cosine'][n] for n in names]}, None)]
+    panels.append(('R@1 (95 % CI)', {s: [v[n][0] for n in names]
+                                     for s, v in summary['r1'].items()},
+                   {s: [(v[n][0] - v[n][1], v[n][2] - v[n][0]) for n in names]
+                    for s, v in summary['r1'].items()}))
+    rec = {}
+    for lp, v in summary['loops'].items():
+        rec[lp] = [v[n]['recall_p100'] for n in names]
+        rec[lp + ' +GV'] = [v[n]['recall_p100_verified'] for n in names]
+    panels.append(('loop recall at 100 % precision', rec, None))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for ax, (title, groups, err) in zip(axes, panels):
+        x = np.arange(len(groups))
+        w = 0.8 / len(names)
+        for k, n in enumerate(names):
+            vals = [g[k] for g in groups.values()]
+            yerr = None
+            if err:
+                yerr = np.array([e[k] for e in err.values()]).T
+            ax.bar(x + k * w, vals, w, label=n, yerr=yerr, capsize=2)
+        ax.set_xticks(x + 0.4 - w / 2, list(groups), rotation=20, ha='right', fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m vpr_ros.training.collapse_experiment',
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', action='append', default=[], metavar='NAME=PATH')
+    p.add_argument('--data-root', default='')
+    p.add_argument('--set', action='append', default=[], metavar='MAP:QUERY',
+                   help='test traverse pair under --data-root')
+    p.add_argument('--corridor', default='')
+    p.add_argument('--demo-loop', default='', help='index of the demo loop (day_loop.json)')
+    p.add_argument('--cache', default='', help='descriptor cache folder')
+    p.add_argument('--out', required=True)
+    args = p.parse_args(argv)
+    models = _parse_models(args.model)
+    os.makedirs(args.out, exist_ok=True)
+    summary = {'models': dict(models), 'blank_wall_cosine': blank_cosines(models)}
+    cache = args.cache or None
+    summary['r1'] = r1_sets(models, args.data_root, args.set, args.corridor, cache, args.out)
+    summary['loops'] = loops(models, args.corridor, args.demo_loop, cache, args.out)
+    summary['command'] = 'python -m vpr_ros.training.collapse_experiment ' + ' '.join(
+        argv if argv is not None else sys.argv[1:])
+    with open(os.path.join(args.out, 'collapse.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    table = format_table(summary)
+    with open(os.path.join(args.out, 'collapse.txt'), 'w') as f:
+        f.write(table + '\n')
+    print(table)
+    print('wrote', plot(summary, os.path.join(args.out, 'collapse.png')))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
