@@ -7,6 +7,11 @@ per-frame `/vpr/status`, so no frame is dropped and the result does not depend o
 load), collects `/vpr/matches`, stops the node with SIGINT (the map is saved) and reports
 frames, keyframes, loop closures, precision/recall against ground-truth poses (ψ > 0.5) and
 latency, as a table, a JSON and a PNG.
+
+By default it then runs the node again on the same bag with the shipped GCL-trained model
+(`--compare gcl_garden`, each model at its own calibrated operating point) and reports both
+side by side (demo_compare.py): one table, `side_by_side` in demo_summary.json and
+demo_side_by_side.png. `--compare none` runs only `--model`.
 """
 import argparse
 import json
@@ -20,7 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
+from vpr_ros.model import shipped
 from vpr_ros.ros.topics import input_remaps
+from vpr_ros.tools import demo_compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPO_CONFIG = os.path.join(REPO, 'config')  # vpr_ros/tools/demo.py -> <repo>/config
@@ -79,7 +86,8 @@ def node_command(args: argparse.Namespace, map_dir: str) -> list[str]:
            '-p', 'load_map:=false', '-p', 'publish_status:=true', '-p', 'qos:=reliable',
            '-p', f'exclusion_window_s:={args.exclusion_s}']
     if args.model:  # rcl refuses an empty override; the yaml's '' means the built-in model
-        cmd += ['-p', f'model_path:={os.path.abspath(args.model)}']
+        model = args.model if shipped.is_shipped_name(args.model) else os.path.abspath(args.model)
+        cmd += ['-p', f'model_path:={model}']
     for rule in input_remaps(args.image_topic, args.transport, args.pose_topic, args.pose_type):
         cmd += ['-r', rule]  # the node's inputs are chosen by remapping
     for override in args.param:  # last: a user's NAME:=VALUE wins over the demo's own
@@ -160,7 +168,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     keyframe_xy = gt.at(query_ns[status[:, 2] > 0])[:, :2] if len(status) else np.zeros((0, 2))
     png = os.path.join(args.out, 'demo_report.png')
     plot_report(png, gt, keyframe_xy[~np.isnan(keyframe_xy).any(1)], rows, psi, evaluation,
-                title=f'vpr_ros demo: {os.path.basename(os.path.normpath(bag))}')
+                title=f'vpr_ros demo: {os.path.basename(os.path.normpath(bag))}, '
+                      f'{demo_compare.model_label(args.model)}')
     summary = {
         'bag': bag, 'frames_published': played['counts'].get(args.image_topic, 0),
         'frames_processed': int(len(status)), 'keyframes': int((status[:, 2] > 0).sum()),
@@ -199,7 +208,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         default='Odometry')
     parser.add_argument('--gt-topic', default='',
                         help='ground-truth pose topic of your bag (default: the pose topic)')
-    parser.add_argument('--model', default='', help='model file (default: built-in)')
+    parser.add_argument('--model', default='',
+                        help='model file or shipped model name (default: built-in)')
+    parser.add_argument('--compare', default='gcl_garden',
+                        help="model run beside --model on the same bag (default: the shipped "
+                             "GCL model; with --model gcl_garden, the built-in); 'none': "
+                             'only --model')
     parser.add_argument('--exclusion-s', type=float, default=30.0)
     parser.add_argument('--max-frames', type=int, default=0, help='stop after N images')
     parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
@@ -216,6 +230,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f'vpr-demo: --param takes NAME:=VALUE, got {bad[0]!r}', file=sys.stderr)
         sys.exit(2)
     summary = run_demo(args)
+    other = demo_compare.second_model(args.model, args.compare)
+    if other is not None:
+        label = demo_compare.model_label(other)
+        second = run_demo(argparse.Namespace(**{
+            **vars(args), 'model': other,
+            'out': os.path.join(args.out, demo_compare.folder_name(label))}))
+        table = demo_compare.write_side_by_side(
+            args.out, [(demo_compare.model_label(args.model), args.model, summary),
+                       (label, other, second)])
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         shown = f'{value:.3f}' if isinstance(value, float) else value
@@ -224,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"score_threshold keeping precision >= {summary['target_precision']:.2f} on this "
               f"run: {summary['suggested_threshold']:.3f} (recall "
               f"{summary['recall_at_suggested']:.2f}); -p score_threshold:=... to use it")
+    if other is not None:
+        print(f'\nside by side on the same bag (each model at its own calibrated point; '
+              f'{os.path.join(args.out, "demo_side_by_side.png")}):\n{table}')
 
 
 if __name__ == '__main__':
