@@ -42,6 +42,24 @@ def blank_cosines(models: list[tuple[str, str]]) -> dict[str, float]:
     return {n: round(blank_wall_cosine(build_encoder(p, device='cpu')), 4) for n, p in models}
 
 
+def lowtex_cosines(models: list[tuple[str, str]], paths: Sequence[str], n: int = 32
+                   ) -> dict[str, float]:
+    """Mean cosine over pairs of low-texture frames made from never-trained-on images."""
+    import numpy as np
+
+    from vpr_ros.model.encoder import build_encoder
+    from vpr_ros.training.lowtex import make_lowtex_frames
+
+    frames, _ = make_lowtex_frames(paths, n, seed=12345)
+    out = {}
+    for name, path in models:
+        d = np.asarray(build_encoder(path, device='cpu').embed(frames, 'rgb8'), np.float64)
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        c = d @ d.T
+        out[name] = round(float(c[~np.eye(len(d), dtype=bool)].mean()), 4)
+    return out
+
+
 def r1_sets(models: list[tuple[str, str]], data_root: str, sets: Sequence[str], corridor: str,
             cache: str, out: str) -> dict[str, dict[str, list[float]]]:
     """R@1 [lo, hi] per set and model."""
@@ -97,12 +115,14 @@ def loops(models: list[tuple[str, str]], corridor: str, demo_loop: str, cache: s
 def format_table(summary: dict) -> str:
     """One line per model: blank-wall cosine, R@1 per set, loop recall at 100 % precision."""
     names = list(summary['blank_wall_cosine'])
-    head = ['model', 'blank cos'] + [f'R@1 {s}' for s in summary['r1']]
+    low = summary.get('lowtex_cosine_test', {})
+    head = ['model', 'blank cos'] + (['low-tex cos (test)'] if low else [])
+    head += [f'R@1 {s}' for s in summary['r1']]
     for lp in summary['loops']:
         head += [f'{lp} R@1', f'{lp} rec@P1', f'{lp} +GV R@1', f'{lp} +GV rec@P1']
     lines = [' | '.join(head), ' | '.join(['---'] * len(head))]
     for n in names:
-        cells = [n, f'{summary["blank_wall_cosine"][n]:.3f}']
+        cells = [n, f'{summary["blank_wall_cosine"][n]:.3f}'] + ([f'{low[n]:.3f}'] if low else [])
         cells += [f'{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]' for v in
                   (summary['r1'][s][n] for s in summary['r1'])]
         for lp in summary['loops'].values():
@@ -121,8 +141,10 @@ def plot(summary: dict, path: str) -> str:
     import numpy as np
 
     names = list(summary['blank_wall_cosine'])
-    panels = [('blank-wall cosine (lower: less collapse)',
-               {'blank walls': [summary['blank_wall_cosine'][n] for n in names]}, None)]
+    cos = {'blank walls': [summary['blank_wall_cosine'][n] for n in names]}
+    if summary.get('lowtex_cosine_test'):
+        cos['low-tex frames, test garden'] = [summary['lowtex_cosine_test'][n] for n in names]
+    panels = [('cosine of different textureless frames (lower: less collapse)', cos, None)]
     panels.append(('R@1 (95 % CI)', {s: [v[n][0] for n in names]
                                      for s, v in summary['r1'].items()},
                    {s: [(v[n][0] - v[n][1], v[n][2] - v[n][0]) for n in names]
@@ -168,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = _parse_models(args.model)
     os.makedirs(args.out, exist_ok=True)
     summary = {'models': dict(models), 'blank_wall_cosine': blank_cosines(models)}
+    if args.set:  # low-texture frames of the first test set's query images (never trained on)
+        from vpr_ros.training.dataset import select_traverses
+        query = select_traverses(args.data_root, [args.set[0].split(':')[1]])[0]
+        summary['lowtex_cosine_test'] = lowtex_cosines(models, query.image_paths)
     cache = args.cache or None
     summary['r1'] = r1_sets(models, args.data_root, args.set, args.corridor, cache, args.out)
     summary['loops'] = loops(models, args.corridor, args.demo_loop, cache, args.out)
