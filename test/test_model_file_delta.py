@@ -137,3 +137,25 @@ def test_delta_refused_when_the_imagenet_file_is_not_genuine(files, tmp_path,
     with pytest.raises(ModelFileError, match=f'{files["delta"]}.*delta.*sha256') as info:
         load_model(files['delta'])
     assert 'expected ' + MOBILENET_V2_SHA256 in str(info.value)
+
+
+def test_vpr_export_delta_from_imagenet(tmp_path, images: list) -> None:
+    """The writer path: vpr-export --delta-from-imagenet embeds like the full export."""
+    from synthetic import make_synthetic_garden
+
+    from vpr_ros.training.export import main as export_main
+    from vpr_ros.training.train import main as train_main
+
+    root, run = str(tmp_path / 'garden'), str(tmp_path / 'run')
+    make_synthetic_garden(root)
+    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
+                       'train_query', '--image-size', '64', '64', '--workers', '0',
+                       '--no-progress', '--epochs', '1', '--batch-size', '16',
+                       '--pairs-per-epoch', '32', '--out', run]) == 0
+    full, delta = str(tmp_path / 'full.pt'), str(tmp_path / 'delta.pt')
+    assert export_main([run, '--out', full]) == 0
+    assert export_main([run, '--out', delta, '--delta-from-imagenet']) == 0
+    assert _raw(delta)['version'] == 2 and _raw(full)['version'] == 1
+    assert os.path.getsize(delta) < os.path.getsize(full)
+    np.testing.assert_allclose(build_encoder(delta, device='cpu').embed(images),
+                               build_encoder(full, device='cpu').embed(images), atol=1e-6)
