@@ -174,3 +174,19 @@ def test_on_error_false_stops_the_batch(encoder, seq) -> None:
     assert not run_batch(msgs, lambda it: stamp_ns(it[0].header), w.check, w.finish,
                          lambda item, err: seen.append(err) or False, w.prefetch)
     assert len(seen) == 1
+
+
+def test_live_verification_parameters_rebuild_the_verifier(encoder) -> None:
+    from vpr_ros.ros.param_updates import apply_config
+    from vpr_ros.ros.params import ParamError, Params
+    det = LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint), DetectorConfig())
+    first = det.verifier
+    assert first.max_side == 320
+    apply_config(det, Params({'gv_first_only': True}).detector_config())
+    assert det.verifier is first and det.config.gv_first_only  # read at every frame
+    apply_config(det, Params({'gv_max_side': 640}).detector_config())
+    assert det.verifier is not first and det.verifier.max_side == 640
+    with pytest.raises(ParamError, match="'gv_max_side'"):
+        Params({'gv_max_side': 16})
+    with pytest.raises(ParamError, match="'max_batch'"):
+        Params({'max_batch': 0})

@@ -91,3 +91,16 @@ def test_installed_tools_run(workspace) -> None:
     proc = subprocess.run(['ros2', 'run', 'vpr_ros', 'vpr-export', '--help'], cwd=ws,
                           env=workspace_env(ws), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and 'usage' in proc.stdout.lower(), proc.stdout + proc.stderr
+
+
+def test_installed_package_holds_the_shipped_model(workspace) -> None:
+    """The shipped model file is installed with the package (package_data), hash intact."""
+    ws, _, _ = workspace
+    code = ('import hashlib; from vpr_ros.model import shipped;'
+            "p, sha = shipped.path_and_sha256('gcl_garden');"
+            'print(p); print(hashlib.sha256(open(p, "rb").read()).hexdigest() == sha)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ws, env=workspace_env(ws),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    path, ok = proc.stdout.split()
+    assert path.startswith(ws + os.sep) and ok == 'True', proc.stdout

@@ -162,7 +162,7 @@ class VprNode(Node):
         else:
             from sensor_msgs.msg import Image as ImageType
         sub = self.create_subscription(ImageType, topics.image_input(p.image_transport),
-                                       self._on_image, sensor_qos(p.qos, 5),
+                                       self._on_image, sensor_qos(p.qos, max(5, p.max_batch)),
                                        callback_group=self._sensor_group)
         # Logs and diagnostics name what was subscribed after namespace and remapping.
         self.image_topic: str = sub.topic_name

@@ -20,6 +20,7 @@ from vpr_ros.ros.params import BY_NAME, ParamError, Params, validate
 
 POLICY_PREFIX = 'kf_'  # DetectorConfig.kf_x is KeyframePolicy.x
 VERIFIER_PREFIX = 'gv_'  # DetectorConfig.gv_x builds the GeometricVerifier (make_verifier)
+READ_EACH_FRAME = ('gv_first_only',)  # ... but these the detector reads from its config
 
 
 def apply_config(detector, config: DetectorConfig) -> None:
@@ -29,9 +30,9 @@ def apply_config(detector, config: DetectorConfig) -> None:
     for f in fields(config):
         if f.name.startswith(POLICY_PREFIX):
             setattr(detector.policy, f.name[len(POLICY_PREFIX):], getattr(config, f.name))
-    if detector.verifier is not None and any(
+    if getattr(detector, 'verifier', None) is not None and any(
             getattr(old, f.name) != getattr(config, f.name) for f in fields(config)
-            if f.name.startswith(VERIFIER_PREFIX)):
+            if f.name.startswith(VERIFIER_PREFIX) and f.name not in READ_EACH_FRAME):
         detector.verifier = config.make_verifier()
 
 

@@ -129,8 +129,9 @@ SPECS: tuple[ParamSpec, ...] = (
               'grow with the pixels: 1024x1024 is 21x the default).', 0, 1024),
     ParamSpec('max_batch', 1, 'Frames the worker takes at once when it fell behind: up to '
               'this many wait in the queue (the oldest beyond are dropped and counted), are '
-              'embedded in one forward and then processed one by one in stamp order. 1: only '
-              'the newest frame waits (no gain from batches on the CPU, measured by '
+              'embedded in one forward and then processed one by one in stamp order (the '
+              'image subscription keeps as many, from start-up). 1: only the newest frame '
+              'waits (no gain from batches on the CPU, measured by '
               'bench/bench_node.py --max-batch; on a GPU a batch costs little more than one '
               'frame: bench/bench_gpu.py).', 1, 32, read_only=False),
     # ---- keyframes
