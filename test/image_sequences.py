@@ -23,6 +23,11 @@ Usage::
 """
 from dataclasses import dataclass, field
 import functools
+import glob
+import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -171,3 +176,27 @@ def unrelated_photos(size_hw: tuple[int, int] = (240, 320)) -> list[np.ndarray]:
         img = cv2.resize(img, (max(w, img.shape[1]), max(h, img.shape[0])))
         out.append(np.ascontiguousarray(img[:h, :w]))
     return out
+
+
+def sim_day_loop() -> tuple[list[str], list[int], np.ndarray, dict]:
+    """
+    Load the demo's simulated day loop: frame files, stamps (ns), poses, camera intrinsics.
+
+    Rendered (or found in the cache) by a child process: OSMesa rendering and torchvision in
+    one process segfault.
+    """
+    code = ('from vpr_ros.sim.dataset import default_dataset; '
+            'print(default_dataset(log=lambda *a, **k: None).root)')
+    proc = subprocess.run([sys.executable, '-c', code], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    root = proc.stdout.strip().splitlines()[-1]
+    with open(os.path.join(root, 'sim_meta.json')) as f:
+        meta = json.load(f)
+    with open(os.path.join(root, 'folder', 'day_loop.json')) as f:
+        poses = np.array(json.load(f)['poses'])
+    files = sorted(glob.glob(os.path.join(root, 'folder', 'day_loop', '*.png')))
+    tr = meta['traverses'][0]
+    period = int(1e9 / meta['params']['rate_hz'])
+    stamps = [tr['start_ns'] + k * period for k in range(len(files))]
+    return files, stamps, poses, meta['intrinsics']

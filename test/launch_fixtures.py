@@ -9,17 +9,11 @@ images and poses over DDS from this process and waits for the node's per-frame `
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from ros_fixtures import Client, GraphClient, RELIABLE, rows
 
-RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
 READY = 'vpr_node ready'
 
 
@@ -72,49 +66,18 @@ class LaunchProcess:
             self._log.close()
 
 
-class Feeder:
+class Feeder(GraphClient):
     """Publishes frames to one node (namespace `ns`) and records its status rows and matches."""
 
     def __init__(self, name: str, ns: str = '', watch_matches: tuple[str, ...] = ()) -> None:
         from std_msgs.msg import Float64MultiArray
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.lock = threading.Lock()
-        self.status: dict[float, np.ndarray] = {}
+        super().__init__(name, f'{ns}/vpr/status')
         self.matches: dict[str, list[np.ndarray]] = {t: [] for t in watch_matches}
-        self._pubs: dict[str, object] = {}
-        self.status_topic = f'{ns}/vpr/status'
-        self.node.create_subscription(Float64MultiArray, self.status_topic, self._on_status,
-                                      RELIABLE)
         for topic in watch_matches:
-            self.node.create_subscription(Float64MultiArray, topic, self._keep(topic), RELIABLE)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
-
-    def _keep(self, topic: str):
-        def cb(msg) -> None:
-            with self.lock:
-                self.matches[topic].append(rows(msg))
-        return cb
-
-    def _on_status(self, msg) -> None:
-        with self.lock:
-            for r in rows(msg):
-                self.status[round(float(r[0]), 6)] = r
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-    def publisher(self, msg_type, topic: str):
-        if topic not in self._pubs:
-            self._pubs[topic] = self.node.create_publisher(msg_type, topic, RELIABLE)
-        return self._pubs[topic]
+            self.node.create_subscription(Float64MultiArray, topic,
+                                          self._keep(self.matches[topic], rows), RELIABLE)
+        self.start()
 
     def wait_connected(self, image_topic: str, pose_topic: str, timeout: float = 60.0) -> None:
         """Wait until the node subscribes to both inputs and publishes its status."""
@@ -126,14 +89,7 @@ class Feeder:
                       timeout, f'node subscribed to {image_topic}, {pose_topic}')
 
     def wait_for(self, predicate, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                got = predicate()
-            if got:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f'timed out waiting for {what}')
+        return self._wait(predicate, timeout, what)
 
     def send(self, seq, indices, image_topic: str, pose_topic: str, offset_ns: int = 0,
              timeout: float = 60.0) -> list[np.ndarray]:
@@ -145,30 +101,10 @@ class Feeder:
         out = []
         for i in indices:
             stamp = int(seq.stamps_ns[i]) + offset_ns
-            sec, nsec = divmod(stamp, 10**9)
-            pose = PoseStamped()
-            pose.header.stamp.sec, pose.header.stamp.nanosec = sec, nsec
-            pose.header.frame_id = 'odom'
-            p = seq.poses[i]
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, p[:3])
-            o = pose.pose.orientation
-            o.x, o.y, o.z, o.w = map(float, p[3:7])
-            pose_pub.publish(pose)
-            frame = np.ascontiguousarray(seq.frames[i])
-            img = Image(height=frame.shape[0], width=frame.shape[1], encoding='rgb8',
-                        step=frame.shape[1] * 3)
-            img.header.stamp.sec, img.header.stamp.nanosec = sec, nsec
-            img.header.frame_id = 'camera'
-            img.data = frame.tobytes()
-            img_pub.publish(img)
+            pose_pub.publish(Client.pose_msg('PoseStamped', stamp, seq.poses[i]))
+            img_pub.publish(Client.image_msg(np.ascontiguousarray(seq.frames[i]), stamp))
             key = round(stamp / 1e9, 6)
             (row,) = self.wait_for(lambda: (self.status[key],) if key in self.status else None,
                                    timeout, f'status of frame {i} on {self.status_topic}')
             out.append(row)
         return out
-
-
-def rows(msg) -> np.ndarray:
-    """(rows, columns) of a vpr/* Float64MultiArray, shaped by its own layout."""
-    d = msg.layout.dim
-    return np.asarray(msg.data, dtype=np.float64).reshape(d[0].size, d[1].size)

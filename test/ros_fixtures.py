@@ -149,40 +149,52 @@ def diag_values(msg) -> dict[str, str]:
     return {kv.key: kv.value for st in msg.status for kv in st.values}
 
 
-class Client:
-    """Publishes frames and poses to a NodeProcess and records its outputs."""
+def revisit_hits(matches: list, seq) -> tuple[list[int], dict[int, int | None]]:
+    """Revisit frames of `seq` whose best match (first row of their vpr/matches) is correct."""
+    idx = {round(int(t) / 1e9, 6): i for i, t in enumerate(seq.stamps_ns)}
+    best = {}
+    for m in matches:
+        r = rows(m)
+        key = round(float(r[0, 0]), 6)
+        if key in idx:
+            best[idx[key]] = idx.get(round(float(r[0, 1]), 6))
+    hits = [i for i in sorted(seq.revisits) if best.get(i) in seq.revisits[i]]
+    return hits, best
 
-    def __init__(self, name: str, node: NodeProcess) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
+
+class GraphClient:
+    """
+    An rclpy node in the test process, in its own context, spun by a background thread.
+
+    It records the per-frame status rows of one node (`status_topic`) and keeps one publisher a
+    topic and type; `Client` (a NodeProcess) and launch_fixtures' `Feeder` (a node started by
+    `ros2 launch`) add what their tests look at.
+    """
+
+    def __init__(self, name: str, status_topic: str) -> None:
         from std_msgs.msg import Float64MultiArray
-        from visualization_msgs.msg import MarkerArray
 
-        self.target = node
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
         self.lock = threading.Lock()
-        self.matches: list = []
         self.status: dict[float, object] = {}
-        self.loops: list = []
-        self.diags: list = []
-        self.markers: list = []
+        self.status_topic = status_topic
         self._pubs: dict[str, object] = {}
-        sub = self.node.create_subscription
-        sub(Float64MultiArray, node.topic('vpr/matches'), self._keep(self.matches), RELIABLE)
-        sub(Float64MultiArray, node.topic('vpr/loop_closure'), self._keep(self.loops), RELIABLE)
-        sub(DiagnosticArray, node.topic('/diagnostics'), self._keep(self.diags), RELIABLE)
-        sub(MarkerArray, node.topic('vpr/markers'), self._keep(self.markers), 10)
-        sub(Float64MultiArray, node.topic('vpr/status'), self._on_status, RELIABLE)
+        self.node.create_subscription(Float64MultiArray, status_topic, self._on_status,
+                                      RELIABLE)
+
+    def start(self) -> None:
+        """Spin in the background; call once every subscription is made."""
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
         self._spin.start()
 
-    def _keep(self, into: list):
+    def _keep(self, into: list, convert=lambda m: m):
         def cb(msg) -> None:
             with self.lock:
-                into.append(msg)
+                into.append(convert(msg))
         return cb
 
     def _on_status(self, msg) -> None:
@@ -195,12 +207,44 @@ class Client:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
-    # ---------------------------------------------------------------- publishing
     def publisher(self, msg_type, topic: str, qos=RELIABLE):
         key = f'{topic}:{msg_type.__name__}'
         if key not in self._pubs:
             self._pubs[key] = self.node.create_publisher(msg_type, topic, qos)
         return self._pubs[key]
+
+    def _wait(self, predicate, timeout: float, what: str, log=None):
+        """Poll `predicate` under the lock until it is truthy; fail naming `what`."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                got = predicate()
+            if got:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f'timed out waiting for {what}' + (f':\n{log()}' if log else ''))
+
+
+class Client(GraphClient):
+    """Publishes frames and poses to a NodeProcess and records its outputs."""
+
+    def __init__(self, name: str, node: NodeProcess) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from std_msgs.msg import Float64MultiArray
+        from visualization_msgs.msg import MarkerArray
+
+        super().__init__(name, node.topic('vpr/status'))
+        self.target = node
+        self.matches: list = []
+        self.loops: list = []
+        self.diags: list = []
+        self.markers: list = []
+        sub = self.node.create_subscription
+        sub(Float64MultiArray, node.topic('vpr/matches'), self._keep(self.matches), RELIABLE)
+        sub(Float64MultiArray, node.topic('vpr/loop_closure'), self._keep(self.loops), RELIABLE)
+        sub(DiagnosticArray, node.topic('/diagnostics'), self._keep(self.diags), RELIABLE)
+        sub(MarkerArray, node.topic('vpr/markers'), self._keep(self.markers), 10)
+        self.start()
 
     def wait_connected(self, topics: list[tuple[object, str]], timeout: float = 60.0) -> None:
         """Wait until the node subscribes to each input and publishes /vpr/status."""
@@ -266,14 +310,7 @@ class Client:
                              f'{self.target.log()[-3000:]}')
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = 'condition'):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                got = predicate()
-            if got:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f'timed out waiting for {what}:\n{self.target.log()[-3000:]}')
+        return self._wait(predicate, timeout, what, lambda: self.target.log()[-3000:])
 
     def latest_diag(self, after: float = 0.0, timeout: float = 30.0) -> dict[str, str]:
         """Values of a /diagnostics message received after wall time `after` (time.time())."""

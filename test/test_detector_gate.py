@@ -4,10 +4,7 @@ LoopDetector with the issue-12 parts: degenerate-frame gate, intrinsics, relativ
 The pose accuracy runs on the simulated garden loop (known camera poses and intrinsics), the
 same images the demo plays to the node.
 """
-import glob
-import json
 import os
-import subprocess
 import sys
 
 import cv2
@@ -16,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
+from image_sequences import make_sequence, sim_day_loop  # noqa: E402
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.pose_buffer import Pose  # noqa: E402
@@ -74,21 +71,8 @@ def test_degenerate_frames_are_neither_matched_nor_stored(encoder):
 
 def _sim_frames():
     """Day loop of the demo's simulated set: frames, stamps, camera poses, intrinsics."""
-    code = ('from vpr_ros.sim.dataset import default_dataset; '
-            'print(default_dataset(log=lambda *a, **k: None).root)')
-    proc = subprocess.run([sys.executable, '-c', code], env=os.environ.copy(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    root = proc.stdout.strip().splitlines()[-1]
-    meta = json.load(open(os.path.join(root, 'sim_meta.json')))
-    index = json.load(open(os.path.join(root, 'folder', 'day_loop.json')))
-    files = sorted(glob.glob(os.path.join(root, 'folder', 'day_loop', '*.png')))
-    tr = meta['traverses'][0]
-    period = int(1e9 / meta['params']['rate_hz'])
-    stamps = [tr['start_ns'] + k * period for k in range(len(files))]
-    k = meta['intrinsics']
-    return files, stamps, np.array(index['poses']), Intrinsics(k['fx'], k['fy'], k['cx'],
-                                                                k['cy'])
+    files, stamps, poses, k = sim_day_loop()
+    return files, stamps, poses, Intrinsics(k['fx'], k['fy'], k['cx'], k['cy'])
 
 
 def test_relative_pose_of_verified_loops_on_the_simulated_garden(encoder):

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hostile_inputs import jpeg_bomb, patch_jpeg_size, png_declaring  # noqa: E402
 from image_sequences import make_sequence  # noqa: E402
-from ros_fixtures import Client, diag_values, NodeProcess, rows  # noqa: E402
+from ros_fixtures import Client, diag_values, NodeProcess, revisit_hits  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 S = 10**9
@@ -142,16 +142,8 @@ def test_node_survives_and_counts_every_bad_input(run) -> None:
 
 
 def test_good_frames_still_find_the_revisit(run, seq) -> None:
-    idx = {round(int(t) / 1e9, 6): i for i, t in enumerate(seq.stamps_ns)}
-    best = {}
-    for m in run['client'].matches:
-        r = rows(m)
-        key = round(float(r[0, 0]), 6)
-        if key in idx:
-            best[idx[key]] = idx.get(round(float(r[0, 1]), 6))
-    revisit = sorted(seq.revisits)
-    hits = [i for i in revisit if best.get(i) in seq.revisits[i]]
-    assert len(hits) >= 0.75 * len(revisit), (hits, best)
+    hits, best = revisit_hits(run['client'].matches, seq)
+    assert len(hits) >= 0.75 * len(seq.revisits), (hits, best)
     assert all(run['good'][i][1] >= 0 or run['good'][i][2] == 0 for i in run['good'])
 
 

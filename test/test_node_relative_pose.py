@@ -6,10 +6,7 @@ calibrated operating point); this process publishes camera_info, then the loop's
 their ground-truth poses, and compares every published relative pose with the one the known
 camera poses give (rotation error, translation-direction error).
 """
-import glob
-import json
 import os
-import subprocess
 import sys
 import threading
 from types import SimpleNamespace
@@ -20,6 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from image_sequences import sim_day_loop  # noqa: E402
 from ros_fixtures import Client, NodeProcess, RELIABLE, rows, stream  # noqa: E402
 
 from vpr_ros.core.fov import fov_overlap, yaw_from_quaternion  # noqa: E402
@@ -36,22 +34,12 @@ COLS = RELATIVE_POSE_COLUMNS.split(',')
 
 def _sim_loop():
     """Start and revisit of the demo's day loop (every 2nd frame), poses and intrinsics."""
-    code = ('from vpr_ros.sim.dataset import default_dataset; '
-            'print(default_dataset(log=lambda *a, **k: None).root)')
-    proc = subprocess.run([sys.executable, '-c', code], env=os.environ.copy(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    root = proc.stdout.strip().splitlines()[-1]
-    meta = json.load(open(os.path.join(root, 'sim_meta.json')))
-    poses = np.array(json.load(open(os.path.join(root, 'folder', 'day_loop.json')))['poses'])
-    files = sorted(glob.glob(os.path.join(root, 'folder', 'day_loop', '*.png')))
-    tr = meta['traverses'][0]
-    period = int(1e9 / meta['params']['rate_hz'])
+    files, stamps, poses, intrinsics = sim_day_loop()
     pick = list(range(0, 100, 2)) + list(range(220, len(files), 2))
     frames = [cv2.cvtColor(cv2.imread(files[i]), cv2.COLOR_BGR2RGB) for i in pick]
-    stamps = np.array([tr['start_ns'] + i * period for i in pick], dtype=np.int64)
-    return SimpleNamespace(frames=frames, stamps_ns=stamps, poses=poses[pick],
-                           intrinsics=meta['intrinsics'])
+    return SimpleNamespace(frames=frames, stamps_ns=np.array([stamps[i] for i in pick],
+                                                             dtype=np.int64),
+                           poses=poses[pick], intrinsics=intrinsics)
 
 
 def _camera_info(k: dict, stamp_ns: int):

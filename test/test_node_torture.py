@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hostile_inputs import bit_flip, exotic_image, jpeg_bomb, patch_jpeg_size, png_declaring  # noqa: E402
 from image_sequences import make_sequence  # noqa: E402
-from ros_fixtures import Client, NodeProcess, rows  # noqa: E402
+from ros_fixtures import Client, NodeProcess, revisit_hits, rows  # noqa: E402
 
 from vpr_ros.core.errors import ImageError  # noqa: E402
 from vpr_ros.core.msg_convert import compressed_from_msg  # noqa: E402
@@ -262,16 +262,8 @@ def test_refused_frames_never_become_keyframes_or_candidates(run) -> None:
 
 
 def test_good_frames_still_find_the_revisit(run, seq) -> None:
-    idx = {round(int(t) / 1e9, 6): i for i, t in enumerate(seq.stamps_ns)}
-    best = {}
-    for m in run['client'].matches:
-        r = rows(m)
-        key = round(float(r[0, 0]), 6)
-        if key in idx:
-            best[idx[key]] = idx.get(round(float(r[0, 1]), 6))
-    revisit = sorted(seq.revisits)
-    hits = [i for i in revisit if best.get(i) in seq.revisits[i]]
-    assert len(hits) >= 0.75 * len(revisit), (hits, best)
+    hits, best = revisit_hits(run['client'].matches, seq)
+    assert len(hits) >= 0.75 * len(seq.revisits), (hits, best)
     assert all(row[3] >= 0 for row in run['good'].values())  # every good frame processed
     for i, enc in EXOTIC.items():
         assert run['good'][i][3] >= 0, (i, enc)
