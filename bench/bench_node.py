@@ -8,6 +8,12 @@ frame (from the node's per-frame `/vpr/status`). The difference is what DDS, con
 queueing and the node add. Memory: RSS of the node process before and after `--frames` small
 frames, against the map's own size. Figures are printed and written to
 bench/results/bench_node.json, not asserted.
+
+`--max-batch 1 8`: instead, the node in its shipped configuration (verification on, calibrated
+threshold; no pose topic, map in memory) is run once per max_batch value on the same 640x480
+stream at `--rates` (30 Hz by default for this mode), and frames dropped and the latency
+publish → `/vpr/status` (every frame has its row) are printed side by side
+(bench/results/bench_node_batch.json). `--device cuda` runs the same on a GPU.
 """
 import argparse
 import json
@@ -88,6 +94,7 @@ class Client:
         self.lock = threading.Lock()
         self.match_t: dict[float, float] = {}
         self.status: dict[float, list] = {}
+        self.status_t: dict[float, float] = {}
         self.diag: dict[str, str] = {}
         self.status_event = threading.Event()
         self.pub = self.node.create_publisher(Image, '/camera/image_raw', RELIABLE)
@@ -106,8 +113,10 @@ class Client:
             self.match_t[round(msg.data[0], 6)] = t
 
     def _on_status(self, msg) -> None:
+        t = time.perf_counter()
         with self.lock:
             self.status[round(msg.data[0], 6)] = list(msg.data)
+            self.status_t[round(msg.data[0], 6)] = t
         self.status_event.set()
 
     def _on_diag(self, msg) -> None:
@@ -132,6 +141,7 @@ class Client:
         with self.lock:
             self.match_t.clear()
             self.status.clear()
+            self.status_t.clear()
 
     def close(self) -> None:
         self.ex.shutdown(timeout_sec=1.0)
@@ -143,12 +153,20 @@ def pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float('nan')
 
 
+DIAG_DELTAS = ('frames_received', 'frames_dropped', 'batches', 'batched_frames')
+
+
 def run_latency(client: Client, imgs: list, rate_hz: float, duration_s: float,
                 stamp0_ns: int) -> dict:
-    """Publish at rate_hz; latency = publish → /vpr/matches, per frame, beside core time."""
+    """
+    Publish at rate_hz; latency per frame: publish → /vpr/matches and publish → /vpr/status.
+
+    The core time of the same frame comes from its status row. Counters are the node's
+    diagnostics, as differences over the run (received by the node, dropped by its queue).
+    """
     client.reset()
     with client.lock:
-        dropped0 = int(client.diag.get('frames_dropped', 0))
+        diag0 = {k: int(client.diag.get(k, 0)) for k in DIAG_DELTAS}
     n = int(rate_hz * duration_s)
     sent: dict[float, float] = {}
     period = 1.0 / rate_hz
@@ -162,24 +180,32 @@ def run_latency(client: Client, imgs: list, rate_hz: float, duration_s: float,
         key = round((stamp0_ns + k * int(period * 1e9)) / 1e9, 6)
         sent[key] = time.perf_counter()
         client.pub.publish(msg)
-    time.sleep(3.0)
+    end = time.monotonic() + 30.0  # the newest frame is never dropped by the node's queue
+    while time.monotonic() < end and key not in client.status:
+        time.sleep(0.05)
+    time.sleep(1.5)  # three diagnostics periods: the counters of the last frames
     with client.lock:
         matched = {k: client.match_t[k] - sent[k] for k in sent if k in client.match_t}
         status = {k: client.status[k] for k in sent if k in client.status}
+        status_lat = np.array([client.status_t[k] - sent[k] for k in status]) * 1e3
         diag = dict(client.diag)
     keys = [k for k in matched if k in status]
     e2e = np.array([matched[k] for k in keys]) * 1e3
     core = np.array([status[k][4] for k in keys])
+    core_all = np.array([status[k][4] for k in status])
     over = e2e - core
-    return {
-        'rate_hz': rate_hz, 'published': n, 'processed': len(status), 'matched': len(matched),
-        'dropped': int(diag.get('frames_dropped', 0)) - dropped0,
+    out = {'rate_hz': rate_hz, 'published': n, 'processed': len(status), 'matched': len(matched)}
+    out.update({k.replace('frames_', ''): int(diag.get(k, 0)) - diag0[k] for k in DIAG_DELTAS})
+    out.update({
         'e2e_p50_ms': pct(e2e, 50), 'e2e_p95_ms': pct(e2e, 95),
         'core_p50_ms': pct(core, 50), 'core_p95_ms': pct(core, 95),
         'overhead_p50_ms': pct(over, 50), 'overhead_p95_ms': pct(over, 95),
         'ratio_p50': pct(e2e, 50) / pct(core, 50) if len(core) else float('nan'),
+        'status_p50_ms': pct(status_lat, 50), 'status_p95_ms': pct(status_lat, 95),
+        'core_all_p50_ms': pct(core_all, 50),
         'callback_p95_ms': float(diag.get('callback_p95_ms', 'nan')),
-    }
+    })
+    return out
 
 
 # The memory run's node: defaults but for these (no pose topic, map in memory, per-frame status).
@@ -238,24 +264,141 @@ def run_memory(client: Client, proc, n_frames: int, stamp0_ns: int) -> dict:
             'node_p50_ms': pct(node_ms, 50)}
 
 
+# The batch comparison's node: shipped defaults but for these (no pose topic, map in memory).
+BATCH_PARAMS = {'pose_type': 'none', 'map_dir': '', 'publish_status': True,
+                'diagnostics_period_s': 0.5, 'markers_period_s': 0.0}
+
+
+def set_param(client: Client, node_name: str, name: str, value) -> None:
+    """Set one node parameter live (its set_parameters service); raise when refused."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    cli = client.node.create_client(SetParameters, f'/{node_name}/set_parameters')
+    try:
+        if not cli.wait_for_service(timeout_sec=60.0):
+            raise RuntimeError(f'/{node_name}/set_parameters not available')
+        fut = cli.call_async(SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        end = time.monotonic() + 60.0
+        while not fut.done() and time.monotonic() < end:
+            time.sleep(0.01)
+        res = fut.result().results[0]
+        if not res.successful:
+            raise RuntimeError(f'{name}={value!r} refused: {res.reason}')
+    finally:
+        client.node.destroy_client(cli)
+
+
+def compare_batches(args, tmp: str) -> None:
+    """
+    One node in the shipped config; max_batch values set live in turn, `--rounds` times.
+
+    Interleaved rounds on one node, because on a shared machine the load drifts more between
+    two node runs than the difference measured. The node starts at max_batch 1, so its image
+    subscription keeps the shipped depth (5).
+    """
+    imgs = frames(40, (480, 640))
+    rates = args.rates if args.rates_given else [30.0]
+    results = {'device': args.device, 'cpus': os.cpu_count(), 'frame_hw': [480, 640],
+               'config': 'shipped defaults (verification on, calibrated threshold), '
+                         'pose_type none, map in memory', 'runs': [],
+               'loadavg_before': list(os.getloadavg())}
+    proc = start_node(tmp, 'vpr_node_batch', {**BATCH_PARAMS, 'device': args.device})
+    client = Client()
+    try:
+        client.wait_connected()
+        run_latency(client, imgs, 5.0, 3.0, 10**12)  # warm-up, not measured
+        stamp0 = 2 * 10**12
+        for rnd in range(args.rounds):
+            for mb in args.max_batch:
+                set_param(client, 'vpr_node_batch', 'max_batch', mb)
+                for rate in rates:
+                    r = run_latency(client, imgs, rate, args.duration, stamp0)
+                    stamp0 += 10**12
+                    r.update(max_batch=mb, round=rnd)
+                    results['runs'].append(r)
+                    print_batch_row(r)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(60)
+    results['loadavg_after'] = list(os.getloadavg())
+    print_batch_summary(args, results)
+    out = args.out if args.out_given else os.path.join(HERE, 'results', 'bench_node_batch.json')
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'written {out}')
+
+
+BATCH_HEADER = ('max_batch | rate Hz | published | received | processed | dropped | batches '
+                '(frames) | status latency p50/p95 ms | core p50 ms')
+
+
+def print_batch_row(r: dict) -> None:
+    print(f"{r['max_batch']:9d} | {r['rate_hz']:7.0f} | {r['published']:9d} | "
+          f"{r['received']:8d} | {r['processed']:9d} | {r['dropped']:7d} | "
+          f"{r['batches']:7d} ({r['batched_frames']}) | {r['status_p50_ms']:7.1f} / "
+          f"{r['status_p95_ms']:7.1f} | {r['core_all_p50_ms']:6.1f}", flush=True)
+
+
+def print_batch_summary(args, results: dict) -> None:
+    """Each run, then per max_batch and rate: drops summed, medians of the runs' p50/p95."""
+    load = results['loadavg_before'][0], results['loadavg_after'][0]
+    print(f'\nvpr_node over DDS, shipped config, 640x480 rgb8, {args.device}, '
+          f'{os.cpu_count()} cores, {args.duration:g} s per run, {args.rounds} interleaved '
+          f'rounds, loadavg {load[0]:.1f} -> {load[1]:.1f}')
+    print(BATCH_HEADER)
+    for r in results['runs']:
+        print_batch_row(r)
+    print('max_batch | rate Hz | dropped / published | median status p50 ms | median p95 ms | '
+          'median core p50 ms')
+    summary = []
+    for mb in args.max_batch:
+        for rate in sorted({r['rate_hz'] for r in results['runs']}):
+            rs = [r for r in results['runs'] if r['max_batch'] == mb and r['rate_hz'] == rate]
+            row = {'max_batch': mb, 'rate_hz': rate,
+                   'dropped': sum(r['dropped'] for r in rs),
+                   'published': sum(r['published'] for r in rs),
+                   'status_p50_ms': float(np.median([r['status_p50_ms'] for r in rs])),
+                   'status_p95_ms': float(np.median([r['status_p95_ms'] for r in rs])),
+                   'core_p50_ms': float(np.median([r['core_all_p50_ms'] for r in rs]))}
+            summary.append(row)
+            print(f"{mb:9d} | {rate:7.0f} | {row['dropped']:7d} / {row['published']:<9d} | "
+                  f"{row['status_p50_ms']:20.1f} | {row['status_p95_ms']:13.1f} | "
+                  f"{row['core_p50_ms']:.1f}")
+    results['summary'] = summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0])
+    ap.add_argument('--rates', type=float, nargs='+', default=None,
+                    help='Hz (default 10 30; with --max-batch 30)')
     ap.add_argument('--duration', type=float, default=20.0, help='seconds per rate')
     ap.add_argument('--frames', type=int, default=10000, help='frames of the memory run '
                     '(0: skip)')
-    ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_node.json'))
+    ap.add_argument('--max-batch', type=int, nargs='+', default=None,
+                    help='compare these max_batch values in the shipped config instead')
+    ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds (--max-batch)')
+    ap.add_argument('--device', default='cpu', help='cpu or cuda (node parameter device)')
+    ap.add_argument('--out', default=None)
     args = ap.parse_args()
+    args.rates_given, args.out_given = args.rates is not None, args.out is not None
+    args.rates = args.rates or [10.0, 30.0]
+    args.out = args.out or os.path.join(HERE, 'results', 'bench_node.json')
     tmp = tempfile.mkdtemp(prefix='bench_node_')
+    if args.max_batch:
+        compare_batches(args, tmp)
+        return
     # Verification off: every frame must publish a match, and what is measured is the node's
     # overhead over the core, whatever the core does.
     params = {'pose_type': 'none', 'map_dir': '', 'score_threshold': -1.0,
               'geometric_verification': False, 'exclusion_window_s': 0.0,
               'publish_status': True, 'diagnostics_period_s': 0.5, 'markers_period_s': 0.0,
-              'device': 'cpu'}
+              'device': args.device}
     proc = start_node(tmp, 'vpr_node', params)
     client = Client()
-    results = {'device': 'cpu', 'cpus': os.cpu_count(), 'latency': [], 'memory': None}
+    results = {'device': args.device, 'cpus': os.cpu_count(), 'latency': [], 'memory': None}
     try:
         client.wait_connected()
         imgs = frames(40, (480, 640))

@@ -77,6 +77,9 @@ def test_a_burst_is_processed_in_batches_and_every_frame_accounted(tmp_path) -> 
         stamps = [int(t) for t in seq.stamps_ns]
         d1 = burst(client, node, seq.frames, stamps, {})
         batches, batched = int(d1['batches']), int(d1['batched_frames'])
+        print(f"burst of {len(stamps)}: received {d1['frames_received']}, processed "
+              f"{d1['frames_processed']}, dropped {d1['frames_dropped']}, {batches} batches "
+              f'of {batched} frames')
         assert batches >= 1 and batched >= 2 * batches, d1
         assert batched <= int(d1['frames_processed']), d1
 
