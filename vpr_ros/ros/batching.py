@@ -9,7 +9,8 @@ encoding. Then each frame goes through `LoopDetector.process` alone, in stamp or
 one by one (keyframe decision, search, verification, publishing, refusals with their status
 row): the detector asks `PrefetchEncoder.embed_one` for the descriptor and gets the one the
 batch computed for that very image (matched by identity, never by position). A frame the batch
-could not embed (an image the encoder refuses) gets its own forward, and so its own error.
+could not embed (an image the encoder refuses) gets its own forward, and so its own error; a
+frame the detector then skips (degenerate, late) had its descriptor computed for nothing.
 
 ROS-free, so the batching logic is tested without a graph (test/test_batching.py).
 """
