@@ -154,7 +154,7 @@ def plot(summary: dict, path: str) -> str:
         rec[lp] = [v[n]['recall_p100'] for n in names]
         rec[lp + ' +GV'] = [v[n]['recall_p100_verified'] for n in names]
     panels.append(('loop recall at 100 % precision', rec, None))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (title, groups, err) in zip(axes, panels):
         x = np.arange(len(groups))
         w = 0.8 / len(names)
@@ -167,8 +167,9 @@ def plot(summary: dict, path: str) -> str:
         ax.set_xticks(x + 0.4 - w / 2, list(groups), rotation=20, ha='right', fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(names), fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
