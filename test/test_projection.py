@@ -31,6 +31,14 @@ def test_pca_is_whitening_without_the_scaling(n: int) -> None:
     assert np.all(np.linalg.norm(wproj, axis=1) > 2.0)  # whitening did scale them up
 
 
+def test_compact_map_index_fits_the_same_components() -> None:
+    """The map's compact kind, export's PCA and whitening share one fit (core/pca.py)."""
+    from vpr_ros.map.compact import fit_projection as map_fit
+    x = _descs(400)
+    _, proj = fit_pca_projection(x, 10)
+    np.testing.assert_allclose(map_fit(x, 10), proj, atol=1e-4)
+
+
 def test_full_rank_pca_keeps_centred_distances() -> None:
     rng = np.random.default_rng(1)  # exactly rank 12 around a mean
     x = (rng.standard_normal((300, 12)) @ rng.standard_normal((12, 48)) + 5.0).astype(np.float32)

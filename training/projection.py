@@ -12,6 +12,7 @@ has the whitening layer's form (mean, (D, d) projection, then L2 normalisation),
 import numpy as np
 
 from vpr_ros.core.errors import VPRError
+from vpr_ros.core.pca import principal_components
 
 
 def fit_pca_projection(descs: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,24 +22,8 @@ def fit_pca_projection(descs: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.
     Components are sign-fixed (largest-magnitude entry positive) so refits are comparable;
     `out_dim` must not exceed min(d, N - 1), the rank of the centred data.
     """
-    x = np.asarray(descs, dtype=np.float64)
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise VPRError(f'descriptors must be a finite (N, D) array, got shape {x.shape}')
-    n, d = x.shape
-    out_dim = int(out_dim)
-    if not 1 <= out_dim <= min(d, n - 1):
-        raise VPRError(f'PCA out_dim must be in 1..min(D, N-1) = {min(d, n - 1)} for {n} '
-                       f'descriptors of dimension {d}, got {out_dim}')
-    mean = x.mean(axis=0)
-    xc = x - mean
-    if n > d:
-        eigval, eigvec = np.linalg.eigh(xc.T @ xc)
-        order = np.argsort(eigval)[::-1][:out_dim]
-        vecs = eigvec[:, order].T
-    else:
-        vecs = np.linalg.svd(xc, full_matrices=False)[2][:out_dim]
-    signs = np.sign(vecs[np.arange(out_dim), np.abs(vecs).argmax(axis=1)])
-    return mean.astype(np.float32), (vecs * signs[:, None]).astype(np.float32)
+    mean, _, vecs = principal_components(np.asarray(descs, dtype=np.float64), out_dim, 'PCA')
+    return mean.astype(np.float32), vecs.astype(np.float32)
 
 
 def fit_projection(descs: np.ndarray, out_dim: int, kind: str) -> tuple[np.ndarray, np.ndarray]:

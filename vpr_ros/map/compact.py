@@ -18,7 +18,8 @@ from typing import Optional
 import faiss
 import numpy as np
 
-from vpr_ros.core.errors import MapError
+from vpr_ros.core.errors import MapError, VPRError
+from vpr_ros.core.pca import principal_components
 
 RERANK_BLOCK = 256  # rows per re-rank product: below OpenBLAS's threading threshold
 
@@ -34,12 +35,11 @@ def fit_projection(vectors: np.ndarray, out_dim: int, max_rows: int = 50_000,
     if x.shape[0] > max_rows:
         rows = np.random.default_rng(seed).choice(x.shape[0], max_rows, replace=False)
         x = x[np.sort(rows)]
-    centred = x - x.mean(axis=0)
-    # Eigenvectors of the d x d covariance: cheaper than an SVD of the rows when rows >> d.
-    cov = (centred.T @ centred).astype(np.float64)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1][:out_dim]
-    return np.ascontiguousarray(vecs[:, order].T, dtype=np.float32)
+    try:
+        _, _, vecs = principal_components(x, out_dim, 'compact projection')
+    except VPRError as e:  # non-finite vectors: a map error like the others here
+        raise MapError(str(e)) from None
+    return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
 class CompactSearch:

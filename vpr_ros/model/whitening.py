@@ -8,6 +8,7 @@ It is fitted on descriptors (e.g. the map's) and then applied, or attached to a 
 import numpy as np
 
 from vpr_ros.core.errors import VPRError
+from vpr_ros.core.pca import principal_components
 
 
 def fit_pca_whitening(descs: np.ndarray, out_dim: int,
@@ -20,30 +21,11 @@ def fit_pca_whitening(descs: np.ndarray, out_dim: int,
     N - 1, so ``out_dim`` must not exceed that: a direction with no variance would be blown
     up by 1 / sqrt(eps) on new data.
     """
-    x = np.asarray(descs, dtype=np.float64)
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise VPRError(f'descriptors must be a finite (N, D) array, got shape {x.shape}')
-    n, d = x.shape
-    out_dim = int(out_dim)
-    if not 1 <= out_dim <= min(d, n - 1):
-        raise VPRError(f'whitening out_dim must be in 1..min(D, N-1) = {min(d, n - 1)} '
-                       f'for {n} descriptors of dimension {d}, got {out_dim}')
-    mean = x.mean(axis=0)
-    xc = x - mean
-    if n > d:
-        cov = xc.T @ xc / n
-        eigval, eigvec = np.linalg.eigh((cov + cov.T) / 2)
-        order = np.argsort(eigval)[::-1][:out_dim]
-        eigval, eigvec = eigval[order], eigvec[:, order].T
-    else:
-        # Fewer samples than dimensions: the SVD of the data is far cheaper than a D x D eigh.
-        _, s, vt = np.linalg.svd(xc, full_matrices=False)
-        eigval, eigvec = (s[:out_dim] ** 2) / n, vt[:out_dim]
+    mean, eigval, vecs = principal_components(np.asarray(descs, dtype=np.float64), out_dim,
+                                              'whitening')
     if eigval[-1] <= eps * max(eigval[0], eps):
         raise VPRError(f'descriptors span fewer than {out_dim} dimensions; lower out_dim')
-    # Fix each component's sign (largest-magnitude entry positive) so refits are comparable.
-    signs = np.sign(eigvec[np.arange(out_dim), np.abs(eigvec).argmax(axis=1)])
-    proj = (eigvec * signs[:, None]) / np.sqrt(eigval + eps)[:, None]
+    proj = vecs / np.sqrt(eigval + eps)[:, None]
     return mean.astype(np.float32), proj.astype(np.float32)
 
 
