@@ -30,3 +30,19 @@ def corridor_dir() -> str:
     if not os.path.isdir(path):
         pytest.skip('../shared/data/corridor is not beside this checkout')
     return path
+
+
+@pytest.fixture(scope='module')
+def encoder():
+    """Build the built-in model on the CPU once per test module (a test may whiten it)."""
+    from vpr_ros.model.encoder import build_encoder
+    return build_encoder('', device='cpu')
+
+
+@pytest.fixture(scope='module')
+def seq():
+    """Make the synthetic image sequence with revisits (image_sequences.py) once per module."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from image_sequences import make_sequence
+    return make_sequence()

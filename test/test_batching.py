@@ -15,28 +15,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.errors import ImageError  # noqa: E402
 from vpr_ros.core.msg_convert import stamp_ns  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.model.encoder import build_encoder  # noqa: E402
 from vpr_ros.ros.batching import PrefetchEncoder, run_batch  # noqa: E402
 from vpr_ros.ros.frame_intake import FrameIntake, Refused  # noqa: E402
 from vpr_ros.ros.worker import DropOldestQueue  # noqa: E402
 
 S = 10**9
-
-
-@pytest.fixture(scope='module')
-def encoder():
-    return build_encoder('', device='cpu')
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 def _msg(img: np.ndarray, stamp: int, encoding: str = 'rgb8'):

@@ -13,19 +13,8 @@ from vpr_ros.core.detector import Candidate, DetectorConfig, FrameResult, LoopDe
 from vpr_ros.core.errors import ImageError, VPRError  # noqa: E402
 from vpr_ros.core.verification import Features  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 S = 1_000_000_000
-
-
-@pytest.fixture(scope='module')
-def encoder():
-    return build_encoder('', device='cpu')
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 @pytest.fixture(scope='module')

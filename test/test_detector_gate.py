@@ -9,7 +9,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,14 +23,8 @@ from vpr_ros.core.relative_pose import (  # noqa: E402
     rotation_error_deg,
 )
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 S = 1_000_000_000
-
-
-@pytest.fixture(scope='module')
-def encoder():
-    return build_encoder('', device='cpu')
 
 
 def _detector(encoder, **kw) -> LoopDetector:

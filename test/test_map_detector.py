@@ -7,27 +7,13 @@ that candidate's verification (counted) instead of killing the frame.
 import os
 import sys
 
-import pytest
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 S = 1_000_000_000
-
-
-@pytest.fixture(scope='module')
-def encoder():
-    return build_encoder('', device='cpu')
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 def test_exclusion_boundary_is_the_maps(encoder, seq) -> None:

@@ -14,29 +14,17 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.errors import VPRError  # noqa: E402
 from vpr_ros.core.verification import GeometricVerifier  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.model.encoder import build_encoder  # noqa: E402
 
 S = 1_000_000_000
 
 
 def _big(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (640, 480), interpolation=cv2.INTER_LINEAR)
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
-
-
-@pytest.fixture(scope='module')
-def encoder():
-    return build_encoder('', device='cpu')
 
 
 def test_max_side_features_are_the_shrunk_frames_in_full_pixels(seq):

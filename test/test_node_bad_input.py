@@ -16,17 +16,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hostile_inputs import jpeg_bomb, patch_jpeg_size, png_declaring  # noqa: E402
-from image_sequences import make_sequence  # noqa: E402
 from ros_fixtures import Client, diag_values, NodeProcess, revisit_hits  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 S = 10**9
 POSE_GAP = range(40, 50)  # wall-B frames published without any pose
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 def _bad_raw(client: Client, seq, i: int, stamp: int) -> str:

@@ -15,7 +15,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 from ros_fixtures import Client, NodeProcess, rows, stream  # noqa: E402
 
 from vpr_ros.ros.node import MATCH_COLUMNS  # noqa: E402
@@ -28,11 +27,6 @@ VARIANTS = {
     'jpeg_odometry': dict(image_transport='compressed', pose_type='Odometry'),
     'raw_no_pose': dict(image_transport='raw', pose_type='none', qos='reliable'),
 }
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 @pytest.fixture(scope='module', params=list(VARIANTS))

@@ -16,7 +16,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 from ros_fixtures import Client, NodeProcess, rows, run_to_exit, stream  # noqa: E402
 
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
@@ -26,11 +25,6 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 IMAGE, POSE = '/svc/image', '/svc/pose'
 BASE = {'camera_topic': IMAGE, 'pose_topic': POSE, 'pose_type': 'PoseStamped', 'qos': 'reliable',
         'autosave_period_s': 0.0}
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 @pytest.fixture(scope='module')

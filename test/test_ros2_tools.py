@@ -22,7 +22,6 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_sequences import make_sequence  # noqa: E402
 from launch_fixtures import Feeder, LaunchProcess, READY  # noqa: E402
 from ws_fixtures import built_workspace, workspace_env  # noqa: E402
 
@@ -42,11 +41,6 @@ PARAMS = {'publish_status': True, 'qos': 'reliable', 'pose_type': 'PoseStamped',
 def env(tmp_path_factory) -> dict:
     ws, _ = built_workspace(str(tmp_path_factory.getbasetemp()), symlink=True)
     return workspace_env(ws)
-
-
-@pytest.fixture(scope='module')
-def seq():
-    return make_sequence()
 
 
 def params_file(path: str, **params) -> str:
