@@ -121,3 +121,16 @@ def make_synthetic_garden(root: str, size_px: int = 96, spacing: float = 0.75,
 
 
 __all__ = ['make_synthetic_garden', 'TRAVERSES']
+
+
+def train_tiny_run(tmp_dir: str) -> tuple[str, str]:
+    """Train one quick epoch (64x64) on a fresh synthetic garden; return (data root, run dir)."""
+    from vpr_ros.training.train import main as train_main
+
+    root, run = os.path.join(tmp_dir, 'garden'), os.path.join(tmp_dir, 'run')
+    make_synthetic_garden(root)
+    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
+                       'train_query', '--image-size', '64', '64', '--workers', '0',
+                       '--no-progress', '--epochs', '1', '--batch-size', '16',
+                       '--pairs-per-epoch', '32', '--out', run]) == 0
+    return root, run

@@ -8,13 +8,14 @@ refused frame reported in its place, while the descriptors come from one forward
 import os
 import random
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+
+from test_frame_intake import _image as _msg  # noqa: E402  (a duck-typed sensor_msgs/Image)
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.errors import ImageError  # noqa: E402
@@ -25,15 +26,6 @@ from vpr_ros.ros.frame_intake import FrameIntake, Refused  # noqa: E402
 from vpr_ros.ros.worker import DropOldestQueue  # noqa: E402
 
 S = 10**9
-
-
-def _msg(img: np.ndarray, stamp: int, encoding: str = 'rgb8'):
-    """Build a duck-typed sensor_msgs/Image, as msg_convert reads it (test_frame_intake)."""
-    sec, nsec = divmod(stamp, S)
-    return SimpleNamespace(height=img.shape[0], width=img.shape[1], encoding=encoding,
-                           is_bigendian=0, step=int(img.strides[0]) if img.size else 0,
-                           data=np.ascontiguousarray(img).tobytes(),
-                           header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nsec)))
 
 
 def test_queue_takes_waiting_frames_oldest_first_and_counts_drops() -> None:

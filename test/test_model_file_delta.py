@@ -141,17 +141,11 @@ def test_delta_refused_when_the_imagenet_file_is_not_genuine(files, tmp_path,
 
 def test_vpr_export_delta_from_imagenet(tmp_path, images: list) -> None:
     """The writer path: vpr-export --delta-from-imagenet embeds like the full export."""
-    from synthetic import make_synthetic_garden
+    from synthetic import train_tiny_run
 
     from vpr_ros.training.export import main as export_main
-    from vpr_ros.training.train import main as train_main
 
-    root, run = str(tmp_path / 'garden'), str(tmp_path / 'run')
-    make_synthetic_garden(root)
-    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
-                       'train_query', '--image-size', '64', '64', '--workers', '0',
-                       '--no-progress', '--epochs', '1', '--batch-size', '16',
-                       '--pairs-per-epoch', '32', '--out', run]) == 0
+    root, run = train_tiny_run(str(tmp_path))
     full, delta = str(tmp_path / 'full.pt'), str(tmp_path / 'delta.pt')
     assert export_main([run, '--out', full]) == 0
     assert export_main([run, '--out', delta, '--delta-from-imagenet']) == 0

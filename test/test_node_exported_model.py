@@ -4,11 +4,10 @@ import os
 import sys
 
 import pytest
-from synthetic import make_synthetic_garden
+from synthetic import train_tiny_run
 
 from vpr_ros.model.model_file import file_fingerprint
 from vpr_ros.training.export import main as export_main
-from vpr_ros.training.train import main as train_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,12 +18,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
 def test_node_runs_an_exported_model(tmp_path) -> None:
-    root, run = str(tmp_path / 'garden'), str(tmp_path / 'run')
-    make_synthetic_garden(root)
-    assert train_main(['--data-root', root, '--train-map', 'train_map', '--train-query',
-                       'train_query', '--image-size', '64', '64', '--workers', '0',
-                       '--no-progress', '--epochs', '1', '--batch-size', '16',
-                       '--pairs-per-epoch', '32', '--out', run]) == 0
+    root, run = train_tiny_run(str(tmp_path))
     model = str(tmp_path / 'model.pt')
     assert export_main([run, '--out', model, '--whiten-dim', '32', '--data-root', root,
                         '--whiten-map', 'train_map']) == 0
