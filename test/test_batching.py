@@ -1,9 +1,11 @@
 """
-The node worker's batches, without a graph: queue, stamp order, counts, drop accounting.
+The node worker's batches, without a graph: queue, stamp order, refusals in place, one forward.
 
-Real encoder, real map, real detector, real intake: a batch of queued frames must give every
-frame the result it gets one by one (keyframes, candidates, scores), in stamp order, with each
-refused frame reported in its place, while the descriptors come from one forward.
+Real encoder, real map, real detector, real intake. The node (vpr_ros/ros/node.py, `_process`)
+takes the waiting frames checked in stamp order (`FrameIntake.take`), embeds the accepted ones in
+one forward (`Encoder.embed_frames`) and hands each descriptor to `LoopDetector.process`: every
+frame must get the result it gets one by one (keyframes, candidates, scores), with each refused
+frame reported in its place.
 """
 import os
 import random
@@ -19,11 +21,8 @@ from test_frame_intake import _image as _msg  # noqa: E402  (a duck-typed sensor
 
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.errors import ImageError  # noqa: E402
-from vpr_ros.core.msg_convert import stamp_ns  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
-from vpr_ros.ros.batching import PrefetchEncoder, run_batch  # noqa: E402
-from vpr_ros.ros.frame_intake import FrameIntake, Refused  # noqa: E402
-from vpr_ros.ros.worker import DropOldestQueue  # noqa: E402
+from vpr_ros.ros.frame_intake import Checked, DropOldestQueue, FrameIntake, Refused  # noqa: E402
 
 S = 10**9
 
@@ -47,33 +46,43 @@ def test_queue_takes_waiting_frames_oldest_first_and_counts_drops() -> None:
 
 
 class _Worker:
-    """The node's check / finish / on_error around one detector, recording the order."""
+    """The node's `_process` without the node: intake, one forward, detector per frame."""
 
-    def __init__(self, encoder, batched: bool) -> None:
-        self.prefetch = PrefetchEncoder(encoder)
-        enc = self.prefetch if batched else encoder
-        self.det = LoopDetector(enc, PlaceMap(encoder.dim, encoder.fingerprint),
+    def __init__(self, encoder, max_batch: int) -> None:
+        self.encoder = encoder
+        self.det = LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint),
                                 DetectorConfig())
-        self.intake = FrameIntake(1 << 22, stamp_window_s=0.0)
+        self.intake = FrameIntake(1 << 22, stamp_window_s=0.0, max_batch=max_batch,
+                                  use_poses=False)
         self.results: dict[int, object] = {}
         self.order: list[tuple[str, int]] = []
+        self.batches = self.batched_frames = 0
 
-    def check(self, item):
-        return self.intake.check(item[0], lambda stamp: (None, ''))
+    def run(self, msgs) -> None:
+        for m in msgs:
+            self.intake.queue.put((m, 0.0))
+        batch = self.intake.take(len(msgs), 0.01)
+        ok = [(i, c) for i, (_, c) in enumerate(batch) if isinstance(c, Checked)]
+        descs = {}
+        if len(ok) > 1:
+            got = self.encoder.embed_frames([(c.image, c.encoding) for _, c in ok])
+            descs = {i: d for (i, _), d in zip(ok, got) if d[0] is not None}
+            self.batches += 1
+            self.batched_frames += len(descs)
+        for i, (item, c) in enumerate(batch):
+            if not isinstance(c, Checked):
+                assert isinstance(c, Refused), c
+                self.order.append((c.key, c_stamp(item)))
+                continue
+            d, share = descs.get(i, (None, 0.0))
+            self.results[c.stamp] = self.det.process(c.image, c.stamp, c.encoding,
+                                                     descriptor=d, embed_s=share)
+            self.order.append(('done', c.stamp))
 
-    def finish(self, item, c) -> None:
-        res = self.prefetch.charge(self.det.process(c.image, c.stamp, c.encoding), c.image)
-        self.results[c.stamp] = res
-        self.order.append(('done', c.stamp))
 
-    def on_error(self, item, err) -> bool:
-        assert isinstance(err, Refused), err
-        self.order.append((err.key, stamp_ns(item[0].header)))
-        return True
-
-    def run(self, items) -> bool:
-        return run_batch(items, lambda it: stamp_ns(it[0].header), self.check, self.finish,
-                         self.on_error, self.prefetch)
+def c_stamp(item) -> int:
+    st = item[0].header.stamp
+    return st.sec * S + st.nanosec
 
 
 def _same(a, b) -> None:
@@ -90,16 +99,16 @@ def test_batches_give_each_frame_its_one_by_one_result(encoder, seq) -> None:
     msgs = [_msg(f, t) for f, t in zip(seq.frames, stamps)]
     tiny = len(msgs) // 2  # a refused frame inside a batch: reported in its place
     msgs[tiny] = _msg(np.zeros((4, 4, 3), np.uint8), stamps[tiny])
-    alone, batched = _Worker(encoder, False), _Worker(encoder, True)
+    alone, batched = _Worker(encoder, 1), _Worker(encoder, 8)
     for m in msgs:
-        assert alone.run([(m, 0.0)])
+        alone.run([m])
     rng = random.Random(0)
     accepted_per_batch, k = [], 0
     while k < len(msgs):
         n = rng.choice((1, 2, 3, 5))
-        chunk = [(m, 0.0) for m in msgs[k:k + n]]
+        chunk = msgs[k:k + n]
         rng.shuffle(chunk)  # arrival order is not stamp order
-        assert batched.run(chunk)
+        batched.run(chunk)
         accepted_per_batch.append(sum(1 for j in range(k, min(k + n, len(msgs)))
                                       if j != tiny))
         k += n
@@ -113,51 +122,36 @@ def test_batches_give_each_frame_its_one_by_one_result(encoder, seq) -> None:
     assert any(r.candidates for r in alone.results.values()), 'the revisit must match'
     multi = [n for n in accepted_per_batch if n > 1]  # a lone accepted frame: its own forward
     assert len(multi) > 3
-    assert batched.prefetch.batches == len(multi)
-    assert batched.prefetch.batched_frames == sum(multi)
-    assert alone.prefetch.batches == 0 and alone.prefetch.batched_frames == 0
+    assert batched.batches == len(multi) and batched.batched_frames == sum(multi)
+    assert alone.batches == 0 and alone.batched_frames == 0
     # a batched frame's core time includes its share of the batch forward
     assert all(r.t_embed_s > 1e-4 for r in batched.results.values())
 
 
 def test_a_frame_the_batch_cannot_embed_gets_its_own_forward(encoder, seq) -> None:
-    pre = PrefetchEncoder(encoder)
     good = seq.frames[0]
     bad = np.zeros((20, 30), np.uint8)  # 2-D, declared rgb8: the encoder refuses it
-    pre.prefetch([(good, 'rgb8'), (bad, 'rgb8')])
-    assert pre.batches == 0  # the batch failed as a whole
-    np.testing.assert_allclose(pre.embed_one(good), encoder.embed_one(good), atol=1e-5)
+    other = seq.frames[3][..., ::-1].copy()
+    got = encoder.embed_frames([(good, 'rgb8'), (other, 'bgr8'), (bad, 'rgb8')])
+    assert got[0][0] is None and got[2][0] is None  # the rgb8 forward failed as a whole
+    np.testing.assert_allclose(got[1][0], encoder.embed_one(other, 'bgr8'), atol=1e-4)
+    assert got[1][1] > 0
     with pytest.raises(ImageError):
-        pre.embed_one(bad)
-    assert pre.batched_frames == 0
+        encoder.embed_one(bad)
 
 
-def test_descriptors_are_served_by_identity_and_forgotten(encoder, seq) -> None:
-    pre = PrefetchEncoder(encoder)
-    a, b = seq.frames[0], seq.frames[5]
-    pre.prefetch([(a, 'rgb8'), (b, 'rgb8')])
-    assert pre.batches == 1
-    copy = a.copy()  # same pixels, another image: its own forward
-    np.testing.assert_allclose(pre.embed_one(copy), encoder.embed_one(a), atol=1e-5)
-    assert pre.batched_frames == 0
-    np.testing.assert_allclose(pre.embed_one(b), encoder.embed_one(b), atol=1e-4)
-    assert pre.batched_frames == 1
-    pre.clear()
-    pre.embed_one(a)  # cleared: a forward of its own, not counted
-    assert pre.batched_frames == 1 and pre.dim == encoder.dim
-
-
-def test_on_error_false_stops_the_batch(encoder, seq) -> None:
-    w = _Worker(encoder, True)
-    msgs = [(_msg(np.zeros((4, 4, 3), np.uint8), (10 + k) * S), 0.0) for k in range(3)]
-    seen = []
-    assert not run_batch(msgs, lambda it: stamp_ns(it[0].header), w.check, w.finish,
-                         lambda item, err: seen.append(err) or False, w.prefetch)
-    assert len(seen) == 1
+def test_a_given_descriptor_is_what_the_detector_uses(encoder, seq) -> None:
+    det = LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint), DetectorConfig())
+    img, t = seq.frames[0], int(seq.stamps_ns[0])
+    desc = encoder.embed_one(seq.frames[7])
+    res = det.process(img, t, descriptor=desc, embed_s=0.25)
+    assert res.is_keyframe and res.t_embed_s >= 0.25 and res.t_total_s >= 0.25
+    # the map re-normalises what it stores
+    np.testing.assert_allclose(det.place_map.descriptor(res.query_id), desc, atol=1e-6)
 
 
 def test_live_verification_parameters_rebuild_the_verifier(encoder) -> None:
-    from vpr_ros.ros.param_updates import apply_config
+    from vpr_ros.ros.detector_config import apply_config
     from vpr_ros.ros.params import ParamError, Params
     det = LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint), DetectorConfig())
     first = det.verifier

@@ -20,9 +20,16 @@ def _image(img: np.ndarray, stamp: int, encoding: str = 'rgb8'):
                            header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nsec)))
 
 
+def _accept(intake: FrameIntake, msg, newest=None, wait_s: float = 0.0):
+    """Decode and gate one frame as the worker does (no pose lookup); (image, enc, stamp)."""
+    image, encoding, stamp = intake.decode(msg)
+    intake.last_note = intake.check_stamp(stamp, wait_s, newest)
+    return image, encoding, stamp
+
+
 def _refused(intake: FrameIntake, msg) -> str:
     with pytest.raises(Refused) as err:
-        intake.accept(msg)
+        _accept(intake, msg)
     return err.value.key
 
 
@@ -30,7 +37,7 @@ def test_good_frames_pass_and_each_refusal_has_its_kind() -> None:
     intake = FrameIntake(max_pixels=240 * 320, stamp_window_s=10.0)
     img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     t = 1_700_000_000 * S
-    got, enc, stamp = intake.accept(_image(img, t))
+    got, enc, stamp = _accept(intake, _image(img, t))
     assert got.shape == img.shape and enc == 'rgb8' and stamp == t
     assert _refused(intake, _image(img, t + S, 'no_such_encoding')) == 'bad_encoding'
     big = np.zeros((480, 640, 3), np.uint8)
@@ -39,9 +46,9 @@ def test_good_frames_pass_and_each_refusal_has_its_kind() -> None:
         assert _refused(intake, _image(np.ascontiguousarray(tiny), t + S)) == 'bad_image_data'
     assert _refused(intake, _image(img, t)) == 'image_stamp_duplicate'
     assert _refused(intake, _image(img, t + 10**8 * S)) == 'image_stamp_implausible'
-    assert intake.accept(_image(img, t + S))[2] == t + S
+    assert _accept(intake, _image(img, t + S))[2] == t + S
     # the pose stream vouches for a restart far back
-    assert intake.accept(_image(img, 5 * S), lambda: (5 * S, None))[2] == 5 * S
+    assert _accept(intake, _image(img, 5 * S), lambda: (5 * S, None))[2] == 5 * S
     assert intake.last_note == ''
 
 
@@ -49,14 +56,14 @@ def test_a_pose_in_flight_may_vouch_for_its_frame_within_wait_s() -> None:
     intake = FrameIntake(max_pixels=1 << 20, stamp_window_s=10.0)
     img = np.zeros((32, 32, 3), np.uint8)
     t = 1_700_000_000 * S
-    intake.accept(_image(img, t), lambda: (t, None))
+    _accept(intake, _image(img, t), lambda: (t, None))
     calls = []
 
     def late_pose():  # the restarted bag's first pose arrives on the third look
         calls.append(1)
         return (t, None) if len(calls) < 3 else (S, None)
     t0 = time.monotonic()
-    assert intake.accept(_image(img, S + 1), late_pose, wait_s=5.0)[2] == S + 1
+    assert _accept(intake, _image(img, S + 1), late_pose, wait_s=5.0)[2] == S + 1
     assert len(calls) == 3 and time.monotonic() - t0 < 1.0
     t0 = time.monotonic()  # nothing vouches: refused after wait_s
     assert _refused_waiting(intake, _image(img, 99 * S), lambda: (S, None), 0.2)
@@ -65,7 +72,7 @@ def test_a_pose_in_flight_may_vouch_for_its_frame_within_wait_s() -> None:
 
 def _refused_waiting(intake: FrameIntake, msg, newest, wait_s: float) -> bool:
     with pytest.raises(Refused) as err:
-        intake.accept(msg, newest, wait_s)
+        _accept(intake, msg, newest, wait_s)
     return err.value.key == 'image_stamp_implausible'
 
 

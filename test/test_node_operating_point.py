@@ -74,3 +74,31 @@ def test_default_node_publishes_no_false_best_candidate_on_the_corridor(corridor
           f'{len(true) / n_queries:.3f} of {n_queries} query frames')
     assert false == []
     assert true, 'nothing published: the test would not see a false candidate either'
+
+
+def test_a_threshold_given_at_its_default_value_is_used(tmp_path) -> None:
+    """
+    Issue 18: `score_threshold: 0.8` (the default value) given on purpose must be run.
+
+    The node used to count a value as set only when it differed from the default, and ran the
+    model's calibrated 0.9231 instead. Unset, the calibrated point applies.
+    """
+    from vpr_ros.model.operating_point import builtin_operating_point
+
+    point = builtin_operating_point()
+    for name, params, want in (
+            ('vpr_given', {'score_threshold': 0.8}, 0.8),
+            ('vpr_unset', {}, point.score_threshold)):
+        node = NodeProcess(str(tmp_path), name, {'pose_type': 'none', 'map_dir': '', **params})
+        client = None
+        try:
+            node.wait_ready()
+            client = Client(f'client_{name}', node)
+            diag = client.latest_diag()
+            assert float(diag['score_threshold']) == pytest.approx(want, abs=1e-4), diag
+            assert int(diag['gv_min_inliers']) == point.min_inliers
+            assert ('set explicitly' in node.log()) == bool(params), node.log()
+        finally:
+            if client is not None:
+                client.close()
+            assert node.stop() == 0, node.log()

@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ros_fixtures import run_to_exit  # noqa: E402
 
+from vpr_ros.ros.diagnostics import RateMeter, RollingStats  # noqa: E402
+from vpr_ros.ros.frame_intake import DropOldestQueue  # noqa: E402
 from vpr_ros.ros.params import (  # noqa: E402
     BY_NAME,
-    check_map_dir,
-    cost_warnings,
     descriptor,
     markdown_table,
     ParamError,
@@ -27,7 +27,7 @@ from vpr_ros.ros.params import (  # noqa: E402
     validate,
     yaml_text,
 )
-from vpr_ros.ros.worker import DropOldestQueue, RateMeter, RollingStats  # noqa: E402
+from vpr_ros.ros.startup_checks import check_map_dir, cost_warnings  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,9 @@ def test_shipped_yaml_is_the_table() -> None:
         text = f.read()
     assert text == yaml_text(), 'regenerate config/vpr.yaml from node_params.yaml_text()'
     values = yaml.safe_load(text)['/**']['ros__parameters']
-    assert values == {s.name: s.default for s in SPECS}
+    assert values == {s.name: s.default for s in SPECS if not s.calibrated}
+    for s in SPECS:  # the model's calibrated point applies unless the user sets these
+        assert (f'    # {s.name}: ' in text) == s.calibrated, s.name
     Params(values)  # the defaults are valid
 
 

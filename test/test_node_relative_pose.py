@@ -26,7 +26,7 @@ from vpr_ros.core.relative_pose import (  # noqa: E402
     relative_from_poses,
     rotation_error_deg,
 )
-from vpr_ros.ros.loop_geometry import RELATIVE_POSE_COLUMNS  # noqa: E402
+from vpr_ros.ros.messages import RELATIVE_POSE_COLUMNS  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 COLS = RELATIVE_POSE_COLUMNS.split(',')
@@ -136,7 +136,8 @@ def _check_poses(seq, got, matches, n_matches) -> None:
 def test_depth_and_camera_info_decoding() -> None:
     """ROS-free parts: 16UC1/32FC1 depth (padded rows, big endian), camera_info refusals."""
     from vpr_ros.core.errors import VPRError
-    from vpr_ros.ros.loop_geometry import depth_from_msg, intrinsics_from_camera_info
+    from vpr_ros.core.msg_convert import depth_from_msg
+    from vpr_ros.ros.camera_info import intrinsics_from_camera_info
     d = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
     padded = np.zeros((3, 6), np.uint16)
     padded[:, :4] = d
@@ -166,19 +167,21 @@ def test_depth_and_camera_info_decoding() -> None:
 
 
 def test_operating_point_resolution() -> None:
-    """Calibrated point where score_threshold / gv_min_inliers are defaults, else the params."""
+    """Calibrated point unless the user set score_threshold / gv_min_inliers, else the params."""
     from vpr_ros.model.operating_point import builtin_operating_point
-    from vpr_ros.ros.loop_geometry import effective_config, operating_point_note
+    from vpr_ros.ros.detector_config import RunningConfig
     from vpr_ros.ros.params import Params
     point = builtin_operating_point()
     assert point is not None and point.usable and point.precision == 1.0
-    p = Params({})
-    c = effective_config(p, point)
+    run = RunningConfig(Params({}), point, '', frozenset())
+    c = run.detector_config()
     assert c.score_threshold == point.score_threshold
     assert c.gv_min_inliers == point.min_inliers
-    assert 'calibrated' in operating_point_note(p, point, '')
-    mine = Params({'score_threshold': 0.85})
-    assert effective_config(mine, point).score_threshold == 0.85
-    assert 'set explicitly' in operating_point_note(mine, point, '')
-    assert effective_config(p, None).score_threshold == p.score_threshold
-    assert 'from the parameters (why)' in operating_point_note(p, None, 'why')
+    assert 'calibrated' in run.note()
+    mine = RunningConfig(Params({'score_threshold': 0.85}), point, '',
+                         frozenset({'score_threshold'}))
+    assert mine.detector_config().score_threshold == 0.85
+    assert 'set explicitly' in mine.note()
+    none = RunningConfig(Params({}), None, 'why', frozenset())
+    assert none.detector_config().score_threshold == Params({}).score_threshold
+    assert 'from the parameters (why)' in none.note()

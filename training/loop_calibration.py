@@ -5,7 +5,7 @@ The exported network is run through the loop evaluation (training/loop_mode.py) 
 validation loops, the (score[, inlier]) threshold that reaches the target precision on all of
 them at once is fitted (`calibrate_jointly`), and it goes into the model file's provenance
 (`vpr_ros.model.operating_point.PROVENANCE_KEY`) with the data it was fitted on. The node then
-runs the model at that point unless `score_threshold` is set (vpr_ros/ros/loop_geometry.py).
+runs the model at that point unless `score_threshold` is set (vpr_ros/ros/detector_config.py).
 """
 import copy
 from typing import Optional, Sequence

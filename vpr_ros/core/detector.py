@@ -14,12 +14,13 @@ nothing to the encoder's own time (see bench/bench_core.py): local features are 
 when verification is on.
 """
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import logging
 import time
 
 import numpy as np
 
+from vpr_ros.core.decision import accepts, Candidate, decide, DecisionRule, worth_verifying
 from vpr_ros.core.degenerate import DegenerateGate, reason_key
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.keyframe import (
@@ -31,7 +32,7 @@ from vpr_ros.core.keyframe import (
     KeyframePolicy,
 )
 from vpr_ros.core.pose_buffer import Pose
-from vpr_ros.core.relative_pose import Intrinsics, RelativePose
+from vpr_ros.core.relative_pose import Intrinsics
 from vpr_ros.core.verification import Features, GeometricVerifier
 
 _LOG = logging.getLogger(__name__)
@@ -120,30 +121,27 @@ class DetectorConfig:
         if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
             raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
 
+    def rule(self) -> DecisionRule:
+        """Return the decision rule these fields describe (vpr_ros/core/decision.py)."""
+        return DecisionRule(float(self.score_threshold),
+                            int(self.gv_min_inliers) if self.geometric_verification else None)
+
     def make_verifier(self) -> GeometricVerifier:
-        """Build the GeometricVerifier these gv_* fields describe."""
+        """
+        Build the GeometricVerifier these gv_* fields describe.
+
+        It accepts from one inlier: it judges the geometry (ratio, spread), and how many inliers
+        make a loop is the decision rule's `gv_min_inliers` (the same accept/reject either way,
+        so that a replay verified once can be decided at any calibrated inlier count).
+        """
         K = None if self.gv_camera_matrix is None else np.asarray(
             self.gv_camera_matrix, dtype=np.float64).reshape(3, 3)
         return GeometricVerifier(self.gv_feature, self.gv_n_features, self.gv_ratio,
-                                 self.gv_min_inliers, self.gv_ransac_threshold_px,
+                                 1, self.gv_ransac_threshold_px,
                                  self.gv_method, K, min_inlier_ratio=self.gv_min_inlier_ratio,
                                  min_spread=self.gv_min_spread, max_side=self.gv_max_side,
                                  min_side=min(self.gv_min_side, self.gv_max_side or
                                               self.gv_min_side))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An accepted place match; inliers is -1 when geometric verification is off."""
-
-    match_id: int
-    match_stamp_ns: int
-    score: float
-    inliers: int
-    match_pose: Pose | None
-    # Query in the match camera's optical frame (vpr_ros/core/relative_pose.py); None when
-    # verification is off or no intrinsics are known.
-    relative_pose: RelativePose | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +159,9 @@ class FrameResult:
     t_search_s: float = 0.0
     t_verify_s: float = 0.0
     t_add_s: float = 0.0
+    # Every candidate the search returned, with its evidence (accepted or not), best first:
+    # what the loop evaluation and calibration decide on (vpr_ros/core/decision.py).
+    considered: list[Candidate] = field(default_factory=list)
 
 
 def _record_pose(record) -> Pose | None:
@@ -199,7 +200,6 @@ class LoopDetector:
         self.intrinsics: Intrinsics | None = None
         self.degenerate_reasons: dict[str, int] = {}
         self._depth: np.ndarray | None = None
-        self._poses: dict[int, RelativePose | None] = {}
         self.counters: dict[str, int] = {k: 0 for k in COUNTER_KEYS}
         self._tol_ns = int(c.temporal_tolerance_s * 1e9)
         self._reset_back_ns = int(c.reset_back_s * 1e9)
@@ -232,7 +232,7 @@ class LoopDetector:
             self.degenerate_reasons[key] = self.degenerate_reasons.get(key, 0) + 1
             self._count('degenerate', f'degenerate frame, not matched or stored: {reason}')
             return f'degenerate: {reason}', False
-        self._depth, self._poses = depth, {}
+        self._depth = depth
         return None, new_sequence
 
     def reset(self) -> None:
@@ -260,37 +260,60 @@ class LoopDetector:
             return False
         return all(any(self._near(key, prev) for prev in q) for q in self._history)
 
-    def _verified(self, feats: Features, matches: list, inliers: dict) -> list:
-        """
-        Keep the matches whose stored features verify; a bad or missing blob skips one.
+    def _verify(self, feats: Features, c: Candidate) -> Candidate:
+        """Return `c` with its verification evidence (unverified: a bad or missing blob)."""
+        try:
+            blob = self.place_map.blob(c.match_id)
+            stored = None if blob is None else Features.from_bytes(blob)
+        except (VPRError, ValueError) as err:  # a damaged map must not kill the frame
+            self._count('bad_features', f'keyframe {c.match_id} has unreadable features: {err}')
+            return c
+        if stored is None:
+            self._count('missing_features', f'keyframe {c.match_id} has no stored features')
+            return c
+        res = self.verifier.verify(feats, stored, self.intrinsics, self._depth)
+        return replace(c, inliers=int(res.inliers), verified=bool(res.ok),
+                       relative_pose=res.pose if res.ok else None)
 
-        Best first; with `gv_first_only` the loop stops at the first accepted one.
+    def _gather(self, image: np.ndarray, encoding: str, matches: list,
+                is_keyframe: bool) -> tuple[list[Candidate], Features | None]:
         """
-        verified = []
-        for m in sorted(matches, key=lambda m: -m.score):
-            if verified and self.config.gv_first_only:
-                break
-            try:
-                blob = self.place_map.blob(m.id)
-                stored = None if blob is None else Features.from_bytes(blob)
-            except (VPRError, ValueError) as err:  # a damaged map must not kill the frame
-                self._count('bad_features', f'keyframe {m.id} has unreadable features: {err}')
-                continue
-            if stored is None:
-                self._count('missing_features', f'keyframe {m.id} has no stored features')
-                continue
-            res = self.verifier.verify(feats, stored, self.intrinsics, self._depth)
-            if res.ok:
-                inliers[m.id] = res.inliers
-                self._poses[m.id] = res.pose
-                verified.append(m)
-            else:
-                self.counters['rejected_geometric'] += 1
-        return verified
+        Evidence for each candidate: temporal consistency, then verification where it can pay.
+
+        Verification runs, best first, on the candidates whose score and consistency the rule
+        accepts (the rest are rejected whatever their geometry); with `gv_first_only` it stops at
+        the first accepted one. Local features are computed once, when a candidate is verified
+        or the frame is a keyframe (they are stored with it).
+        """
+        c = self.config
+        rule = c.rule()
+        cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
+                           _record_pose(m.record)) for m in matches]
+        if c.temporal_consistency > 1:
+            above = [x for x in cands if x.score >= rule.score_threshold]
+            cands = [replace(x, consistent=self._consistent((x.match_id, x.match_stamp_ns)))
+                     for x in cands]
+            self.counters['rejected_temporal'] += sum(
+                1 for x in cands if x.score >= rule.score_threshold and not x.consistent)
+            self._history.append([(x.match_id, x.match_stamp_ns) for x in above])
+        worth = [i for i, x in enumerate(cands) if worth_verifying(x, rule)]
+        feats = None
+        if self.verifier is not None and (worth or is_keyframe):
+            feats = self.verifier.extract(image, encoding)
+        if feats is not None:
+            for i in worth:
+                cands[i] = self._verify(feats, cands[i])
+                if accepts(cands[i], rule):
+                    if c.gv_first_only:
+                        break
+                elif cands[i].verified is not None:
+                    self.counters['rejected_geometric'] += 1
+        return cands, feats
 
     def process(self, image: np.ndarray, stamp_ns: int, encoding: str = 'rgb8',
                 pose: Pose | None = None, frame_id: str = '',
-                depth: np.ndarray | None = None) -> FrameResult:
+                depth: np.ndarray | None = None, descriptor: np.ndarray | None = None,
+                embed_s: float = 0.0) -> FrameResult:
         """
         Run one frame through the pipeline; see the module docstring for the order.
 
@@ -298,6 +321,8 @@ class LoopDetector:
         (counted 'time_reset': temporal history cleared, the frame becomes a keyframe); a
         smaller step back is a late frame and is skipped without embedding (counted), as is a
         degenerate frame. `depth` (registered to `image`) makes relative poses metric.
+        `descriptor`: the frame's descriptor when the caller already computed it (a batch of
+        queued frames in one forward), with `embed_s` the share of that forward's time.
         """
         t0 = time.perf_counter()
         c = self.config
@@ -306,7 +331,10 @@ class LoopDetector:
         if skip:  # late or degenerate: counted, no other state changed
             return FrameResult(stamp_ns, -1, False, skip, [], pose, 0.0, time.perf_counter() - t0)
 
-        desc = self.encoder.embed_one(image, encoding)  # ImageError propagates, no state touched
+        if descriptor is None:
+            desc = self.encoder.embed_one(image, encoding)  # ImageError: no state touched
+        else:
+            desc, t0 = np.asarray(descriptor, dtype=np.float32), t0 - float(embed_s)
         t1 = time.perf_counter()
         if new_sequence:
             self._count('time_reset', f'stamp jumped back to {stamp_ns} from '
@@ -315,39 +343,19 @@ class LoopDetector:
         self._last_stamp_ns = stamp_ns
         self.counters['frames'] += 1
 
+        # The temporal exclusion is the map's alone (one definition).
         matches = self.place_map.search(desc, c.top_k, query_stamp_ns=stamp_ns,
                                         exclusion_s=c.exclusion_s, exclusion_n=c.exclusion_n)
-        # The temporal exclusion is the map's alone (one definition); only the score here.
-        matches = [m for m in matches if m.score >= c.score_threshold]
         t2 = time.perf_counter()
-
-        if c.temporal_consistency > 1:
-            keys = [(int(m.id), int(m.record.stamp_ns)) for m in matches]
-            kept = [m for m, k in zip(matches, keys) if self._consistent(k)]
-            self.counters['rejected_temporal'] += len(matches) - len(kept)
-            self._history.append(keys)
-            matches = kept
 
         if pose is None and self._last_kf_desc is not None:
             similarity = float(np.dot(desc, self._last_kf_desc))
         else:
             similarity = None
         decision = self.policy.decide(stamp_ns, pose, similarity)
-
-        # Local features only when needed, once: a candidate passed the descriptor threshold
-        # (and consistency) or the frame is a keyframe (its features are stored for later).
-        feats = None
-        inliers = {}
-        if self.verifier is not None and (matches or decision.is_keyframe):
-            feats = self.verifier.extract(image, encoding)
-        if feats is not None and matches:
-            matches = self._verified(feats, matches, inliers)
+        considered, feats = self._gather(image, encoding, matches, decision.is_keyframe)
+        candidates = decide(considered, c.rule())
         t3 = time.perf_counter()
-
-        candidates = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score),
-                                inliers.get(m.id, -1), _record_pose(m.record),
-                                self._poses.get(m.id))
-                      for m in sorted(matches, key=lambda m: -m.score)]
 
         query_id = -1
         if decision.is_keyframe:
@@ -360,5 +368,5 @@ class LoopDetector:
             self.counters['keyframes'] += 1
         t4 = time.perf_counter()
         return FrameResult(stamp_ns, query_id, decision.is_keyframe, decision.reason,
-                           candidates, pose, t1 - t0, t4 - t0, t2 - t1, t3 - t2, t4 - t3)
-
+                           candidates, pose, t1 - t0, t4 - t0, t2 - t1, t3 - t2, t4 - t3,
+                           considered)

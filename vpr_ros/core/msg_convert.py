@@ -19,7 +19,7 @@ from rosbags.image.image import convert_color, to_cvtype
 import simplejpeg
 
 from vpr_ros.core.bitdepth import to_8bit
-from vpr_ros.core.errors import ImageError, PoseError
+from vpr_ros.core.errors import ImageError, PoseError, VPRError
 
 # Encodings the core takes as they are (see preprocess.to_rgb); others are converted to rgb8.
 CORE_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
@@ -208,3 +208,21 @@ def pose_from_msg(msg) -> StampedPose:
     return StampedPose(stamp_ns(msg.header), str(msg.header.frame_id),
                        np.array([p.x, p.y, p.z], dtype=np.float64),
                        np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
+
+
+# Depth images registered to the colour camera (REP-118): 16UC1 in mm or 32FC1 in m.
+_DEPTH_DTYPES = {'16uc1': np.uint16, 'mono16': np.uint16, '32fc1': np.float32}
+
+
+def depth_from_msg(msg) -> np.ndarray:
+    """HxW depth of a sensor_msgs/Image: 16UC1 (mm) or 32FC1 (m), per REP-118; VPRError else."""
+    enc = str(msg.encoding).lower()
+    if enc not in _DEPTH_DTYPES:
+        raise VPRError(f'depth encoding {msg.encoding!r} is not 16UC1 or 32FC1')
+    dt = np.dtype(_DEPTH_DTYPES[enc]).newbyteorder('>' if msg.is_bigendian else '<')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = bytes(msg.data)
+    if h <= 0 or w <= 0 or step < w * dt.itemsize or len(data) < h * step:
+        raise VPRError(f'depth image {w}x{h} (step {step}) with {len(data)} bytes')
+    rows = np.frombuffer(data, np.uint8, count=h * step).reshape(h, step)
+    return rows[:, :w * dt.itemsize].copy().view(dt).reshape(h, w).astype(dt.newbyteorder('='))

@@ -7,6 +7,7 @@ searched with another model. ``build_encoder`` makes one from a model file or th
 default. The network itself lives in ``network.py``, the backbone table in ``backbones.py``;
 their public names are re-exported here, where callers have always imported them from.
 """
+import time
 from typing import Sequence
 
 import numpy as np
@@ -137,6 +138,31 @@ class Encoder:
     def embed_one(self, image: np.ndarray, encoding: str = 'rgb8') -> np.ndarray:
         """Embed one image into a (dim,) float32 unit vector."""
         return self.embed([image], encoding)[0]
+
+    def embed_frames(self, frames: Sequence[tuple[np.ndarray, str]]
+                     ) -> list[tuple[np.ndarray | None, float]]:
+        """
+        Embed (image, encoding) frames of mixed encodings, one forward per encoding.
+
+        For the node's queued frames: on a GPU a batch costs little more than one frame.
+        Returns per frame (descriptor, its share of the forward's seconds); (None, 0.0) where
+        its encoding's forward refused an image (each such frame then gets `embed_one`, and so
+        its own error).
+        """
+        groups: dict[str, list[int]] = {}
+        for i, (_, encoding) in enumerate(frames):
+            groups.setdefault(encoding, []).append(i)
+        out: list[tuple[np.ndarray | None, float]] = [(None, 0.0)] * len(frames)
+        for encoding, idx in groups.items():
+            t0 = time.perf_counter()
+            try:
+                descs = self.embed([frames[i][0] for i in idx], encoding)
+            except ValueError:  # VPRError/ImageError are ValueErrors: each frame on its own
+                continue
+            share = (time.perf_counter() - t0) / len(idx)
+            for i, d in zip(idx, descs):
+                out[i] = (d, share)
+        return out
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run dummy batches so the first real frame does not pay cuDNN tuning and allocation."""

@@ -6,8 +6,8 @@ model scores unrelated places at 0.55-0.77, a trained and whitened one spreads s
 differently. So the threshold that reaches precision 1.0 on validation loops travels with the
 model: `vpr-export --calibrate-loop` stores it in the model file's provenance under
 ``operating_point`` (`vpr_ros.core.calibration.OperatingPoint.to_dict`, with the data it was
-fitted on), and the built-in default ships its own below. The node uses it when
-`score_threshold` is left at its default (vpr_ros/ros/loop_geometry.py) and logs which one.
+fitted on), and the built-in default ships its own below. The node uses it unless the user set
+`score_threshold` / `gv_min_inliers` (vpr_ros/ros/detector_config.py) and logs which one.
 
 The built-in point was fitted with ``vpr-eval --loop ... --verify`` (training/loop_mode.py,
 `calibrate_jointly`) on two loops at once, the simulated demo loop and the real corridor played

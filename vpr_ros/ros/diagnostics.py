@@ -8,10 +8,9 @@ Bad input never stops the node; it is counted here, per kind, and warned about w
 (one line per kind every THROTTLE_S, with the count so far), so a broken camera driver shows up
 as a rising counter and a few log lines, not as a flood.
 """
+from collections import deque
 import threading
 import time
-
-from vpr_ros.ros.worker import RateMeter, RollingStats
 
 BAD_INPUT_KEYS = ('bad_encoding', 'bad_image_data', 'bad_pose', 'pose_out_of_order',
                   'pose_time_reset', 'image_stamp_backwards', 'no_pose', 'processing_errors',
@@ -53,6 +52,61 @@ class Counters:
         return out
 
 
+class RollingStats:
+    """The last `window` samples of a quantity, for the p50/p95 the diagnostics report."""
+
+    def __init__(self, window: int = 500) -> None:
+        self._samples: deque = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._samples.append(float(value))
+            self.count += 1
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile (q in [0, 100]) of the window; NaN when empty."""
+        with self._lock:
+            data = sorted(self._samples)
+        if not data:
+            return float('nan')
+        k = min(len(data) - 1, max(0, int(round(q / 100.0 * (len(data) - 1)))))
+        return data[k]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._samples.clear()
+
+
+class RateMeter:
+    """Events per second over a sliding window, from monotonic arrival times."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._times: deque = deque()
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Events in the window / the window (shorter just after start, so no ramp-up)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            span = min(self.window_s, now - self._start)
+            return len(self._times) / span if span > 0 else 0.0
+
+
 class FrameTimes:
     """Input and processing rates, and latency percentiles of the last frames."""
 
@@ -78,14 +132,31 @@ class FrameTimes:
         }
 
 
-def diagnostics_message(hardware_id: str, problems: list[str], values: dict, stamp):
-    """DiagnosticArray with one status: WARN naming the problems, else OK 'running'."""
+def diagnostics_message(hardware_id: str, problems: list[str], values: dict, stamp,
+                        errors: list[str] | None = None):
+    """
+    Build a DiagnosticArray with one status: ERROR, WARN or OK 'running'.
+
+    ERROR names the errors, else WARN the problems. An error is something the node cannot do
+    (save the map), a problem something its input lacks (a silent pose topic).
+    """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
-    status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
-    status.message = '; '.join(problems) or 'running'
+    if errors:
+        status.level = DiagnosticStatus.ERROR
+    else:
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+    status.message = '; '.join(list(errors or []) + problems) or 'running'
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
     arr = DiagnosticArray(status=[status])
     arr.header.stamp = stamp
     return arr
+
+
+def gate_counters(detector) -> dict[str, int]:
+    """Degenerate-frame counts for /diagnostics: total and per reason."""
+    out = {'degenerate_frames': int(detector.counters.get('degenerate', 0))}
+    for key, n in sorted(getattr(detector, 'degenerate_reasons', {}).items()):
+        out[f'degenerate_{key}'] = int(n)
+    return out

@@ -4,6 +4,16 @@ The messages and QoS profiles of vpr_node's outputs: the `vpr/*` Float64MultiArr
 Every `vpr/*` array is `[rows x columns]` with the column names in the second dimension's label
 (README.md, "the contract"), so a client reads them by name and a new column cannot shift old
 ones silently.
+
+``vpr/relative_pose`` (reliable, depth 10): one message per processed query with at least one
+accepted candidate that has a relative pose (verification with intrinsics from camera_info);
+rows best first, `RELATIVE_POSE_COLUMNS`. ``qx, qy, qz, qw`` and ``tx, ty, tz`` are the query
+camera's orientation and position in the match camera's optical frame (z forward, x right, y
+down): a point X in the query camera frame is R X + t in the match camera frame, the edge a
+pose graph adds between the two keyframes' camera poses. t is a unit direction
+(``scale_known`` 0) unless depth made it metric (1). ``parallax_deg`` is the median ray angle
+once the rotation is removed: under ~1 degree the rotation is good but the direction of t is
+noise.
 """
 from rclpy.qos import (
     DurabilityPolicy,
@@ -18,6 +28,8 @@ from vpr_ros.core.msg_convert import stamp_s
 MATCH_COLUMNS = 'query_stamp,match_stamp,score,match_id,query_id'
 STATUS_COLUMNS = 'query_stamp,query_id,is_keyframe,candidates,core_ms,node_ms,dropped'
 LOOP_COLUMNS = 'query_stamp,match_stamp'
+RELATIVE_POSE_COLUMNS = ('query_stamp,match_stamp,match_id,qx,qy,qz,qw,tx,ty,tz,inliers,'
+                         'inlier_ratio,scale_known,parallax_deg')
 
 
 def reliable_qos(depth: int) -> QoSProfile:
@@ -65,6 +77,26 @@ def loop_closure_message(result):
     best = result.candidates[0]
     return multiarray(LOOP_COLUMNS,
                       [[stamp_s(result.stamp_ns), stamp_s(best.match_stamp_ns)]], 'loop')
+
+
+def relative_pose_rows(result) -> list[list[float]]:
+    """One row per accepted candidate of a FrameResult that carries a relative pose, best first."""
+    rows = []
+    t_q = stamp_s(result.stamp_ns)
+    for c in result.candidates:
+        rp = c.relative_pose
+        if rp is None or not rp.ok:
+            continue
+        rows.append([t_q, stamp_s(c.match_stamp_ns), c.match_id, *rp.quaternion,
+                     *rp.translation, rp.inliers, rp.inlier_ratio, float(rp.scale_known),
+                     rp.parallax_deg])
+    return rows
+
+
+def relative_pose_message(result):
+    """Build the vpr/relative_pose message of a FrameResult (None: no candidate has a pose)."""
+    rows = relative_pose_rows(result)
+    return multiarray(RELATIVE_POSE_COLUMNS, rows, 'candidates') if rows else None
 
 
 def status_message(stamp_ns: int, result, node_s: float, dropped: int):

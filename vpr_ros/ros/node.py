@@ -1,17 +1,26 @@
 """
 `vpr_node`: the ROS 2 node, a thin layer that feeds camera frames to the loop detector.
 
-Callbacks only enqueue: the image callback puts the message in a drop-oldest queue of
-`max_batch` frames (default 1; no decode, no copy), so DDS delivery never waits for the CNN, and
-a frame overtaken before the worker got to it is counted as dropped. Decoding happens in the
-worker, so frames that are dropped anyway cost no decode (a 640x480 JPEG costs ~3 ms). The
-worker thread takes the waiting frames (several embedded in one forward: ros/batching.py),
-converts each message (msg_convert), looks the pose up at the image stamp (PoseBuffer), runs
-`LoopDetector.process` frame by frame in stamp order, and publishes `vpr/matches` (layout in
-README.md) and optionally `vpr/loop_closure` and `vpr/status`. Topic names are relative
-(vpr_ros.ros.topics): a namespace moves them all, and inputs are chosen by remapping. Map
-saves and resets hold the same lock as `process`, so a save never sees half a frame; autosave
-runs in the worker between frames.
+A frame's path, all of it in this file's "frame path" section:
+
+1. `_on_image` (DDS callback) only puts the message into the intake's drop-oldest queue of
+   `max_batch` frames: DDS delivery never waits for the CNN, and a frame overtaken before the
+   worker got to it is counted as dropped. No decode here: dropped frames cost nothing.
+2. The worker thread (`_work`) takes the waiting frames, checked in stamp order by the intake
+   (`FrameIntake.take`: decode, size, pose at the image stamp, stamp gate, depth;
+   vpr_ros/ros/frame_intake.py). A refused frame is counted and gets its status row.
+3. Several accepted frames are embedded in one forward (`Encoder.embed_frames`); each frame
+   then goes through `LoopDetector.process` alone, in stamp order, with its descriptor
+   (vpr_ros/core/detector.py: search, evidence, the decision of vpr_ros/core/decision.py, map
+   add).
+4. `_publish` sends what the detector decided: `vpr/matches` (layout in README.md),
+   `vpr/relative_pose`, optionally `vpr/loop_closure` and `vpr/status`, built by
+   vpr_ros/ros/messages.py.
+
+Topic names are relative (vpr_ros/ros/topics.py): a namespace moves them all, and inputs are
+chosen by remapping. Map saves and resets hold the same lock as `process`, so a save never sees
+half a frame; autosave runs in the worker between frames, and a failed save is an error in
+/diagnostics and the log, never the end of the worker.
 
 Bad input (wrong encoding, truncated data, NaN poses, stamps going backwards, a pose topic that
 stops) is logged with throttling and counted in /diagnostics; it never stops the node. A bad
@@ -33,52 +42,46 @@ from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
 from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns
-from vpr_ros.ros import loop_geometry as geo
-from vpr_ros.ros import topics
-from vpr_ros.ros.batching import PrefetchEncoder, run_batch
-from vpr_ros.ros.diagnostics import Counters, diagnostics_message, FrameTimes
+from vpr_ros.ros import messages, topics
+from vpr_ros.ros.camera_info import CameraInfoInput
+from vpr_ros.ros.detector_config import apply_config, overridden_names, RunningConfig
+from vpr_ros.ros.diagnostics import Counters, diagnostics_message, FrameTimes, gate_counters
 from vpr_ros.ros.frame_intake import Checked, FrameIntake, refusal_kind, Refused
+from vpr_ros.ros.map_control import MapControl, SAVE_DELAY_ENV
 from vpr_ros.ros.markers import MarkerTrail
-from vpr_ros.ros.messages import (
-    loop_closure_message,
-    MATCH_COLUMNS,
-    matches_message,
-    reliable_qos,
-    sensor_qos,
-    status_message,
-)
-from vpr_ros.ros.param_updates import apply_config, ParamUpdates
+from vpr_ros.ros.messages import MATCH_COLUMNS, reliable_qos, sensor_qos
+from vpr_ros.ros.param_updates import ParamUpdates
 from vpr_ros.ros.params import declare_all, ParamError, Params
-from vpr_ros.ros.pose_wait import PoseInput
 from vpr_ros.ros.shutdown import exit_now, spin_until_stopped, stop_log_to_stderr, StopSignals
-from vpr_ros.ros.worker import DropOldestQueue
 
-__all__ = ['main', 'MATCH_COLUMNS', 'StartupError', 'VprNode']
-SAVE_DELAY_ENV = 'VPR_NODE_TEST_SAVE_DELAY_S'
-
+__all__ = ['main', 'MATCH_COLUMNS', 'SAVE_DELAY_ENV', 'StartupError', 'VprNode']
 
 class StartupError(RuntimeError):
     """The node cannot start (model, map); the message says what to change."""
 
 
-class VprNode(Node):
+class VprNode(MapControl, Node):
     """Subscriptions, publishers, services and timers around one LoopDetector."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__('vpr_node', **kwargs)
-        self.params: Params = declare_all(self)  # ParamError: caught in main
-        p = self.params
+        params = declare_all(self)  # ParamError: caught in main
         self._log = self.get_logger()
+        self._running = RunningConfig.start(params, overridden_names(self))
+        p = self.params
         self._build_core(p)
-        self._intake = FrameIntake(p.max_image_pixels, p.stamp_window_s)
+        self._intake = FrameIntake(p.max_image_pixels, p.stamp_window_s, p.max_batch,
+                                   p.pose_max_gap_s, use_poses=p.pose_type != 'none')
         self._counters = Counters()
         self._times = FrameTimes()
-        self._queue = DropOldestQueue(p.max_batch)
+        self._batches = self._batched_frames = 0
         self._paused = False
-        self._poses = PoseInput(p.pose_max_gap_s)
         self._markers = MarkerTrail()
-        self._poses.frame_id = self._markers.add_records(self._map.records())
+        map_frame = self._markers.add_records(self._map.records())
+        if self._intake.poses is not None:
+            self._intake.poses.frame_id = map_frame
         self._last_save_wall = time.monotonic()
+        self._save_error = ''
         self._stop = threading.Event()
         self._saved_on_exit = False
 
@@ -89,7 +92,7 @@ class VprNode(Node):
         self._make_inputs(p)
         self._make_services_and_timers(p)
         # Live parameter changes: validated before they are set, applied after (ros2/demos).
-        self._param_updates = ParamUpdates(self, lambda: self.params, self._apply_params)
+        self._param_updates = ParamUpdates(self, lambda: self._running, self._apply_running)
         self._worker = threading.Thread(target=self._work, name='vpr_worker', daemon=True)
         self._worker.start()
         self._log.info(
@@ -100,13 +103,17 @@ class VprNode(Node):
             f'{p.map_path or "(memory only)"} with {len(self._map)} keyframes, session '
             f'{self._map.session}')
 
+    @property
+    def params(self) -> Params:
+        return self._running.params
+
     # ------------------------------------------------------------------ set-up
     def _build_core(self, p: Params) -> None:
         """Build encoder, map and detector; each failure names the parameter to change."""
         from vpr_ros.core.detector import LoopDetector
         from vpr_ros.map.place_map import map_exists, PlaceMap
         from vpr_ros.model.encoder import build_encoder
-        from vpr_ros.ros.params import check_map_dir, cost_warnings
+        from vpr_ros.ros.startup_checks import check_map_dir, cost_warnings
 
         check_map_dir(p.map_path)  # first: an unwritable map_dir would lose the whole run
         for text in cost_warnings(p):
@@ -132,13 +139,11 @@ class VprNode(Node):
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
         try:
-            self._point, why = geo.model_point(p)  # calibrated score (and inlier) threshold
-            self._prefetch = PrefetchEncoder(self._encoder)  # batches of queued frames
-            self._detector = LoopDetector(self._prefetch, self._map, geo.effective_config(
-                p, self._point))
+            self._detector = LoopDetector(self._encoder, self._map,
+                                          self._running.detector_config())
         except VPRError as err:
             raise ParamError(str(err)) from None
-        self._log.info(geo.operating_point_note(p, self._point, why))
+        self._log.info(self._running.note())
         self._core_lock = threading.Lock()
 
     def _make_publishers(self, p: Params) -> None:
@@ -154,13 +159,15 @@ class VprNode(Node):
                             if p.publish_status else None)
         self._pub_markers = pub(MarkerArray, topics.MARKERS, reliable_qos(1))
         self._pub_diag = pub(DiagnosticArray, topics.DIAGNOSTICS, reliable_qos(10))
-        self._pub_relpose = pub(Float64MultiArray, geo.RELATIVE_POSE, reliable_qos(10))
+        self._pub_relpose = pub(Float64MultiArray, topics.RELATIVE_POSE, reliable_qos(10))
 
     def _make_inputs(self, p: Params) -> None:
+        from sensor_msgs.msg import Image
+
         if p.image_transport == 'compressed':
             from sensor_msgs.msg import CompressedImage as ImageType
         else:
-            from sensor_msgs.msg import Image as ImageType
+            ImageType = Image
         sub = self.create_subscription(ImageType, topics.image_input(p.image_transport),
                                        self._on_image, sensor_qos(p.qos, max(5, p.max_batch)),
                                        callback_group=self._sensor_group)
@@ -176,9 +183,10 @@ class VprNode(Node):
                                            self._on_pose, sensor_qos(p.qos, 50),
                                            callback_group=self._sensor_group)
             self.pose_topic = sub.topic_name
-        self._camera_info = geo.CameraInfoInput(self, self._detector, sensor_qos(p.qos, 5),
-                                                self._sensor_group, self._count)
-        self._depth = geo.DepthInput(self, sensor_qos(p.qos, 5), self._sensor_group, self._count)
+        self._camera_info = CameraInfoInput(self, self._detector, sensor_qos(p.qos, 5),
+                                            self._sensor_group, self._count)
+        self.create_subscription(Image, topics.DEPTH, self._intake.depth.put,
+                                 sensor_qos(p.qos, 5), callback_group=self._sensor_group)
 
     def _make_services_and_timers(self, p: Params) -> None:
         from std_srvs.srv import SetBool, Trigger
@@ -193,13 +201,7 @@ class VprNode(Node):
             self.create_timer(p.markers_period_s, self._publish_markers,
                               callback_group=self._timer_group)
 
-    # --------------------------------------------------------------- callbacks
-    def _count(self, key: str, message: str) -> None:
-        """Count a bad input and warn, throttled per kind (rclpy throttles per call site)."""
-        n, warn = self._counters.count(key)
-        if warn:
-            self._log.warning(f'{message} ({key}: {n} so far)')
-
+    # -------------------------------------------------------------- frame path
     def _on_image(self, msg) -> None:
         """Enqueue only (never blocks): the worker decodes, so dropped frames cost nothing."""
         t0 = time.perf_counter()
@@ -208,7 +210,7 @@ class VprNode(Node):
         if self._paused:
             self._counters.paused += 1
         else:
-            self._queue.put((msg, time.monotonic()))
+            self._intake.queue.put((msg, time.monotonic()))
         self._times.callback.add(time.perf_counter() - t0)
 
     def _on_pose(self, msg) -> None:
@@ -217,194 +219,147 @@ class VprNode(Node):
         except VPRError as err:
             self._count('bad_pose', f'pose message refused: {err}')
             return
-        for key, message in self._poses.add(sp):
+        for key, message in self._intake.poses.add(sp):
             self._count(key, message)
-
-    # ------------------------------------------------------------------ worker
-    def _pose_for(self, stamp: int):
-        """(Pose at the image stamp or None, why not); waits up to pose_wait_s for poses."""
-        p = self.params
-        if p.pose_type == 'none':
-            return None, ''
-        return self._poses.pose_at(stamp, p.pose_wait_s, p.pose_timeout_s)
 
     def _work(self) -> None:
         """Worker thread: the waiting frames (up to max_batch), autosave between; never raises."""
         while not self._stop.is_set():
-            items = self._queue.get_many(self.params.max_batch, timeout=0.2)
-            if items and not run_batch(items, lambda it: stamp_ns(it[0].header), self._check,
-                                       self._finish, self._frame_error, self._prefetch):
-                break
-            self._maybe_autosave()
+            p = self.params
+            try:
+                batch = self._intake.take(p.max_batch, 0.2, p.pose_wait_s, p.pose_timeout_s)
+                if batch and not self._process(batch):
+                    break
+                self._maybe_autosave()
+            except Exception as err:  # a bug must not end the worker: say it, go on
+                self._log.error(f'worker: {err!r}\n{traceback.format_exc()}')
 
-    def _frame_error(self, item, err: BaseException) -> bool:
-        """Count a refused or failed frame, publish its status row; False: stop the worker."""
-        if isinstance(err, Refused):
-            self._count(err.key, str(err))
-        elif self._stop.is_set() or not rclpy.ok(context=self.context):
-            return False
-        else:  # one frame must never end the worker
-            self._count(refusal_kind(err), f'frame failed: {err!r}')
-            self._log.debug(''.join(traceback.format_exception(err)))
-        self._publish_status(stamp_ns(item[0].header), None, item[1])  # paced clients
+    def _process(self, batch: list) -> bool:
+        """Frames of one batch, in stamp order, through the detector; False: stop the worker."""
+        checked = [(i, c) for i, (_, c) in enumerate(batch) if isinstance(c, Checked)]
+        descs = {}
+        if len(checked) > 1:  # several frames waited: one forward for all of them
+            embedded = self._encoder.embed_frames([(c.image, c.encoding) for _, c in checked])
+            descs = {i: d for (i, _), d in zip(checked, embedded) if d[0] is not None}
+            self._batches += 1
+            self._batched_frames += len(descs)
+        for i, (item, c) in enumerate(batch):
+            try:
+                if not isinstance(c, Checked):
+                    raise c  # refused by the intake: reported in its place
+                self._publish(self._detect(c, *descs.get(i, (None, 0.0))), item[1])
+            except Exception as err:  # one frame must never end the batch
+                if not self._frame_failed(item, err):
+                    return False
         return True
 
-    def _check(self, item) -> Checked:
-        """Size, encoding, pose and stamp checks (Refused: counted by _frame_error)."""
-        wait_s = self.params.pose_wait_s if self.params.pose_type != 'none' else 0.0
-        return self._intake.check(item[0], self._pose_for, self._poses.newest, wait_s)
-
-    def _finish(self, item, c: Checked) -> None:
-        """One checked frame through the detector (its batch's descriptor if any); publish."""
+    def _detect(self, c: Checked, descriptor, embed_s: float):
+        """One checked frame through the detector, under the core lock."""
         if c.note:
             self._log.warning(c.note)
         for key, text in self._intake.problems(c):
             self._count(key, text)
-        frame = self._poses.frame_id if c.pose is not None else ''
         try:
             with self._core_lock:
-                result = self._prefetch.charge(self._detector.process(
-                    c.image, c.stamp, c.encoding, c.pose, frame,
-                    depth=self._depth.take(c.stamp)), c.image)
+                result = self._detector.process(
+                    c.image, c.stamp, c.encoding, c.pose,
+                    self._intake.poses.frame_id if c.pose is not None else '', depth=c.depth,
+                    descriptor=descriptor, embed_s=embed_s)
         except ImageError as err:
             raise Refused('bad_image_data', f'image refused by the encoder: {err}') from None
         self._counters.processed += 1
         self._times.processed_rate.tick()
         self._times.core.add(result.t_total_s)
-        self._publish_result(result, item[1])
+        return result
 
-    def _publish_result(self, result, t_recv: float) -> None:
-        """vpr/matches (and vpr/loop_closure) when a candidate was accepted, status, markers."""
-        out = matches_message(result)
+    def _publish(self, result, t_recv: float) -> None:
+        """vpr/matches (and vpr/loop_closure, vpr/relative_pose) when accepted; status, markers."""
+        out = messages.matches_message(result)
         if out is not None:
             self._pub_matches.publish(out)
             self._counters.matches += 1
             if self._pub_loop is not None:
-                self._pub_loop.publish(loop_closure_message(result))
-        relpose = geo.relative_pose_message(result)
+                self._pub_loop.publish(messages.loop_closure_message(result))
+        relpose = messages.relative_pose_message(result)
         if relpose is not None:
             self._pub_relpose.publish(relpose)
         self._times.latency.add(time.monotonic() - t_recv)
         self._publish_status(result.stamp_ns, result, t_recv)
         self._markers.add_result(result)
 
+    def _frame_failed(self, item, err: BaseException) -> bool:
+        """Count a refused or failed frame, publish its status row; False: stop the worker."""
+        if not isinstance(err, Refused) and (self._stop.is_set()
+                                             or not rclpy.ok(context=self.context)):
+            return False
+        self._count(refusal_kind(err), str(err) if isinstance(err, Refused)
+                    else f'frame failed: {err!r}')
+        if not isinstance(err, Refused):
+            self._log.debug(''.join(traceback.format_exception(err)))
+        self._publish_status(stamp_ns(item[0].header), None, item[1])  # paced clients
+        return True
+
     def _publish_status(self, stamp: int, result, t_recv: float) -> None:
         if self._pub_status is not None:
-            self._pub_status.publish(status_message(stamp, result, time.monotonic() - t_recv,
-                                                    self._queue.dropped))
+            self._pub_status.publish(messages.status_message(
+                stamp, result, time.monotonic() - t_recv, self._intake.queue.dropped))
 
-    def _maybe_autosave(self) -> None:
-        period = self.params.autosave_period_s
-        if period <= 0 or not self.params.map_path:
-            return
-        if time.monotonic() - self._last_save_wall >= period:
-            ok, text = self.save_map()
-            (self._log.info if ok else self._log.error)(f'autosave: {text}')
+    def _count(self, key: str, message: str) -> None:
+        """Count a bad input and warn, throttled per kind (rclpy throttles per call site)."""
+        n, warn = self._counters.count(key)
+        if warn:
+            self._log.warning(f'{message} ({key}: {n} so far)')
 
-    # --------------------------------------------------------------- map control
-    def save_map(self) -> tuple[bool, str]:
-        """Save under the core lock (never half a frame); (ok, message)."""
-        path = self.params.map_path
-        if not path:
-            return False, 'map_dir is empty: the map is kept in memory only'
-        t0 = time.perf_counter()
-        try:
-            with self._core_lock:
-                n = len(self._map)
-                gen = self._map.save(path)
-        except (MapError, OSError) as err:
-            return False, f'saving the map failed: {err}'
-        self._last_save_wall = time.monotonic()
-        return True, (f'saved {n} keyframes to {gen} in '
-                      f'{(time.perf_counter() - t0) * 1e3:.0f} ms')
-
-    def _apply_params(self, new: Params) -> None:
+    def _apply_running(self, new: RunningConfig) -> None:
         """Use changed parameters from the next frame on (never in the middle of one)."""
         with self._core_lock:
-            apply_config(self._detector, geo.effective_config(new, self._point))
-            self.params = new
-        self._queue.resize(new.max_batch)
-
-    def _srv_save(self, request, response):
-        response.success, response.message = self.save_map()
-        return response
-
-    def _srv_reset(self, request, response):
-        with self._core_lock:
-            n = len(self._map)
-            self._map.reset()
-            self._detector.reset()
-        self._markers.clear()
-        response.success = True
-        response.message = (f'map reset: {n} keyframes forgotten (in memory; the saved map is '
-                            'replaced at the next save)')
-        self._log.info(response.message)
-        return response
-
-    def _srv_pause(self, request, response):
-        self._paused = bool(request.data)
-        if self._paused:
-            self._queue.clear()
-        response.success = True
-        response.message = 'paused' if self._paused else 'resumed'
-        self._log.info(f'place recognition {response.message}')
-        return response
+            apply_config(self._detector, new.detector_config())
+            self._running = new
+        self._intake.queue.resize(new.params.max_batch)
 
     # ------------------------------------------------------------ diagnostics
     def counters(self) -> dict[str, int]:
         out = self._counters.as_dict()
-        out['frames_dropped'] = self._queue.dropped
-        out.update(batches=self._prefetch.batches, batched_frames=self._prefetch.batched_frames)
+        out['frames_dropped'] = self._intake.queue.dropped
+        out.update(batches=self._batches, batched_frames=self._batched_frames)
         out['map_size'] = len(self._map)
-        out.update(geo.gate_counters(self._detector))
+        out.update(gate_counters(self._detector))
         return out
 
     def _publish_diagnostics(self) -> None:
         p = self.params
-        pose_stale = p.pose_type != 'none' and self._poses.stale(p.pose_timeout_s)
+        poses = self._intake.poses
+        pose_stale = poses is not None and poses.stale(p.pose_timeout_s)
         problems = []
         if pose_stale and self._counters.received:
             problems.append(f'no pose on {self.pose_topic} for > {p.pose_timeout_s} s')
         if self._paused:
             problems.append('paused')
         values = self._times.values()
+        config = self._detector.config
         values.update({
             'device': str(self._encoder.device), 'model': self._encoder.fingerprint,
             'map_session': str(self._map.session), 'paused': str(self._paused).lower(),
             'pose_stale': str(pose_stale).lower(),
             'image_topic': self.image_topic, 'pose_topic': self.pose_topic,
+            'score_threshold': f'{config.score_threshold:.6g}',
+            'gv_min_inliers': str(config.gv_min_inliers),
+            'map_save_error': self._save_error,
         })
         values.update(self.counters())
+        errors = [self._save_error] if self._save_error else []
         self._pub_diag.publish(diagnostics_message(
-            str(self._encoder.device), problems, values, self.get_clock().now().to_msg()))
+            str(self._encoder.device), problems, values, self.get_clock().now().to_msg(),
+            errors))
 
     def _publish_markers(self) -> None:
         if self._pub_markers.get_subscription_count() == 0:
             return
-        out = self._markers.message(self._poses.frame_id or 'map',
-                                    self.get_clock().now().to_msg())
+        poses = self._intake.poses
+        frame = (poses.frame_id if poses is not None else '') or 'map'
+        out = self._markers.message(frame, self.get_clock().now().to_msg())
         if out is not None:
             self._pub_markers.publish(out)
-
-    # --------------------------------------------------------------- shutdown
-    def shutdown(self) -> bool:
-        """Stop the worker (after its current frame), then save the map once; False: failed."""
-        self._stop.set()
-        self._queue.close()
-        self._worker.join(timeout=30.0)
-        path = self.params.map_path
-        if self._saved_on_exit or not path:
-            return True
-        self._saved_on_exit = True
-        print(f'vpr_node: shutdown: saving {len(self._map)} keyframes to {path}', flush=True)
-        delay = float(os.environ.get(SAVE_DELAY_ENV) or 0.0)
-        if delay > 0:  # test hook: a slow save, so that a test can signal during it
-            time.sleep(delay)
-        ok, text = self.save_map()
-        print(f'vpr_node: shutdown: {text}', file=sys.stderr if not ok else sys.stdout,
-              flush=True)
-        return ok
-
 
 def main(args=None) -> int:
     """

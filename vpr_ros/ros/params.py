@@ -10,7 +10,6 @@ message instead of running with a value nobody meant.
 from dataclasses import dataclass
 import math
 import os
-import tempfile
 from typing import Any
 
 from vpr_ros.core.detector import DetectorConfig
@@ -30,6 +29,8 @@ class ParamSpec:
     whose tiny values cost far more than anyone means (a busy core, a save after every frame)
     and sizes too small to work with (gv_max_side: ORB finds nothing in a 16-pixel frame).
     `field`: the DetectorConfig field this parameter sets (see `_core`), None for node-only ones.
+    `calibrated`: a model's operating point replaces it unless the user sets it
+    (vpr_ros/ros/detector_config.py), so config/vpr.yaml leaves it commented out.
     """
 
     name: str
@@ -41,6 +42,7 @@ class ParamSpec:
     read_only: bool = True
     min_on: float | None = None
     field: str | None = None
+    calibrated: bool = False
 
     @property
     def type_name(self) -> str:
@@ -76,7 +78,7 @@ _T = ('raw', 'compressed')
 
 def _core(name: str, field: str, description: str, lo: float | None = None,
           hi: float | None = None, read_only: bool = True,
-          min_on: float | None = None) -> ParamSpec:
+          min_on: float | None = None, calibrated: bool = False) -> ParamSpec:
     """
     Declare a parameter that sets DetectorConfig.`field`, with the core's default.
 
@@ -84,7 +86,7 @@ def _core(name: str, field: str, description: str, lo: float | None = None,
     under another name or with another default by mistake.
     """
     return ParamSpec(name, getattr(_C, field), description, lo, hi, read_only=read_only,
-                     min_on=min_on, field=field)
+                     min_on=min_on, field=field, calibrated=calibrated)
 
 
 SPECS: tuple[ParamSpec, ...] = (
@@ -155,7 +157,9 @@ SPECS: tuple[ParamSpec, ...] = (
     _core('top_k', 'top_k', 'Candidates searched per query (rows of /vpr/matches).',
           1, 100, read_only=False),
     _core('score_threshold', 'score_threshold',
-          'Minimum cosine similarity of an accepted candidate.', -1.0, 1.0, read_only=False),
+          "Minimum cosine similarity of an accepted candidate. Unset: the model's calibrated "
+          'operating point (set it, even to this default, to use your own).', -1.0, 1.0,
+          read_only=False, calibrated=True),
     _core('temporal_consistency', 'temporal_consistency',
           'n > 1: accept a candidate only when the previous n-1 queries matched near it '
           '(0 or 1: off).', 0, 100),
@@ -164,7 +168,8 @@ SPECS: tuple[ParamSpec, ...] = (
     _core('geometric_verification', 'geometric_verification',
           'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
     _core('gv_min_inliers', 'gv_min_inliers',
-          'RANSAC inliers needed to accept a candidate when verification is on.', 4, 10000),
+          'RANSAC inliers needed to accept a candidate when verification is on. Unset: the '
+          "model's calibrated operating point.", 4, 10000, read_only=False, calibrated=True),
     _core('gv_min_inlier_ratio', 'gv_min_inlier_ratio',
           'Share of the ratio-test matches that must be RANSAC inliers (look-alikes measured '
           '0.77-0.92 with 15+ inliers, true revisits >= 0.96: vpr_ros/core/verification.py).',
@@ -305,70 +310,6 @@ class Params:
         return DetectorConfig(**{s.field: self._values[s.name] for s in SPECS if s.field})
 
 
-def cost_warnings(p: Params) -> list[str]:
-    """Warn about accepted values that cost more than one likely means, naming the cost."""
-    out = []
-    h, w = p.image_size
-    if h * w > 4 * 224 * 224:
-        out.append(f'image_size {h}x{w} is {h * w / (224 * 224):.0f}x the pixels of the '
-                   'default 224x224: expect about that factor in encoder time and memory per '
-                   'frame')
-    if 0 < p.autosave_period_s < 30.0:
-        out.append(f'autosave_period_s {p.autosave_period_s:g}: every save writes the whole '
-                   'map (seconds for tens of thousands of keyframes) while frames wait; the map '
-                   'is also saved on shutdown and on ~/save_map')
-    if 0 < p.markers_period_s < 0.5:
-        out.append(f'markers_period_s {p.markers_period_s:g}: each marker message carries '
-                   'every keyframe position; RViz needs no more than a few per second')
-    if p.max_image_pixels > BY_NAME['max_image_pixels'].default:
-        out.append(f'max_image_pixels {p.max_image_pixels}: one decoded frame may take up to '
-                   f'{p.max_image_pixels * 4 / 2**20:.0f} MiB')
-    return out
-
-
-def check_map_dir(path: str) -> None:
-    """
-    Raise ParamError naming map_dir unless a map can be written there; leave no trace.
-
-    An unwritable map_dir (a file, a read-only filesystem, /proc) used to fail at the first
-    save, after the robot had mapped for minutes, and the node exited 0 having lost the map.
-    Missing directories are created to probe them and removed again, and the probe file is
-    created with O_EXCL (never through a link), so a refused start-up leaves nothing behind.
-    """
-    if not path:
-        return
-    created: list[str] = []
-    probe = None
-    try:
-        missing, d = [], os.path.abspath(path)
-        while not os.path.lexists(d):
-            missing.append(d)
-            d = os.path.dirname(d)
-        for d in reversed(missing):
-            os.mkdir(d)
-            created.append(d)
-        if not os.path.isdir(path):
-            raise NotADirectoryError(20, 'not a directory')
-        fd, probe = tempfile.mkstemp(prefix='.vpr_write_probe_', dir=path)
-        try:
-            os.write(fd, b'x')
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as err:
-        raise ParamError(f"parameter 'map_dir': {path!r} is not a writable directory "
-                         f'({err.strerror or err}); expected a directory the node can create '
-                         "and write, or '' to keep the map in memory only") from None
-    finally:
-        if probe is not None:
-            os.unlink(probe)
-        for d in reversed(created):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-
-
 # ------------------------------------------------------------------ ROS side (lazy imports)
 def descriptor(spec: ParamSpec):
     """Build the ParameterDescriptor of a spec (range, read-only, description)."""
@@ -445,5 +386,9 @@ def yaml_text() -> str:
             text = '[' + ', '.join(str(x) for x in v) + ']'
         else:
             text = repr(v)
-        lines.append(f'    {s.name}: {text}  # {s.accepted()}')
+        if s.calibrated:  # set it and the model's calibrated point no longer applies
+            lines.append(f"    # {s.name}: {text}  # {s.accepted()}; unset: the model's "
+                         'calibrated point')
+        else:
+            lines.append(f'    {s.name}: {text}  # {s.accepted()}')
     return '\n'.join(lines) + '\n'

@@ -11,10 +11,13 @@ topic, that pose topic" into the remap rules, for the tools and tests that start
 
 MATCHES = 'vpr/matches'
 LOOP_CLOSURE = 'vpr/loop_closure'
+RELATIVE_POSE = 'vpr/relative_pose'
 STATUS = 'vpr/status'
 MARKERS = 'vpr/markers'
 DIAGNOSTICS = '/diagnostics'
 IMAGE = 'camera/image_raw'
+CAMERA_INFO = 'camera/camera_info'
+DEPTH = 'camera/depth/image_raw'
 COMPRESSED_SUFFIX = '/compressed'
 POSE = {'Odometry': 'odom', 'PoseStamped': 'pose'}
 

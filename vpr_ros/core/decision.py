@@ -1,0 +1,75 @@
+"""
+The loop decision: which of a frame's candidates are loop closures, from their evidence.
+
+The detector gathers evidence for each candidate a search returned (its cosine score, whether
+geometric verification found one consistent geometry and with how many inliers, whether the
+recent queries agreed on the place); `decide` turns that evidence into the accepted candidates
+under a `DecisionRule`. Everything that accepts or rejects a loop calls `decide`: the detector
+(so the node and the demo), the loop evaluation (`vpr-eval --loop`, which replays frames through
+the detector) and the calibration that fits the rule's thresholds (vpr_ros/core/calibration.py).
+A change of the rule is therefore made once, here, and the calibrated point the node runs is
+fitted by the code the node executes.
+
+Verification is evidence, not a verdict on its own: the verifier says whether the matches obey
+one epipolar geometry (ratio, spread) and how many inliers they have; how many inliers make a
+loop is the rule's `min_inliers`, a calibrated number. So a replay that verified every candidate
+once can be decided at any threshold pair exactly as the node would decide it.
+"""
+from dataclasses import dataclass
+
+from vpr_ros.core.pose_buffer import Pose
+from vpr_ros.core.relative_pose import RelativePose
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """
+    A map keyframe a query was matched to, with the evidence gathered for it.
+
+    `inliers` is -1 and `verified` None when no verification ran (verification off, or the
+    score was below the rule's threshold so it was not worth the cost). `verified` True means
+    the matches obey one geometry (inlier ratio and spread); the inlier count is judged by the
+    rule. `consistent` is False when temporal consistency is on and the recent queries did not
+    match near this keyframe.
+    """
+
+    match_id: int
+    match_stamp_ns: int
+    score: float
+    inliers: int
+    match_pose: Pose | None
+    # Query in the match camera's optical frame (vpr_ros/core/relative_pose.py); None when
+    # verification is off or no intrinsics are known.
+    relative_pose: RelativePose | None = None
+    verified: bool | None = None
+    consistent: bool = True
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """
+    The thresholds a candidate must reach: cosine score and, with verification, inliers.
+
+    `min_inliers` None: verification is not part of the rule (it is off). These are the two
+    numbers an operating point calibrates (vpr_ros/core/calibration.py).
+    """
+
+    score_threshold: float
+    min_inliers: int | None = None
+
+
+def worth_verifying(c: Candidate, rule: DecisionRule) -> bool:
+    """Whether all but the geometry accepts `c`: only then is verification worth its cost."""
+    return c.consistent and bool(c.score >= rule.score_threshold)
+
+
+def accepts(c: Candidate, rule: DecisionRule) -> bool:
+    """Whether one candidate is a loop closure under `rule`."""
+    if not worth_verifying(c, rule):
+        return False
+    return rule.min_inliers is None or (bool(c.verified) and c.inliers >= rule.min_inliers)
+
+
+def decide(candidates, rule: DecisionRule) -> list[Candidate]:
+    """Return the accepted candidates, best (highest score) first; ties keep search order."""
+    return sorted((c for c in candidates if accepts(c, rule)), key=lambda c: -c.score)
