@@ -68,7 +68,8 @@ class NodeProcess:
     """`vpr_node` in a subprocess named `name`, in `namespace` (default `/<name>`)."""
 
     def __init__(self, tmp_dir: str, name: str, params: dict, namespace: str | None = None,
-                 extra_args: tuple[str, ...] = (), env: dict | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict | None = None,
+                 file_size_limit: int | None = None) -> None:
         self.name = name
         self.namespace = namespace if namespace is not None else '/' + name
         self.params = {'publish_status': True, 'diagnostics_period_s': 0.5,
@@ -78,8 +79,14 @@ class NodeProcess:
         self.log_path = os.path.join(tmp_dir, f'{name}.log')
         args = node_args(self.params, self.params_file, name, self.namespace) + list(extra_args)
         self._log_file = open(self.log_path, 'w')
+        limit = None
+        if file_size_limit is not None:  # RLIMIT_FSIZE: writes past it fail (EFBIG), a full disk
+            def limit() -> None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
         self.proc = subprocess.Popen(args, env={**node_env(), **(env or {})},
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=limit)
 
     def topic(self, name: str) -> str:
         """Resolve the node's topic `name` ('vpr/matches', 'camera/image_raw') in its namespace."""

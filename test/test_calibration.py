@@ -85,12 +85,34 @@ def test_inliers_rescue_recall_lost_to_look_alikes():
     assert p.score_threshold <= 0.85
 
 
-def test_inliers_unverified_count_as_none():
+def test_unverified_candidates_are_never_accepted_with_verification():
+    """The node's rule: with verification on, an accepted candidate has verified inliers."""
     p = calibrate([0.9, 0.8], [1, 1], inliers=[-1, 40])
-    assert p.recall == 1.0 and p.min_inliers <= 0
+    assert p.recall == 0.5 and p.min_inliers == 40 and p.score_threshold <= 0.8
     q = calibrate([0.9, 0.8, 0.95], [1, 1, 0], inliers=[-1, 40, 10])
-    # accepting 0.9 (no inliers) would need min_inliers 0, which lets the false 0.95 in
     assert q.recall == pytest.approx(1 / 3) and 10 < q.min_inliers <= 40
+
+
+def test_replayed_candidates_decide_as_the_node_does():
+    """
+    Decide each inlier level with `decide`, as the node would.
+
+    A frame's first accepted candidate depends on the inlier threshold, so the fit cannot look
+    at the best-scoring candidate alone.
+    """
+    from vpr_ros.core.calibration import calibrate_candidates
+    from vpr_ros.core.decision import Candidate, decide
+
+    def c(score, inl, ok):
+        return (Candidate(0, 0, score, inl, None, verified=inl > 0), ok)
+    frames = [[c(0.95, 12, False), c(0.90, 60, True)],  # look-alike first, true one verified
+              [c(0.93, 70, True)], [c(0.92, 8, False)], []]
+    p = calibrate_candidates(frames, [1, 1, 0, 1])
+    assert p.precision == 1.0 and p.recall == pytest.approx(2 / 3)
+    assert 12 < p.min_inliers <= 60
+    rule = p.rule()
+    firsts = [decide([x for x, _ in f], rule)[:1] for f in frames]
+    assert [x[0].score if x else None for x in firsts] == [0.90, 0.93, None, None]
 
 
 def test_serialises_to_plain_dict_and_back():

@@ -26,9 +26,11 @@ recall 0, precision 1.0 (vacuously: no false positive), and `usable` is False.
 """
 from dataclasses import asdict, dataclass, field
 import math
+from typing import Sequence
 
 import numpy as np
 
+from vpr_ros.core.decision import Candidate, decide, DecisionRule
 from vpr_ros.core.errors import VPRError
 
 DEFAULT_TARGET_PRECISION = 1.0
@@ -53,6 +55,10 @@ class OperatingPoint:
     recall: float
     n_queries: int
     data: dict = field(default_factory=dict)
+
+    def rule(self) -> DecisionRule:
+        """Return the decision rule this point stands for (vpr_ros/core/decision.py)."""
+        return DecisionRule(float(self.score_threshold), self.min_inliers)
 
     @property
     def usable(self) -> bool:
@@ -140,55 +146,102 @@ def _midpoint(accepted_low: float, values_below: np.ndarray) -> float:
     return 0.5 * (accepted_low + float(below.max()))
 
 
+Labelled = tuple[Candidate, bool]  # a candidate with its evidence, and whether it is true
+
+
+def _bests(frames: Sequence[Sequence[Labelled]], rule: DecisionRule):
+    """Per frame: score, correctness and inliers of the candidate `decide` puts first."""
+    s = np.full(len(frames), -np.inf)
+    y = np.zeros(len(frames), bool)
+    inl = np.zeros(len(frames), np.int64)
+    for i, frame in enumerate(frames):
+        truth = {id(c): ok for c, ok in frame}
+        accepted = decide([c for c, _ in frame], rule)
+        if accepted:
+            s[i], y[i], inl[i] = accepted[0].score, truth[id(accepted[0])], accepted[0].inliers
+    return s, y, inl
+
+
+def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
+                         target_precision: float = DEFAULT_TARGET_PRECISION,
+                         data: dict | None = None, verification: bool = True) -> OperatingPoint:
+    """
+    Fit the operating point on replayed frames, deciding with `decide` as the node does.
+
+    `frames`: per query, the candidates the detector considered (FrameResult.considered of a
+    replay that verified every candidate: score threshold -1) with whether each is a true
+    match; a query counts as accepted when `decide` accepts a candidate, and as correct when
+    the first accepted one is true (the best candidate, the one /vpr/loop_closure sends).
+    `verification`: the rule requires verified inliers (min_inliers fitted) or not (None).
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise VPRError(f'target_precision must be in (0, 1], got {target_precision}')
+    n = len(frames)
+    if n == 0:
+        raise VPRError('calibration needs at least one query')
+    pos = np.ones(n, bool) if can_close is None else np.asarray(can_close, bool).ravel()
+    if pos.size != n:
+        raise VPRError(f'calibration: {n} queries, {pos.size} can_close flags')
+    true_inl = {c.inliers for f in frames for c, ok in f if ok and c.verified}
+    levels = sorted(true_inl | {1}) if verification else [None]
+    best = None  # (tp, precision, level key, n_accepted, lowest accepted score, level)
+    for m in levels:
+        s, y, _ = _bests(frames, DecisionRule(-np.inf, m))
+        if np.any(y & ~pos):
+            raise VPRError('calibration: a query marked correct must be able to close a loop')
+        found = _best_threshold(s, y, target_precision)
+        if found is not None:
+            tp, n_acc, low = found
+            key = (tp, tp / n_acc, -1 if m is None else m)
+            if best is None or key > best[:3]:
+                best = key + (n_acc, low, m)
+    info = {'n_possible': int(pos.sum())}
+    info.update(data or {})
+    if best is None:
+        top = max((c.score for f in frames for c, _ in f if np.isfinite(c.score)), default=None)
+        thr = 1.0 if top is None else float(np.nextafter(top, np.inf))
+        most = max((c.inliers for f in frames for c, _ in f), default=0)
+        info.update(n_accepted=0, n_false=0)
+        return OperatingPoint(thr, int(most) + 1 if verification else None,
+                              float(target_precision), 1.0, 0.0, n, info)
+    tp, precision, _, n_acc, low, m = best
+    if verification:  # as far from the rejected inlier counts as from the accepted ones
+        s, _, inl = _bests(frames, DecisionRule(-np.inf, m))
+        lowest = float(inl[s >= low].min())
+        below = np.array([c.inliers for f in frames for c, _ in f
+                          if c.verified and c.score >= low and c.inliers < lowest], float)
+        m = int(math.ceil(_midpoint(lowest, below)))
+    s, y, _ = _bests(frames, DecisionRule(-np.inf, m))
+    point_rule = DecisionRule(_midpoint(low, s), m)
+    s, y, _ = _bests(frames, point_rule)
+    accepted = np.isfinite(s)
+    assert int((accepted & y).sum()) == tp and int(accepted.sum()) == n_acc  # margins keep counts
+    info.update(n_accepted=n_acc, n_false=n_acc - tp)
+    recall = tp / int(pos.sum()) if pos.any() else 0.0
+    return OperatingPoint(float(point_rule.score_threshold), m, float(target_precision),
+                          float(precision), float(recall), n, info)
+
+
 def calibrate(scores, correct, can_close=None, inliers=None,
               target_precision: float = DEFAULT_TARGET_PRECISION,
               data: dict | None = None) -> OperatingPoint:
     """
-    Fit the operating point on per-query best-candidate results; see the module docstring.
+    Fit the operating point on one best candidate per query; see the module docstring.
 
     `scores` (N,) best-candidate score (NaN: none); `correct` (N,) bool; `can_close` (N,) bool
-    (None: every query could close a loop); `inliers` (N,) counts or None.
+    (None: every query could close a loop); `inliers` (N,) counts or None (-1 or 0: not
+    verified, never accepted once verification is part of the rule, as in the node). For
+    per-query results such as published matches; a replay goes to `calibrate_candidates`.
     """
-    if not 0.0 < target_precision <= 1.0:
-        raise VPRError(f'target_precision must be in (0, 1], got {target_precision}')
     s, y, pos, inl = _as_arrays(scores, correct, can_close, inliers)
-    if s.size == 0:
-        raise VPRError('calibration needs at least one query')
-    n_possible = int(pos.sum())
-    levels = [None] if inl is None else [int(inl.min())] + sorted(set(inl[y].tolist()))
-    best = None  # (tp, precision, min_inliers, n_accepted, lowest accepted score)
-    for m in levels:
-        mask = np.ones(s.size, bool) if m is None else inl >= m
-        found = _best_threshold(np.where(mask, s, -np.inf), y, target_precision)
-        if found is None:
-            continue
-        tp, n_acc, low = found
-        key = (tp, tp / n_acc, -1 if m is None else m)
-        if best is None or key > best[:3]:
-            best = key + (n_acc, low)
-    info = {'n_possible': n_possible}
-    info.update(data or {})
-    if best is None:
-        finite = s[np.isfinite(s)]
-        thr = float(np.nextafter(finite.max(), np.inf)) if finite.size else 1.0
-        info.update(n_accepted=0, n_false=0)
-        return OperatingPoint(thr, None if inl is None else int(inl.max()) + 1,
-                              float(target_precision), 1.0, 0.0, int(s.size), info)
-    tp, precision, m, n_acc, low = best
-    min_inliers = None
-    if inl is not None:
-        in_set = s >= low
-        m = int(math.ceil(_midpoint(float(inl[in_set & (inl >= m)].min()),
-                                    inl[in_set].astype(np.float64))))
-        min_inliers = m
-    cand = s if inl is None else np.where(inl >= min_inliers, s, -np.inf)
-    thr = _midpoint(low, cand)
-    accepted = cand >= thr
-    assert int((accepted & y).sum()) == tp and int(accepted.sum()) == n_acc  # margins keep counts
-    info.update(n_accepted=n_acc, n_false=n_acc - tp)
-    recall = tp / n_possible if n_possible else 0.0
-    return OperatingPoint(float(thr), min_inliers, float(target_precision), float(precision),
-                          float(recall), int(s.size), info)
+    frames = [[] if not np.isfinite(s[i]) else
+              [(Candidate(i, 0, float(s[i]), -1 if inl is None else int(inl[i]), None,
+                          verified=None if inl is None else bool(inl[i] >= 1)), bool(y[i]))]
+              for i in range(s.size)]
+    if np.any(y & ~pos):
+        raise VPRError('calibration: a query marked correct must be able to close a loop')
+    return calibrate_candidates(frames, pos, target_precision, data,
+                                verification=inl is not None)
 
 
 def precision_recall(scores, correct, can_close=None) -> tuple[np.ndarray, np.ndarray,
