@@ -155,10 +155,11 @@ def _bests(frames: Sequence[Sequence[Labelled]], rule: DecisionRule):
     y = np.zeros(len(frames), bool)
     inl = np.zeros(len(frames), np.int64)
     for i, frame in enumerate(frames):
-        truth = {id(c): ok for c, ok in frame}
+        truth = {c.match_id: ok for c, ok in frame}  # a frame's candidates are distinct keyframes
         accepted = decide([c for c, _ in frame], rule)
         if accepted:
-            s[i], y[i], inl[i] = accepted[0].score, truth[id(accepted[0])], accepted[0].inliers
+            first = accepted[0]
+            s[i], y[i], inl[i] = first.score, truth[first.match_id], first.inliers
     return s, y, inl
 
 

@@ -15,7 +15,7 @@ one epipolar geometry (ratio, spread) and how many inliers they have; how many i
 loop is the rule's `min_inliers`, a calibrated number. So a replay that verified every candidate
 once can be decided at any threshold pair exactly as the node would decide it.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vpr_ros.core.pose_buffer import Pose
 from vpr_ros.core.relative_pose import RelativePose
@@ -43,6 +43,16 @@ class Candidate:
     relative_pose: RelativePose | None = None
     verified: bool | None = None
     consistent: bool = True
+    # Sequence evidence (vpr_ros/core/sequence.py): the candidate's sequence score, and for the
+    # best-supported candidate of the frame its margin over the best place elsewhere.
+    sequence: float | None = None
+    margin: float | None = None
+    # Verification saw enough matches to judge and found them inconsistent: a veto.
+    veto: bool = False
+    # One of the search's top_k (the single-frame rule looks at these only).
+    in_top_k: bool = True
+    # Which rule accepted it: 'frame' (score and inliers) or 'sequence' (margin).
+    accepted_by: str = ''
 
 
 @dataclass(frozen=True)
@@ -56,20 +66,43 @@ class DecisionRule:
 
     score_threshold: float
     min_inliers: int | None = None
+    # Margin of sequence support a candidate needs when the single-frame rule accepts none;
+    # None: no sequence rule.
+    confidence_threshold: float | None = None
 
 
 def worth_verifying(c: Candidate, rule: DecisionRule) -> bool:
     """Whether all but the geometry accepts `c`: only then is verification worth its cost."""
-    return c.consistent and bool(c.score >= rule.score_threshold)
+    if c.in_top_k and c.consistent and bool(c.score >= rule.score_threshold):
+        return True
+    return sequence_supported(c, rule)
+
+
+def sequence_supported(c: Candidate, rule: DecisionRule) -> bool:
+    """Whether the sequence rule accepts `c` unless verification vetoes it."""
+    return (rule.confidence_threshold is not None and c.margin is not None
+            and c.margin >= rule.confidence_threshold)
 
 
 def accepts(c: Candidate, rule: DecisionRule) -> bool:
-    """Whether one candidate is a loop closure under `rule`."""
-    if not worth_verifying(c, rule):
+    """Whether the single-frame rule accepts one candidate: score and verified inliers."""
+    if not (c.in_top_k and c.consistent and bool(c.score >= rule.score_threshold)):
         return False
     return rule.min_inliers is None or (bool(c.verified) and c.inliers >= rule.min_inliers)
 
 
 def decide(candidates, rule: DecisionRule) -> list[Candidate]:
-    """Return the accepted candidates, best (highest score) first; ties keep search order."""
-    return sorted((c for c in candidates if accepts(c, rule)), key=lambda c: -c.score)
+    """
+    Return the accepted candidates, best first, each marked with the rule that accepted it.
+
+    The single-frame rule first (what the node has always accepted keeps being accepted);
+    when it accepts none, the sequence rule: the best-supported candidate with a margin of at
+    least `confidence_threshold`, unless verification vetoes it (it saw enough matches and
+    they disagree). Where verification cannot see (night, blur: too few matches) the sequence
+    and distinctiveness decide.
+    """
+    frame = [replace(c, accepted_by='frame') for c in candidates if accepts(c, rule)]
+    if frame:
+        return sorted(frame, key=lambda c: -c.score)
+    return [replace(c, accepted_by='sequence') for c in candidates
+            if sequence_supported(c, rule) and not c.veto]

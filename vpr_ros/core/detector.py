@@ -20,7 +20,14 @@ import time
 
 import numpy as np
 
-from vpr_ros.core.decision import accepts, Candidate, decide, DecisionRule, worth_verifying
+from vpr_ros.core.decision import (
+    accepts,
+    Candidate,
+    decide,
+    DecisionRule,
+    sequence_supported,
+    worth_verifying,
+)
 from vpr_ros.core.degenerate import DegenerateGate, reason_key
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.keyframe import (
@@ -33,6 +40,7 @@ from vpr_ros.core.keyframe import (
 )
 from vpr_ros.core.pose_buffer import Pose
 from vpr_ros.core.relative_pose import Intrinsics
+from vpr_ros.core.sequence import SequenceEvidence
 from vpr_ros.core.verification import Features, GeometricVerifier
 
 _LOG = logging.getLogger(__name__)
@@ -95,6 +103,15 @@ class DetectorConfig:
     # Verify candidates best first and stop at the first accepted (only the best is used,
     # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
     gv_first_only: bool = False
+    # Sequence evidence and distinctiveness (vpr_ros/core/sequence.py): when the single-frame
+    # rule accepts nothing, the best-supported of `sequence_candidates` searched keyframes is
+    # accepted at a margin of at least `confidence_threshold` (calibrated), unless verification
+    # vetoes it: it saw `gv_veto_matches` ratio-test matches or more and they disagree.
+    sequence_evidence: bool = False
+    confidence_threshold: float = 0.1
+    sequence_length: int = 10
+    sequence_candidates: int = 20
+    gv_veto_matches: int = 20
     kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
     kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
@@ -120,11 +137,15 @@ class DetectorConfig:
             raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
         if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
             raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
+        if self.sequence_length < 1 or self.sequence_candidates < 1:
+            raise VPRError('sequence_length and sequence_candidates must be >= 1')
 
     def rule(self) -> DecisionRule:
         """Return the decision rule these fields describe (vpr_ros/core/decision.py)."""
         return DecisionRule(float(self.score_threshold),
-                            int(self.gv_min_inliers) if self.geometric_verification else None)
+                            int(self.gv_min_inliers) if self.geometric_verification else None,
+                            float(self.confidence_threshold) if self.sequence_evidence
+                            else None)
 
     def make_verifier(self) -> GeometricVerifier:
         """
@@ -206,6 +227,7 @@ class LoopDetector:
         self._history: deque = deque(maxlen=max(c.temporal_consistency - 1, 1))
         self._last_stamp_ns: int | None = None
         self._last_kf_desc: np.ndarray | None = None
+        self.sequence = SequenceEvidence(place_map)
 
     def set_intrinsics(self, intrinsics: Intrinsics | None) -> None:
         """Camera intrinsics for verification (essential matrix, relative pose); None: off."""
@@ -241,6 +263,7 @@ class LoopDetector:
         self._history.clear()
         self._last_stamp_ns = None
         self._last_kf_desc = None
+        self.sequence.reset()
 
     def _count(self, key: str, detail: str) -> None:
         self.counters[key] += 1
@@ -272,25 +295,49 @@ class LoopDetector:
             self._count('missing_features', f'keyframe {c.match_id} has no stored features')
             return c
         res = self.verifier.verify(feats, stored, self.intrinsics, self._depth)
+        seen = res.inliers / res.inlier_ratio if res.inlier_ratio > 0 else 0.0
         return replace(c, inliers=int(res.inliers), verified=bool(res.ok),
-                       relative_pose=res.pose if res.ok else None)
+                       relative_pose=res.pose if res.ok else None,
+                       veto=not res.ok and seen >= self.config.gv_veto_matches)
 
-    def _gather(self, image: np.ndarray, encoding: str, matches: list,
+    def _candidates(self, desc: np.ndarray, stamp_ns: int, pose: Pose | None, matches: list,
+                    rule: DecisionRule) -> list[Candidate]:
+        """
+        Make the top_k matches candidates, with sequence evidence when the rule uses it.
+
+        The sequence rule looks at all matches searched: the best-supported one joins the
+        candidates (outside the top_k it is `in_top_k` False: only the sequence rule sees it).
+        """
+        c = self.config
+        cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
+                           _record_pose(m.record), in_top_k=k < c.top_k)
+                 for k, m in enumerate(matches)]
+        if rule.confidence_threshold is None or not cands:
+            return cands[:c.top_k]
+        seq, best, margin = self.sequence.evaluate(
+            desc, stamp_ns, None if pose is None else pose.position,
+            [x.match_id for x in cands], [x.score for x in cands], c.exclusion_s,
+            c.sequence_length)
+        cands = [replace(x, sequence=s) for x, s in zip(cands, seq)]
+        if best is not None:
+            cands[best] = replace(cands[best], margin=margin)
+        return [x for k, x in enumerate(cands) if k < c.top_k or k == best]
+
+    def _gather(self, image: np.ndarray, encoding: str, cands: list[Candidate],
                 is_keyframe: bool) -> tuple[list[Candidate], Features | None]:
         """
         Evidence for each candidate: temporal consistency, then verification where it can pay.
 
         Verification runs, best first, on the candidates whose score and consistency the rule
         accepts (the rest are rejected whatever their geometry); with `gv_first_only` it stops at
-        the first accepted one. Local features are computed once, when a candidate is verified
-        or the frame is a keyframe (they are stored with it).
+        the first accepted one. Only when none is accepted is the sequence rule's candidate
+        verified (a veto, and its relative pose). Local features are computed once, when a
+        candidate is verified or the frame is a keyframe (they are stored with it).
         """
         c = self.config
         rule = c.rule()
-        cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
-                           _record_pose(m.record)) for m in matches]
         if c.temporal_consistency > 1:
-            above = [x for x in cands if x.score >= rule.score_threshold]
+            above = [x for x in cands if x.in_top_k and x.score >= rule.score_threshold]
             cands = [replace(x, consistent=self._consistent((x.match_id, x.match_stamp_ns)))
                      for x in cands]
             self.counters['rejected_temporal'] += sum(
@@ -300,14 +347,19 @@ class LoopDetector:
         feats = None
         if self.verifier is not None and (worth or is_keyframe):
             feats = self.verifier.extract(image, encoding)
-        if feats is not None:
-            for i in worth:
-                cands[i] = self._verify(feats, cands[i])
-                if accepts(cands[i], rule):
-                    if c.gv_first_only:
-                        break
-                elif cands[i].verified is not None:
-                    self.counters['rejected_geometric'] += 1
+        if feats is None:
+            return cands, None
+        framed = False
+        for i in sorted(worth, key=lambda i: sequence_supported(cands[i], rule)):
+            if framed and sequence_supported(cands[i], rule) and not accepts(cands[i], rule):
+                continue  # the single-frame rule accepted one: the sequence rule is not asked
+            cands[i] = self._verify(feats, cands[i])
+            if accepts(cands[i], rule):
+                framed = True
+                if c.gv_first_only:
+                    break
+            elif cands[i].verified is not None and not sequence_supported(cands[i], rule):
+                self.counters['rejected_geometric'] += 1
         return cands, feats
 
     def process(self, image: np.ndarray, stamp_ns: int, encoding: str = 'rgb8',
@@ -344,8 +396,11 @@ class LoopDetector:
         self.counters['frames'] += 1
 
         # The temporal exclusion is the map's alone (one definition).
-        matches = self.place_map.search(desc, c.top_k, query_stamp_ns=stamp_ns,
+        rule = c.rule()
+        k = c.top_k if rule.confidence_threshold is None else max(c.top_k, c.sequence_candidates)
+        matches = self.place_map.search(desc, k, query_stamp_ns=stamp_ns,
                                         exclusion_s=c.exclusion_s, exclusion_n=c.exclusion_n)
+        cands = self._candidates(desc, stamp_ns, pose, matches, rule)
         t2 = time.perf_counter()
 
         if pose is None and self._last_kf_desc is not None:
@@ -353,8 +408,8 @@ class LoopDetector:
         else:
             similarity = None
         decision = self.policy.decide(stamp_ns, pose, similarity)
-        considered, feats = self._gather(image, encoding, matches, decision.is_keyframe)
-        candidates = decide(considered, c.rule())
+        considered, feats = self._gather(image, encoding, cands, decision.is_keyframe)
+        candidates = decide(considered, rule)
         t3 = time.perf_counter()
 
         query_id = -1
@@ -363,6 +418,8 @@ class LoopDetector:
                                         else pose.vector(), frame_id=frame_id,
                                         blob=None if feats is None else feats.to_bytes())
             query_id = int(record.id)
+            self.sequence.on_keyframe(query_id, stamp_ns, None if pose is None
+                                      else pose.position, desc)
             self.policy.accept(stamp_ns, pose)
             self._last_kf_desc = desc
             self.counters['keyframes'] += 1
