@@ -1,1 +1,1 @@
-"""Research scripts beside bench/: not installed; run as `python -m experiments.x` from the repo."""
+"""Research scripts beside bench/: not installed; `python -m experiments.x` from the repo root."""

@@ -9,8 +9,9 @@ from synthetic import make_synthetic_garden
 import torch
 
 from vpr_ros.model.encoder import ModelSpec
-from vpr_ros.training.dataset import load_image, select_traverses
-from vpr_ros.training.lowtex import (
+from vpr_ros.training.data.dataset import load_image, select_traverses
+from vpr_ros.training.data.pairs import PairSampler
+from vpr_ros.training.fit.lowtex import (
     frame_tensors,
     is_low_texture,
     lowtex_pairs,
@@ -18,8 +19,7 @@ from vpr_ros.training.lowtex import (
     LowtexSampler,
     make_lowtex_frames,
 )
-from vpr_ros.training.pairs import PairSampler
-from vpr_ros.training.train import main
+from vpr_ros.training.fit.train import main
 
 
 @pytest.fixture(scope='module')
