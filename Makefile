@@ -85,12 +85,12 @@ demo: setup
 # bags -> extract -> labels -> GCL training -> export -> evaluation (unseen conditions, corridor)
 # -> the demo with each model; reuses what an earlier run left in TRAIN_OUT.
 train-demo: setup
-	$(PY) -m vpr_ros.training.train_demo --out $(TRAIN_OUT) $(TRAIN_ARGS)
+	$(PY) -m vpr_ros.training.demo.train_demo --out $(TRAIN_OUT) $(TRAIN_ARGS)
 
 # The longer comparison: 4 simulated gardens (2 never trained on), unseen seasons/times/weather,
 # >= 1,000 test queries; GCL vs CL, 2 seeds each, bootstrap 95 % intervals (renders cached).
 train-demo-large: setup
-	$(PY) -m vpr_ros.training.train_demo --large --loss both --seeds 2 \
+	$(PY) -m vpr_ros.training.demo.train_demo --large --loss both --seeds 2 \
 	  --out $(TRAIN_OUT)_large $(TRAIN_ARGS)
 
 clean:

@@ -17,7 +17,12 @@ setup(
         f'{package_name}.tools',
         f'{package_name}.sim',
         f'{package_name}.training',
-    ],
+        f'{package_name}.training.data',
+        f'{package_name}.training.fit',
+        f'{package_name}.training.ship',
+        f'{package_name}.training.eval',
+        f'{package_name}.training.demo',
+    ],  # experiments/ (research scripts beside bench/) is not installed
     # The shipped model files (vpr_ros/model/shipped.py pins their sha256), read by path.
     package_data={f'{package_name}.model': ['data/*.pt']},
     data_files=[
@@ -38,12 +43,12 @@ setup(
             'vpr_node = vpr_ros.ros.node:main',
             'vpr-play = vpr_ros.ros.bag_player:main',
             'vpr-sim = vpr_ros.sim.cli:main',
-            'vpr-extract-bag = vpr_ros.training.extract_bag:main',
-            'vpr-labels = vpr_ros.training.labels:main',
-            'vpr-train = vpr_ros.training.train:main',
-            'vpr-eval = vpr_ros.training.evaluate:main',
-            'vpr-export = vpr_ros.training.export:main',
-            'vpr-train-demo = vpr_ros.training.train_demo:main',
+            'vpr-extract-bag = vpr_ros.training.data.extract_bag:main',
+            'vpr-labels = vpr_ros.training.data.labels:main',
+            'vpr-train = vpr_ros.training.fit.train:main',
+            'vpr-eval = vpr_ros.training.eval.evaluate:main',
+            'vpr-export = vpr_ros.training.ship.export:main',
+            'vpr-train-demo = vpr_ros.training.demo.train_demo:main',
         ],
     },
 )

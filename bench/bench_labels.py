@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from vpr_ros.core.psi import add_fov_arguments
-from vpr_ros.training.labels import compute_pairs, DEFAULT_CHUNK, summarize
+from vpr_ros.training.data.labels import compute_pairs, DEFAULT_CHUNK, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

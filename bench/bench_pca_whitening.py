@@ -5,7 +5,7 @@ Plain PCA vs PCA whitening, fitted at export on the training traverses, on unsee
 Why: a projection fitted at export shrinks the map and speeds search (issue 13), but whitening
 fitted on training traverses was seen to cost 0.15-0.38 R@1 on unseen conditions. Measured
 separately here: for each model (ImageNet default + the given files), R@1/R@5 on every test set
-of the large benchmark for no projection, plain PCA-D (training/projection.py) and whitening-D
+of the large benchmark for no projection, plain PCA-D (training/ship/projection.py) and whitening-D
 (vpr_ros/model/whitening.py), both fitted on the descriptors of all training traverses (map +
 query, as `vpr-train-demo --whiten-dim` exports), D in --dims. A hit is ψ > 0.5 (vpr-eval's
 default). Descriptors come from vpr-eval's cache (same file keys), new ones are added to it.
@@ -30,26 +30,24 @@ from vpr_ros.core.metrics import evaluate_descriptors  # noqa: E402
 from vpr_ros.core.psi import POSITIVE_PSI  # noqa: E402
 from vpr_ros.core.psi import positives as psi_positives  # noqa: E402
 from vpr_ros.model.whitening import apply_whitening  # noqa: E402
-from vpr_ros.training import evaluate as ev  # noqa: E402
-from vpr_ros.training.projection import fit_projection  # noqa: E402
-from vpr_ros.training.train_demo_sets import LARGE  # noqa: E402
+from vpr_ros.training.data.dataset import traverse_paths_poses  # noqa: E402
+from vpr_ros.training.demo.train_demo_sets import LARGE  # noqa: E402
+from vpr_ros.training.eval.embedding import DescriptorCache, embed_paths  # noqa: E402
+from vpr_ros.training.ship.projection import fit_projection  # noqa: E402
 
 
 def embed(enc, paths: list, cache_dir: str) -> np.ndarray:
     """Descriptors of image files through vpr-eval's per-model cache (unreadable: an error)."""
-    cpath = ev._cache_file(cache_dir, str(enc.fingerprint))
-    cache = ev._load_cache(cpath)
-    n0 = len(cache)
-    descs, ok, errors = ev.embed_paths(enc, paths, 32, 'embed', False, cache)
-    if len(cache) > n0:
-        ev._save_cache(cpath, cache)
+    cache = DescriptorCache.for_model(cache_dir, enc)
+    descs, ok, errors = embed_paths(enc, paths, 32, 'embed', False, cache.entries)
+    cache.save()
     if not ok.all():
         raise SystemExit(f'unreadable images: {errors[:3]}')
     return descs
 
 
 def traverse(root: str, name: str) -> tuple[list, np.ndarray]:
-    return ev._read_traverses([os.path.join(root, name, 'index.json')])
+    return traverse_paths_poses([os.path.join(root, name, 'index.json')])
 
 
 def rows_for(name: str, enc, args: argparse.Namespace) -> list:

@@ -23,11 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from vpr_ros.model.encoder import ModelSpec, VPRNet
-from vpr_ros.training.dataset import load_traverse, TraverseImages
-from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
-from vpr_ros.training.labels import generate_labels, load_labels
-from vpr_ros.training.losses import PairLoss
-from vpr_ros.training.pairs import PairImages, PairSampler
+from vpr_ros.training.data.dataset import load_traverse, TraverseImages
+from vpr_ros.training.data.labels import generate_labels, load_labels
+from vpr_ros.training.data.pairs import PairImages, PairSampler
+from vpr_ros.training.fit.feature_cache import FrozenFeatures, PairFeatures
+from vpr_ros.training.fit.losses import PairLoss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The synthetic garden is a test fixture (test/synthetic.py), not part of the package.

@@ -125,7 +125,7 @@ __all__ = ['make_synthetic_garden', 'TRAVERSES']
 
 def train_tiny_run(tmp_dir: str) -> tuple[str, str]:
     """Train one quick epoch (64x64) on a fresh synthetic garden; return (data root, run dir)."""
-    from vpr_ros.training.train import main as train_main
+    from vpr_ros.training.fit.train import main as train_main
 
     root, run = os.path.join(tmp_dir, 'garden'), os.path.join(tmp_dir, 'run')
     make_synthetic_garden(root)

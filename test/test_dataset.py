@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.errors import VPRError
-from vpr_ros.training.dataset import (
+from vpr_ros.training.data.dataset import (
     LOAD_ERRORS,
     load_image,
     load_traverse,

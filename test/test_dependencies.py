@@ -22,7 +22,7 @@ ROSDEP_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'ros2-tools', 'rosdep
 RUNTIME_DIRS = ('vpr_ros', 'training', 'launch')
 TEST_DIRS = ('test',)
 # the project's own: its packages and the test helper modules (test/*.py, on sys.path in tests)
-PROJECT_MODULES = {'vpr_ros', 'training'} | {
+PROJECT_MODULES = {'vpr_ros', 'training', 'experiments'} | {
     n[:-3] for n in os.listdir(os.path.join(REPO, 'test')) if n.endswith('.py')}
 
 # import name -> (rosdep key, pip requirement that provides it); a dotted name wins over its

@@ -14,7 +14,7 @@ from image_sequences import make_sequence  # noqa: E402
 
 from vpr_ros.core.calibration import OperatingPoint  # noqa: E402
 from vpr_ros.core.tbplaces import write_index  # noqa: E402
-from vpr_ros.training.loop_mode import (  # noqa: E402
+from vpr_ros.training.eval.loop_mode import (  # noqa: E402
     best_candidates,
     best_operating_point,
     earlier_allowed,
@@ -108,7 +108,7 @@ def test_loop_report_on_a_revisiting_sequence(revisit_index, tmp_path):
 def test_vpr_eval_loop_cli_on_the_corridor_at_its_own_size(corridor_dir, tmp_path):
     """The real corridor as a loop (ref, then query), default model at 120x160, not 224x224."""
     out = tmp_path / 'loop'
-    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.training.evaluate', '--loop-folder',
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.training.eval.evaluate', '--loop-folder',
                            corridor_dir, '--image-size', '120', '160', '--no-progress',
                            '--out', str(out)], env=os.environ.copy(), capture_output=True,
                           text=True, timeout=900)
@@ -130,8 +130,8 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
 
     from vpr_ros.model.model_file import load_model
     from vpr_ros.model.operating_point import model_operating_point, PROVENANCE_KEY
-    from vpr_ros.training.export import main as export_main
-    from vpr_ros.training.train import main as train_main
+    from vpr_ros.training.fit.train import main as train_main
+    from vpr_ros.training.ship.export import main as export_main
     root = str(tmp_path / 'garden')
     idx = make_synthetic_garden(root)
     out = str(tmp_path / 'run')
@@ -155,7 +155,7 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
 
 def test_node_keyframes_follow_the_node_policy():
     """With poses: every 1 m (0.25 m per frame -> every 4th); without: 5 s or novelty."""
-    from vpr_ros.training.loop_mode import node_keyframes
+    from vpr_ros.training.eval.loop_mode import node_keyframes
     poses = _line_poses(np.arange(20) * 0.25)
     desc = np.tile(np.eye(4, dtype=np.float32)[0], (20, 1))
     seq = LoopSequence(['x'] * 20, poses, None, np.arange(20) * 0.5, 'line')

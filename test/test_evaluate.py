@@ -11,8 +11,9 @@ from scipy.spatial.transform import Rotation
 
 from vpr_ros.core.fov import fov_overlap_many
 from vpr_ros.core.psi import positives as psi_positives
-from vpr_ros.training.dataset import write_index
-from vpr_ros.training.evaluate import evaluate, read_folder_pair
+from vpr_ros.training.data.dataset import write_index
+from vpr_ros.training.data.folder_pair import read_folder_pair
+from vpr_ros.training.eval.evaluate import evaluate
 
 
 def _png_ok(path):
@@ -54,7 +55,7 @@ def test_corridor_cli(corridor_dir, corridor_report, tmp_path):
     out = str(tmp_path / 'cli')
     cache = os.path.join(corridor_report[1], 'cache')
     assert corridor_report[0]['cache']['hits'] == {'imagenet-mobilenetv2-gem': 0}
-    cmd = [sys.executable, '-m', 'vpr_ros.training.evaluate', '--folder', corridor_dir,
+    cmd = [sys.executable, '-m', 'vpr_ros.training.eval.evaluate', '--folder', corridor_dir,
            '--out', out, '--device', 'cpu', '--no-progress', '--cache', cache]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=85)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -177,7 +178,7 @@ def test_traverse_distance_hits(traverses):
 
 
 def test_cli_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, '-m', 'vpr_ros.training.evaluate', '--map',
+    r = subprocess.run([sys.executable, '-m', 'vpr_ros.training.eval.evaluate', '--map',
                         str(tmp_path / 'missing.json'), '--query', str(tmp_path / 'q.json'),
                         '--no-default', '--model', 'x.pt'],
                        capture_output=True, text=True, timeout=60)

@@ -8,10 +8,10 @@ from synthetic import make_synthetic_garden
 from vpr_ros.model.encoder import build_encoder, Encoder
 from vpr_ros.model.model_file import load_model
 from vpr_ros.model.whitening import apply_whitening
-from vpr_ros.training.dataset import load_image, load_traverse
-from vpr_ros.training.export import load_trained_net
-from vpr_ros.training.export import main as export_main
-from vpr_ros.training.train import main as train_main
+from vpr_ros.training.data.dataset import load_image, load_traverse
+from vpr_ros.training.fit.train import main as train_main
+from vpr_ros.training.ship.export import load_trained_net
+from vpr_ros.training.ship.export import main as export_main
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,7 @@ from scipy.spatial.transform import Rotation
 
 from vpr_ros.core.bitdepth import to_8bit
 from vpr_ros.core.msg_convert import any_image_from_msg
-from vpr_ros.training.extract_bag import _decode, compose_extrinsic, extract
+from vpr_ros.training.data.extract_bag import _decode, compose_extrinsic, extract
 
 T0 = 1_700_000_000  # epoch seconds: stamps far from zero, as on a robot
 RADIUS, OMEGA = 2.0, 0.5  # m, rad/s: 1 m/s along a 2 m circle
@@ -193,7 +193,7 @@ def test_keyframes_and_extrinsic_cli(tmp_path):
     write_bag(bag, StoragePlugin.MCAP, 'compressed', 'pose')
     out = str(tmp_path / 'kf')
     ext = ['0.1', '0.0', '0.2', '0', '0', '0.7071067811865476', '0.7071067811865476']
-    cmd = [sys.executable, '-m', 'vpr_ros.training.extract_bag', bag, '--out', out,
+    cmd = [sys.executable, '-m', 'vpr_ros.training.data.extract_bag', bag, '--out', out,
            '--min-distance', '0.5', '--min-angle', '0', '--max-interval', '0',
            '--extrinsic', *ext, '--format', 'jpg', '--no-progress']
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -229,7 +229,7 @@ def test_compose_extrinsic_identity_and_offset():
 
 
 def test_missing_bag_cli(tmp_path):
-    r = subprocess.run([sys.executable, '-m', 'vpr_ros.training.extract_bag',
+    r = subprocess.run([sys.executable, '-m', 'vpr_ros.training.data.extract_bag',
                         str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'does not exist' in r.stderr

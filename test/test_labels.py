@@ -11,8 +11,8 @@ from scipy.spatial.transform import Rotation
 
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.fov import fov_overlap
-from vpr_ros.training.dataset import write_index
-from vpr_ros.training.labels import (
+from vpr_ros.training.data.dataset import write_index
+from vpr_ros.training.data.labels import (
     brute_force_pairs,
     compute_pairs,
     load_labels,
@@ -106,7 +106,7 @@ def test_cli_round_trip_within_and_query_map(tmp_path, capsys) -> None:
 
     # query (w18) × map (w17) by name under a root, in a subprocess like the console script
     out_qm = str(tmp_path / 'qm.npz')
-    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.training.labels', '--root',
+    proc = subprocess.run([sys.executable, '-m', 'vpr_ros.training.data.labels', '--root',
                            str(tmp_path), '--map', 'w17', '--query', 'w18', '--out', out_qm,
                            '--no-progress'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -147,14 +147,14 @@ def test_fov_options_are_one_set_for_every_command() -> None:
     """vpr-eval and vpr-train take θ / r (and the ψ threshold) from core.psi, with its defaults."""
     from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M
     from vpr_ros.core.psi import POSITIVE_PSI
-    from vpr_ros.training.evaluate import build_parser as eval_parser
-    from vpr_ros.training.train import build_parser as train_parser
+    from vpr_ros.training.eval.evaluate import build_parser as eval_parser
+    from vpr_ros.training.fit.train_args import build_parser as train_parser
 
     ev = eval_parser().parse_args(['--map', 'm.json', '--query', 'q.json'])
     tr = train_parser().parse_args(['--train-query', 'q', '--out', 'o'])
     for args in (ev, tr):
         assert (args.fov_deg, args.radius) == (DEFAULT_FOV_DEG, DEFAULT_RADIUS_M)
     assert ev.psi_threshold == POSITIVE_PSI
-    out = subprocess.run([sys.executable, '-m', 'vpr_ros.training.labels', '--help'],
+    out = subprocess.run([sys.executable, '-m', 'vpr_ros.training.data.labels', '--help'],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert 'field-of-view overlap ψ' in out and '--fov-deg' in out

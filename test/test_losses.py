@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vpr_ros.training.losses import (
+from vpr_ros.training.fit.losses import (
     contrastive_loss,
     gcl_loss,
     pair_distance,

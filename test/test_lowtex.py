@@ -9,17 +9,18 @@ from synthetic import make_synthetic_garden
 import torch
 
 from vpr_ros.model.encoder import ModelSpec
-from vpr_ros.training.dataset import load_image, select_traverses
-from vpr_ros.training.lowtex import (
+from vpr_ros.training.data.dataset import load_image, select_traverses
+from vpr_ros.training.data.pairs import PairSampler
+from vpr_ros.training.fit.lowtex import (
     frame_tensors,
     is_low_texture,
+    lowtex_hook,
     lowtex_pairs,
     LowtexPairs,
     LowtexSampler,
     make_lowtex_frames,
 )
-from vpr_ros.training.pairs import PairSampler
-from vpr_ros.training.train import main
+from vpr_ros.training.fit.train import main
 
 
 @pytest.fixture(scope='module')
@@ -133,3 +134,43 @@ def test_training_with_lowtex_negatives(garden, tmp_path, capsys):
     said = capsys.readouterr().out
     assert said.count('32 low-texture pairs (psi = 0) per epoch') == 2
     assert logs['on'] == pytest.approx(logs['off'], rel=1e-3)
+
+
+def test_the_option_is_a_pair_hook():
+    """--lowtex-negatives asks for one pair hook; 0 asks for none (training unchanged)."""
+    from vpr_ros.training.fit.train import pair_hooks_from_args
+    from vpr_ros.training.fit.train_args import build_parser
+
+    base = ['--train-query', 'q', '--out', 'o']
+    assert pair_hooks_from_args(build_parser().parse_args(base)) == []
+    assert len(pair_hooks_from_args(build_parser().parse_args(
+        base + ['--lowtex-negatives', '0.5']))) == 1
+    assert lowtex_hook(0.0) is None
+
+
+def test_train_runs_the_hooks_it_is_given(garden, tmp_path, capsys):
+    """Hooks are train()'s argument: the trainer uses the sampler and dataset a hook returns."""
+    from vpr_ros.training.fit.pair_hooks import PairSetup
+    from vpr_ros.training.fit.train import train
+    from vpr_ros.training.fit.train_args import build_parser
+
+    seen = []
+
+    def recording(setup: PairSetup) -> PairSetup:
+        out = lowtex_hook(0.25)(setup)
+        seen.append((setup, out))
+        return out
+
+    args = build_parser().parse_args([
+        '--data-root', garden, '--train-map', 'train_map', '--train-query', 'train_query',
+        '--image-size', '64', '64', '--workers', '0', '--no-progress', '--epochs', '1',
+        '--batch-size', '16', '--pairs-per-epoch', '64', '--feature-cache', 'off',
+        '--no-initial-eval', '--out', str(tmp_path / 'run')])
+    summary = train(args, pair_hooks=[recording])   # the option itself is off (0)
+    assert len(seen) == 1
+    before, after = seen[0]
+    assert isinstance(after.sampler, LowtexSampler) and after.sampler.base is before.sampler
+    assert isinstance(after.dataset, LowtexPairs) and after.dataset.base is before.dataset
+    assert before.cut == 0 and len(before.image_paths) == len(set(before.image_paths)) > 0
+    assert '16 low-texture pairs (psi = 0) per epoch' in capsys.readouterr().out
+    assert summary['epochs'] == 1

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from vpr_ros.training.collapse_experiment import _parse_models, format_table, plot
+from experiments.collapse_experiment import _parse_models, format_table, plot
 
 SUMMARY = {
     'blank_wall_cosine': {'imagenet': 0.846, 'gcl': 0.971},

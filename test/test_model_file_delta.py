@@ -143,7 +143,7 @@ def test_vpr_export_delta_from_imagenet(tmp_path, images: list) -> None:
     """The writer path: vpr-export --delta-from-imagenet embeds like the full export."""
     from synthetic import train_tiny_run
 
-    from vpr_ros.training.export import main as export_main
+    from vpr_ros.training.ship.export import main as export_main
 
     root, run = train_tiny_run(str(tmp_path))
     full, delta = str(tmp_path / 'full.pt'), str(tmp_path / 'delta.pt')

@@ -7,7 +7,7 @@ import pytest
 from synthetic import train_tiny_run
 
 from vpr_ros.model.model_file import file_fingerprint
-from vpr_ros.training.export import main as export_main
+from vpr_ros.training.ship.export import main as export_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vpr_ros.training.pairs import PairImages, PairSampler
+from vpr_ros.training.data.pairs import PairImages, PairSampler
 
 
 def _random_psi(n_q=60, n_m=80, seed=0, within=False):

@@ -1,4 +1,4 @@
-"""Plain PCA projection (training/projection.py) and `vpr-export --pca-dim` (issue 13)."""
+"""Plain PCA projection (training/ship/projection.py) and `vpr-export --pca-dim` (issue 13)."""
 import numpy as np
 import pytest
 from test_export import _images, run  # noqa: F401 - the trained-run fixture
@@ -7,9 +7,9 @@ from vpr_ros.core.errors import VPRError
 from vpr_ros.model.encoder import build_encoder, Encoder
 from vpr_ros.model.model_file import load_model
 from vpr_ros.model.whitening import fit_pca_whitening
-from vpr_ros.training.export import load_trained_net
-from vpr_ros.training.export import main as export_main
-from vpr_ros.training.projection import fit_pca_projection, fit_projection
+from vpr_ros.training.ship.export import load_trained_net
+from vpr_ros.training.ship.export import main as export_main
+from vpr_ros.training.ship.projection import fit_pca_projection, fit_projection
 
 
 def _descs(n: int = 400, d: int = 48, rank: int = 12, seed: int = 0) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_images_not_blank_and_conditions_change_them(renderer):
 
 def _index(path):
     try:
-        from vpr_ros.training.dataset import load_traverse
+        from vpr_ros.training.data.dataset import load_traverse
     except ImportError:
         with open(path) as f:
             data = json.load(f)

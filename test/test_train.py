@@ -11,7 +11,7 @@ import pytest
 from synthetic import make_synthetic_garden
 import torch
 
-from vpr_ros.training.train import main
+from vpr_ros.training.fit.train import main
 
 pytestmark = pytest.mark.slow
 SMALL = ['--image-size', '64', '64', '--workers', '0', '--no-progress']
@@ -54,7 +54,7 @@ def test_training_lowers_loss_and_raises_recall(garden, tmp_path):
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-m', 'vpr_ros.training.train', *args],
+    return subprocess.Popen([sys.executable, '-m', 'vpr_ros.training.fit.train', *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -74,7 +74,7 @@ def test_kill_and_resume(garden, tmp_path):
     assert proc.returncode == -signal.SIGKILL, 'training ended before it could be killed'
     done = int(torch.load(ckpt, weights_only=True)['epoch'])
     assert 1 <= done < 4
-    res = subprocess.run([sys.executable, '-m', 'vpr_ros.training.train', *args],
+    res = subprocess.run([sys.executable, '-m', 'vpr_ros.training.fit.train', *args],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f'at epoch {done}' in res.stdout
@@ -88,7 +88,7 @@ def test_kill_and_resume(garden, tmp_path):
 def test_ddp_two_ranks_gloo(garden, tmp_path):
     out = str(tmp_path / 'ddp')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           '-m', 'vpr_ros.training.train', *_data(garden, val=False), *SMALL, '--epochs', '1',
+           '-m', 'vpr_ros.training.fit.train', *_data(garden, val=False), *SMALL, '--epochs', '1',
            '--batch-size', '16', '--pairs-per-epoch', '48', '--dump-pairs', '--out', out]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -100,8 +100,8 @@ def test_ddp_two_ranks_gloo(garden, tmp_path):
     assert p0.shape == p1.shape == (2, 24)
     assert not np.array_equal(p0, p1)
     # together the ranks cover the single-process epoch, each pair exactly once
-    from vpr_ros.training.labels import load_labels
-    from vpr_ros.training.pairs import PairSampler
+    from vpr_ros.training.data.labels import load_labels
+    from vpr_ros.training.data.pairs import PairSampler
     s = PairSampler(load_labels(os.path.join(out, 'train_labels.npz')), pairs_per_epoch=48)
     full = s.epoch_pairs(0)
     np.testing.assert_array_equal(p0, np.stack([full.anchor[0::2], full.partner[0::2]]))
@@ -135,7 +135,7 @@ def test_feature_cache_trains_the_same_net(garden, tmp_path, capsys):
 def test_default_image_size_is_the_default_model_s() -> None:
     """Issue 9: training ran 480x640 by default while the default model (and node) run 224x224."""
     from vpr_ros.model.encoder import ModelSpec
-    from vpr_ros.training.train import build_parser
+    from vpr_ros.training.fit.train_args import build_parser
 
     args = build_parser().parse_args(['--train-query', 'q', '--out', 'o'])
     assert tuple(args.image_size) == tuple(ModelSpec().image_size) == (224, 224)
@@ -155,7 +155,7 @@ HISTORY = [
 
 
 def _select(metric: str, history=HISTORY) -> dict:
-    from vpr_ros.training.best_epoch import update_best
+    from vpr_ros.training.fit.best_epoch import update_best
     best = {'value': None, 'epoch': None}
     for row in history[1:]:  # as vpr-train: the untrained epoch-0 row is never saved as best
         best, _ = update_best(best, row, metric)
@@ -171,8 +171,8 @@ def test_best_epoch_by_chosen_metric_ties_to_earlier(metric, epoch) -> None:
 
 
 def test_best_epoch_default_is_r1_and_no_validation_keeps_last() -> None:
-    from vpr_ros.training.best_epoch import best_from_history, update_best
-    from vpr_ros.training.train import build_parser
+    from vpr_ros.training.fit.best_epoch import best_from_history, update_best
+    from vpr_ros.training.fit.train_args import build_parser
 
     args = build_parser().parse_args(['--train-query', 'q', '--out', 'o'])
     assert args.select_metric == 'r1'

@@ -16,7 +16,7 @@ REDUCED = ['--frames', str(FRAMES), '--image-size', '96', '96', '--epochs', '2',
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'vpr_ros.training.train_demo', *args],
+    return subprocess.run([sys.executable, '-m', 'vpr_ros.training.demo.train_demo', *args],
                           env=os.environ.copy(), capture_output=True, text=True, timeout=900)
 
 
@@ -91,7 +91,7 @@ def _toy(n_q: int = 120, noise: float = 1.0, seed: int = 1):
 
 def test_bootstrap_centre_is_vpr_eval_s_numbers() -> None:
     from vpr_ros.core.metrics import evaluate_descriptors
-    from vpr_ros.training.bootstrap_ci import bootstrap, per_query_terms
+    from vpr_ros.training.eval.bootstrap_ci import bootstrap, per_query_terms
 
     q, m, pos = _toy()
     q[5] = q[6]  # tied scores: one threshold, as in metrics.precision_recall_curve
@@ -108,7 +108,7 @@ def test_bootstrap_centre_is_vpr_eval_s_numbers() -> None:
 
 
 def test_bootstrap_interval_shrinks_with_queries_and_verdict_needs_clear_intervals() -> None:
-    from vpr_ros.training.bootstrap_ci import bootstrap, per_query_terms, verdict
+    from vpr_ros.training.eval.bootstrap_ci import bootstrap, per_query_terms, verdict
 
     small = bootstrap([per_query_terms(*_toy(40, 1.3))], n_boot=300)[0]['r1']
     large = bootstrap([per_query_terms(*_toy(180, 1.3))], n_boot=300)[0]['r1']
@@ -124,7 +124,7 @@ def test_bootstrap_interval_shrinks_with_queries_and_verdict_needs_clear_interva
 
 
 def test_report_says_where_gcl_does_not_win() -> None:
-    from vpr_ros.training.train_demo_report import format_table, verdicts
+    from vpr_ros.training.demo.train_demo_report import format_table, verdicts
 
     def cell(v: float, half: float) -> dict:
         d = {k: v for k in ('r1', 'r5', 'r10', 'map5', 'ap')}
@@ -149,7 +149,7 @@ def test_large_benchmark_tests_unseen_gardens_and_conditions() -> None:
     from vpr_ros.sim.conditions import parse_condition
     from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec
     from vpr_ros.sim.world import generate_world
-    from vpr_ros.training.train_demo_sets import LARGE
+    from vpr_ros.training.demo.train_demo_sets import LARGE
 
     split = LARGE.split
     trained = split.train_map + split.train_query + split.val_map + split.val_query
@@ -181,9 +181,9 @@ def test_labels_of_two_gardens_are_block_diagonal(tmp_path) -> None:
     from synthetic import make_synthetic_garden
 
     from vpr_ros.sim.dataset import TraverseConfig
-    from vpr_ros.training.dataset import select_traverses
-    from vpr_ros.training.labels import generate_labels, load_labels
-    from vpr_ros.training.train_demo_sets import Benchmark, make_labels, Split
+    from vpr_ros.training.data.dataset import select_traverses
+    from vpr_ros.training.data.labels import generate_labels, load_labels
+    from vpr_ros.training.demo.train_demo_sets import Benchmark, make_labels, Split
 
     root = str(tmp_path / 'g')
     make_synthetic_garden(root)  # two "gardens": the train pair and the val pair

@@ -69,7 +69,7 @@ def test_workspace_python_is_the_workspace_copy(workspace) -> None:
     """Sourcing the workspace imports its vpr_ros (training included), not the dev checkout."""
     ws, _, symlink = workspace
     env = workspace_env(ws)
-    code = ('import vpr_ros, vpr_ros.training.train as t, vpr_ros.ros.node;'
+    code = ('import vpr_ros, vpr_ros.training.fit.train as t, vpr_ros.ros.node;'
             'print(vpr_ros.__file__); print(t.__file__)')
     proc = subprocess.run([sys.executable, '-c', code], cwd=ws, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -79,10 +79,31 @@ def test_workspace_python_is_the_workspace_copy(workspace) -> None:
     assert pkg_file.startswith(home) and train_file.startswith(home), proc.stdout
     if symlink:  # edits in src/ take effect: the module is the source file itself
         assert os.path.realpath(train_file) == os.path.join(ws, 'src', 'vpr_ros', 'training',
-                                                             'train.py')
+                                                             'fit', 'train.py')
     prefix = subprocess.run(['ros2', 'pkg', 'prefix', 'vpr_ros'], env=env, capture_output=True,
                             text=True, timeout=120)
     assert prefix.stdout.strip() == os.path.join(ws, 'install', 'vpr_ros'), prefix
+
+
+def test_training_stages_installed_and_experiments_not(workspace) -> None:
+    """Every workflow stage of vpr_ros.training is installed; experiments/ is not (issue 18)."""
+    ws, _, _ = workspace
+    code = ('import importlib.util as u, vpr_ros.training.data.labels, vpr_ros.training.fit.train,'
+            ' vpr_ros.training.ship.export, vpr_ros.training.eval.evaluate,'
+            ' vpr_ros.training.demo.train_demo;'
+            "print(u.find_spec('vpr_ros.training.ship_model'),"
+            " u.find_spec('vpr_ros.training.collapse_experiment'));"
+            "e = u.find_spec('experiments'); print(e.origin if e else None)")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ws, env=workspace_env(ws),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ship, collapse, experiments = proc.stdout.split()
+    assert ship == collapse == 'None', proc.stdout
+    # a dev checkout on PYTHONPATH may still provide it; the workspace must not
+    assert not experiments.startswith(ws + os.sep), proc.stdout
+    for tree in ('install', 'build'):
+        for dirpath, dirs, _ in os.walk(os.path.join(ws, tree)):
+            assert 'experiments' not in dirs, dirpath
 
 
 def test_installed_tools_run(workspace) -> None:

@@ -1,7 +1,7 @@
 """
 What `vpr-train-demo` reports: one row per model (ImageNet, each loss × seed), a table, a PNG.
 
-The inputs are `training.compare_eval` reports (one per evaluation set, rows in model order,
+The inputs are `training.eval.compare_eval` reports (one per evaluation set, rows in model order,
 each with bootstrap 95 % intervals) and the demo summaries per model. Who wins is decided by the
 intervals only: a recipe wins a metric on a set when every seed's interval lies above every
 interval of the other; anything overlapping is reported as no winner.
@@ -9,7 +9,7 @@ interval of the other; anything overlapping is reported as no winner.
 import math
 from typing import Sequence
 
-from vpr_ros.training.bootstrap_ci import LABELS, METRICS, verdict
+from vpr_ros.training.eval.bootstrap_ci import LABELS, METRICS, verdict
 
 DEMO_KEYS = ('precision_best', 'recall', 'average_precision', 'queries_with_loop_closures',
              'keyframes', 'frames_processed', 'node_exit_code', 'map_saved')

@@ -9,6 +9,7 @@ read by `load_checkpoint` with `weights_only=True`, so a planted pickle is refus
 import contextlib
 import csv
 import io
+import json
 import os
 import random
 from typing import Sequence
@@ -72,6 +73,15 @@ def load_checkpoint(path: str, formats: Sequence[str] = (FORMAT_CHECKPOINT,)) ->
         raise VPRError(f'{path}: checkpoint version {ckpt["version"]} is newer than this '
                        f'vpr-train ({CKPT_VERSION})')
     return ckpt
+
+
+def best_state(net, args_json: dict, row: dict, history: list, labels_path: str) -> dict:
+    """Return what `best.pt` holds for vpr-export: weights, spec and where they came from."""
+    return {'format': FORMAT_BEST, 'version': CKPT_VERSION, 'epoch': row['epoch'],
+            'model': {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            'spec': net.spec.to_dict(), 'metrics': json.loads(json.dumps(row, default=str)),
+            'args': args_json, 'labels': labels_path,
+            'history': json.loads(json.dumps(history, default=str))}
 
 
 def rng_state() -> dict:

@@ -1,7 +1,7 @@
 """
 The report of `vpr-eval`: the console table, the JSON with every number and the two PNGs.
 
-Kept apart from the evaluation so the numbers (training.evaluate) and how they are shown can
+Kept apart from the evaluation so the numbers (training.eval.evaluate) and how they are shown can
 change independently; training's own summary (train_demo_report) reads the same JSON.
 """
 import json

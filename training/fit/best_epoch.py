@@ -7,7 +7,7 @@ epoch (a later epoch must be strictly better), so more training never replaces a
 """
 import math
 
-# --select-metric name -> the key of training.train_data.ValSet.evaluate's result
+# --select-metric name -> the key of training.fit.train_data.ValSet.evaluate's result
 SELECT_METRICS = {'r1': 'r1', 'r5': 'r5', 'r10': 'r10', 'map': 'map5'}
 DEFAULT_SELECT_METRIC = 'r1'
 

@@ -5,7 +5,6 @@ The validation positives come from `vpr_ros.core.psi` (the evaluation's own rule
 frozen-feature cache is used only where it fits the memory budget.
 """
 import os
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,20 +13,12 @@ from torch.utils.data import DataLoader
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.psi import POSITIVE_PSI
 from vpr_ros.model.encoder import ModelSpec, VPRNet
-from vpr_ros.training.distributed import barrier, Dist
-
-
-def load_traverses(data_root: str, names: Sequence[str]):
-    """Traverses by name under data_root, or index paths when there is no root."""
-    from vpr_ros.training.dataset import select_traverses
-    if not names:
-        return []
-    return select_traverses(data_root, names) if data_root else select_traverses(list(names))
+from vpr_ros.training.fit.distributed import barrier, Dist
 
 
 def load_train_labels(args, queries, maps, dist: Dist):
     """ψ (query × map, or within the queries): a given file, vpr-labels' file, or computed."""
-    from vpr_ros.training import labels as lab
+    from vpr_ros.training.data import labels as lab
 
     within = not maps
     n_rows = sum(len(t) for t in queries)
@@ -58,7 +49,7 @@ class ValSet:
 
     def __init__(self, maps, queries, spec: ModelSpec, fov_deg: float, radius: float) -> None:
         from vpr_ros.core.psi import positives
-        from vpr_ros.training.dataset import concat_poses, TraverseImages
+        from vpr_ros.training.data.dataset import concat_poses, TraverseImages
 
         self.map_images = TraverseImages(maps, spec.image_size, mean=spec.mean, std=spec.std)
         self.query_images = TraverseImages(queries, spec.image_size, mean=spec.mean,
@@ -73,7 +64,7 @@ class ValSet:
 
     def use_cache(self, net, cut: int, device, workers: int, progress: bool = True) -> None:
         """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
-        from vpr_ros.training.feature_cache import FrozenFeatures
+        from vpr_ros.training.fit.feature_cache import FrozenFeatures
         self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc,
                                            progress=progress)
                             for images, desc in ((self.map_images, 'cache val map'),
@@ -116,7 +107,7 @@ class ValSet:
 
 def cache_cut(args, net: VPRNet, dist: Dist, q_images, m_images, val) -> int:
     """Trunk block after which features are cached (0: none), per --feature-cache."""
-    from vpr_ros.training.feature_cache import cache_bytes
+    from vpr_ros.training.fit.feature_cache import cache_bytes
 
     cut = net.frozen_prefix()
     if args.feature_cache == 'off' or cut == 0:

@@ -74,7 +74,7 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
     if folder:
         if inputs:
             raise ValueError('give either --loop sequences or --loop-folder, not both')
-        from vpr_ros.training.evaluate import read_folder_pair
+        from vpr_ros.training.data.folder_pair import read_folder_pair
         refs, queries, listed = read_folder_pair(folder, gt_csv)
         where = {os.path.normpath(p): i for i, p in enumerate(refs)}
         pairs = [set() for _ in refs]
@@ -89,7 +89,7 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
     paths, poses, stamps = [], [], []
     for k, src in enumerate(inputs):
         if _is_bag(src):
-            from vpr_ros.training.extract_bag import extract
+            from vpr_ros.training.data.extract_bag import extract
             if work_dir is None:  # never write into the current directory
                 import tempfile
                 work_dir = tempfile.mkdtemp(prefix='vpr_loop_')
@@ -149,7 +149,7 @@ def loop_positives(seq: LoopSequence, allowed: np.ndarray, hit: str = 'psi',
 
 def _frame_pass(seq: LoopSequence, gate: Optional[DegenerateGate], verifier) -> dict:
     """Read every frame once: gate reason and (with verification) local features."""
-    from vpr_ros.training.evaluate import _load
+    from vpr_ros.training.eval.embedding import read_rgb
     gated = np.zeros(len(seq.paths), bool)
     reasons: dict[str, int] = {}
     feats: list[Any] = [None] * len(seq.paths)
@@ -158,7 +158,7 @@ def _frame_pass(seq: LoopSequence, gate: Optional[DegenerateGate], verifier) -> 
         return {'gated': gated, 'reasons': reasons, 'features': feats, 'unreadable': 0}
     for i, p in enumerate(seq.paths):
         try:
-            img = _load(p)
+            img = read_rgb(p)
         except (OSError, ValueError):
             unreadable += 1
             continue  # embed_paths skips it too
@@ -293,7 +293,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     """
     import time
 
-    from vpr_ros.training.evaluate import _resolve_models, embed_paths
+    from vpr_ros.training.eval.embedding import DescriptorCache, embed_paths, resolve_models
     t0 = time.monotonic()
     seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None, None)))
     allowed = earlier_allowed(seq, exclusion_frames, exclusion_s)
@@ -304,7 +304,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
         # the node's verifier, accepting from 1 inlier: the threshold is what calibration finds
         verifier = DetectorConfig(gv_min_inliers=1).make_verifier()
     frames = _frame_pass(seq, DegenerateGate() if gate else None, verifier)
-    encoders = _resolve_models(models, include_default, device, image_size)
+    encoders = resolve_models(models, include_default, device, image_size)
     gt = ({'rule': 'pairs', 'csv': gt_csv or os.path.join(folder, 'ground_truth.csv')}
           if folder else {'rule': hit, **({'threshold': psi_threshold, 'fov_deg': fov_deg,
                                            'radius_m': radius} if hit == 'psi'
@@ -320,15 +320,10 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     rows = []
     for name, src, enc in encoders:
         fp = str(getattr(enc, 'fingerprint', '') or '')
-        cache = None
-        if cache_dir and fp and src != '<in-memory>':
-            from vpr_ros.training.evaluate import _cache_file, _load_cache, _save_cache
-            cpath = _cache_file(cache_dir, fp)
-            cache = _load_cache(cpath)
-            n_before = len(cache)
-        desc, ok, _ = embed_paths(enc, seq.paths, batch_size, f'{name} loop', progress, cache)
-        if cache is not None and len(cache) > n_before:
-            _save_cache(cpath, cache)
+        cache = DescriptorCache.for_model(cache_dir, enc, src)
+        desc, ok, _ = embed_paths(enc, seq.paths, batch_size, f'{name} loop', progress,
+                                  cache.entries)
+        cache.save()
         usable = ok & ~frames['gated']
         kf = node_keyframes(desc, usable, seq) if keyframes else None
         row = score_model(desc, usable, allowed, positives, target_precision,
@@ -342,7 +337,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
               'target_precision': target_precision,
               'image_size': list(image_size) if image_size else None,
               'rows': rows, 'seconds': round(time.monotonic() - t0, 2)}
-    from vpr_ros.training.loop_report import format_loop_table, write_loop_report
+    from vpr_ros.training.eval.loop_report import format_loop_table, write_loop_report
     if out_dir:
         report['files'] = write_loop_report(report, out_dir)
     if verbose:

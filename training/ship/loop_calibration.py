@@ -1,7 +1,7 @@
 """
 `vpr-export --calibrate-loop`: fit the operating point of the network being exported.
 
-The exported network is run through the loop evaluation (training/loop_mode.py) on one or more
+The exported network is run through the loop evaluation (training/eval/loop_mode.py) on one or more
 validation loops, the (score[, inlier]) threshold that reaches the target precision on all of
 them at once is fitted (`calibrate_jointly`), and it goes into the model file's provenance
 (`vpr_ros.model.operating_point.PROVENANCE_KEY`) with the data it was fitted on. The node then
@@ -11,7 +11,7 @@ import copy
 from typing import Optional, Sequence
 
 from vpr_ros.core.calibration import OperatingPoint
-from vpr_ros.training.loop_mode import (
+from vpr_ros.training.eval.loop_mode import (
     calibrate_jointly,
     DEFAULT_EXCLUSION_FRAMES,
     DEFAULT_TOP_K,

@@ -1,5 +1,5 @@
 """
-The textureless-collapse experiment of issue 14 (`python -m vpr_ros.training.collapse_experiment`).
+The textureless-collapse experiment of issue 14 (`python -m experiments.collapse_experiment`).
 
 Does a training change keep blank walls apart, and what does it cost or bring where it matters
 (R@1, loops at 100 % precision)?
@@ -7,10 +7,10 @@ Does a training change keep blank walls apart, and what does it cost or bring wh
 For ImageNet and every model given (``--model NAME=PATH``) it measures, with the project's own
 code and nothing else:
 
-* the cosine of two different blank walls (`training.blank_walls`, 1 = collapsed);
+* the cosine of two different blank walls (`training.eval.blank_walls`, 1 = collapsed);
 * R@1 with a bootstrap 95 % interval on test traverses (map:query pairs under ``--data-root``,
-  e.g. unseen gardens) and on the real corridor (`training.compare_eval`);
-* recall at 100 % precision as a loop (`training.loop_mode`, node keyframes, with and without
+  e.g. unseen gardens) and on the real corridor (`training.eval.compare_eval`);
+* recall at 100 % precision as a loop (`training.eval.loop_mode`, node keyframes, with and without
   ORB verification) on the corridor played as a loop (1 frame/s, 30 s exclusion) and on the
   simulated demo loop (5 Hz, 30 s exclusion): the settings of the built-in operating point.
 
@@ -21,6 +21,9 @@ import json
 import os
 import sys
 from typing import Sequence
+
+# Run as a script too (`python experiments/collapse_experiment.py`): this checkout's vpr_ros first.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BASELINE = 'imagenet'
 
@@ -38,7 +41,7 @@ def _parse_models(items: Sequence[str]) -> list[tuple[str, str]]:
 def blank_cosines(models: list[tuple[str, str]]) -> dict[str, float]:
     """Blank-wall cosine per model."""
     from vpr_ros.model.encoder import build_encoder
-    from vpr_ros.training.blank_walls import blank_wall_cosine
+    from vpr_ros.training.eval.blank_walls import blank_wall_cosine
     return {n: round(blank_wall_cosine(build_encoder(p, device='cpu')), 4) for n, p in models}
 
 
@@ -48,7 +51,7 @@ def lowtex_cosines(models: list[tuple[str, str]], paths: Sequence[str], n: int =
     import numpy as np
 
     from vpr_ros.model.encoder import build_encoder
-    from vpr_ros.training.lowtex import make_lowtex_frames
+    from vpr_ros.training.fit.lowtex import make_lowtex_frames
 
     frames, _ = make_lowtex_frames(paths, n, seed=12345)
     out = {}
@@ -63,8 +66,8 @@ def lowtex_cosines(models: list[tuple[str, str]], paths: Sequence[str], n: int =
 def r1_sets(models: list[tuple[str, str]], data_root: str, sets: Sequence[str], corridor: str,
             cache: str, out: str) -> dict[str, dict[str, list[float]]]:
     """R@1 [lo, hi] per set and model."""
-    from vpr_ros.training.compare_eval import evaluate_with_ci
-    from vpr_ros.training.dataset import select_traverses
+    from vpr_ros.training.data.dataset import select_traverses
+    from vpr_ros.training.eval.compare_eval import evaluate_with_ci
 
     res: dict[str, dict[str, list[float]]] = {}
     jobs = []
@@ -87,7 +90,7 @@ def r1_sets(models: list[tuple[str, str]], data_root: str, sets: Sequence[str], 
 def loops(models: list[tuple[str, str]], corridor: str, demo_loop: str, cache: str,
           out: str) -> dict[str, dict[str, dict]]:
     """Loop R@1 and recall at precision 1.0, without and with verification, per loop."""
-    from vpr_ros.training.loop_mode import evaluate_loop
+    from vpr_ros.training.eval.loop_mode import evaluate_loop
 
     jobs = []
     if corridor:
@@ -176,7 +179,7 @@ def plot(summary: dict, path: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m vpr_ros.training.collapse_experiment',
+    p = argparse.ArgumentParser(prog='python -m experiments.collapse_experiment',
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', action='append', default=[], metavar='NAME=PATH')
@@ -192,13 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     summary = {'models': dict(models), 'blank_wall_cosine': blank_cosines(models)}
     if args.set:  # low-texture frames of the first test set's query images (never trained on)
-        from vpr_ros.training.dataset import select_traverses
+        from vpr_ros.training.data.dataset import select_traverses
         query = select_traverses(args.data_root, [args.set[0].split(':')[1]])[0]
         summary['lowtex_cosine_test'] = lowtex_cosines(models, query.image_paths)
     cache = args.cache or None
     summary['r1'] = r1_sets(models, args.data_root, args.set, args.corridor, cache, args.out)
     summary['loops'] = loops(models, args.corridor, args.demo_loop, cache, args.out)
-    summary['command'] = 'python -m vpr_ros.training.collapse_experiment ' + ' '.join(
+    summary['command'] = 'python -m experiments.collapse_experiment ' + ' '.join(
         argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, 'collapse.json'), 'w') as f:
         json.dump(summary, f, indent=1)

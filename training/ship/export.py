@@ -21,13 +21,13 @@ import numpy as np
 from vpr_ros.core.errors import VPRError
 from vpr_ros.model.encoder import Encoder, ModelSpec, VPRNet
 from vpr_ros.model.model_file import save_model
-from vpr_ros.training.checkpoint import (
+from vpr_ros.training.data.dataset import load_traverses
+from vpr_ros.training.fit.checkpoint import (
     FORMAT_BEST,
     FORMAT_CHECKPOINT,
     load_checkpoint,
     resolve_checkpoint,
 )
-from vpr_ros.training.train_data import load_traverses
 
 
 def git_commit(path: str | None = None) -> str | None:
@@ -59,7 +59,7 @@ def load_trained_net(path: str) -> tuple[VPRNet, dict]:
 def map_descriptors(net: VPRNet, image_paths: Sequence[str], device: str = 'cpu',
                     batch_size: int = 32) -> np.ndarray:
     """Descriptors of map images with the network as exported (unreadable files skipped)."""
-    from vpr_ros.training.dataset import load_image
+    from vpr_ros.training.data.dataset import load_image
 
     enc = Encoder(net, 'export', device=device, batch_size=batch_size, channels_last=False)
     out = []
@@ -85,7 +85,7 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
     `projection` 'whitening' (scaled by 1/sqrt(eigenvalue)) or 'pca' (plain, training/
     projection.py) is fitted to `whiten_dim` on the `whiten_map` traverses and attached.
 
-    `calibration` (training/loop_calibration.py `calibrate_net` keywords) fits the calibrated
+    `calibration` (training/ship/loop_calibration.py `calibrate_net` keywords) fits the calibrated
     operating point on validation loops and stores it in the provenance.
     `delta_from_imagenet` stores only the tensors that differ from the pinned ImageNet weights
     (model file version 2; `save_model` says why that is asked for, not automatic).
@@ -96,7 +96,7 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
     if whiten_dim:
         if not whiten_map:
             raise VPRError('--whiten-dim/--pca-dim needs --whiten-map traverses to fit on')
-        from vpr_ros.training.projection import fit_projection
+        from vpr_ros.training.ship.projection import fit_projection
 
         paths = [p for t in load_traverses(data_root, whiten_map) for p in t.image_paths]
         descs = map_descriptors(net, paths, device)
@@ -128,7 +128,7 @@ def export_model(checkpoint: str, out_path: str, whiten_dim: int | None = None,
     provenance.update(extra or {})
     if calibration:
         from vpr_ros.model.operating_point import PROVENANCE_KEY
-        from vpr_ros.training.loop_calibration import calibrate_net
+        from vpr_ros.training.ship.loop_calibration import calibrate_net
         point = calibrate_net(net, device=device, **calibration)
         provenance[PROVENANCE_KEY] = point.to_dict()
     fingerprint = save_model(out_path, net, provenance, delta_from_imagenet=delta_from_imagenet)
@@ -158,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help='store only the tensors that differ from the pinned ImageNet weights '
                          '(a third of the size for train_blocks 2; loading then needs those '
                          'weights, as the built-in model does)')
-    from vpr_ros.training.loop_calibration import add_calibration_arguments, calibration_from_args
+    from vpr_ros.training.ship.loop_calibration import (
+        add_calibration_arguments,
+        calibration_from_args,
+    )
     add_calibration_arguments(ap)
     args = ap.parse_args(argv)
     if args.whiten_dim and args.pca_dim:

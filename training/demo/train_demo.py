@@ -32,8 +32,8 @@ import time
 from typing import Sequence
 
 from vpr_ros.core.errors import VPRError
-from vpr_ros.training.train_demo_report import format_table, plot_report, summarize, verdicts
-from vpr_ros.training.train_demo_sets import (
+from vpr_ros.training.demo.train_demo_report import format_table, plot_report, summarize, verdicts
+from vpr_ros.training.demo.train_demo_sets import (
     Benchmark,
     BENCHMARKS,
     make_labels,
@@ -55,7 +55,7 @@ def _stage(name: str) -> float:
 def extract_bags(bags: dict[str, str], data_root: str, progress: bool) -> dict[str, dict]:
     """Extract every bag (reusing a finished extraction); return the summaries by name."""
     from vpr_ros.sim.writers import GT_TOPIC, IMAGE_TOPIC
-    from vpr_ros.training.extract_bag import extract, format_summary
+    from vpr_ros.training.data.extract_bag import extract, format_summary
 
     summaries = {}
     for name, bag in bags.items():
@@ -91,7 +91,8 @@ def train_argv(args: argparse.Namespace, data_root: str, labels: str, out: str,
 
 
 def run_training(argv: list[str]) -> dict:
-    from vpr_ros.training.train import build_parser, train
+    from vpr_ros.training.fit.train import train
+    from vpr_ros.training.fit.train_args import build_parser
 
     print('vpr-train ' + ' '.join(argv), flush=True)
     return train(build_parser().parse_args(argv))
@@ -101,8 +102,8 @@ def export_once(run_dir: str, model: str, whiten_dim: int, whiten_map: Sequence[
                 data_root: str) -> str:
     """Export best.pt unless the model file already holds it; return the fingerprint."""
     from vpr_ros.model.model_file import load_model_and_fingerprint
-    from vpr_ros.training.export import export_model
-    from vpr_ros.training.train import BEST
+    from vpr_ros.training.fit.checkpoint import BEST
+    from vpr_ros.training.ship.export import export_model
 
     best = os.path.join(run_dir, BEST)
     if os.path.isfile(model) and os.path.getmtime(model) >= os.path.getmtime(best):
@@ -120,7 +121,7 @@ def export_once(run_dir: str, model: str, whiten_dim: int, whiten_map: Sequence[
 def train_models(args: argparse.Namespace, out: str, data_root: str, labels: str,
                  bench: Benchmark) -> list[dict]:
     """Train and export one model per loss and seed (each loss at its paper learning rate)."""
-    from vpr_ros.training.train import DEFAULT_LR
+    from vpr_ros.training.fit.train_args import DEFAULT_LR
 
     split = bench.split
     models = []
@@ -145,8 +146,8 @@ def train_models(args: argparse.Namespace, out: str, data_root: str, labels: str
 def evaluate_models(models: list[dict], data_root: str, corridor: str, out: str,
                     bench: Benchmark, args: argparse.Namespace) -> dict[str, dict]:
     """ImageNet and every trained model on each unseen test set and the corridor, with CIs."""
-    from vpr_ros.training.compare_eval import evaluate_with_ci
-    from vpr_ros.training.dataset import select_traverses
+    from vpr_ros.training.data.dataset import select_traverses
+    from vpr_ros.training.eval.compare_eval import evaluate_with_ci
 
     named = [(BASELINE, '')] + [(m['name'], m['path']) for m in models]
     cache = os.path.join(out, 'cache')
@@ -182,7 +183,7 @@ def run_demos(models: list[tuple[str, str]], out: str, max_frames: int) -> dict[
 def blank_wall_cosines(models: list[dict]) -> list[float]:
     """Two different blank walls' cosine for ImageNet and each model (the textureless collapse)."""
     from vpr_ros.model.encoder import build_encoder
-    from vpr_ros.training.blank_walls import blank_wall_cosine
+    from vpr_ros.training.eval.blank_walls import blank_wall_cosine
 
     return [round(blank_wall_cosine(build_encoder(path, device='cpu')), 4)
             for path in [''] + [m['path'] for m in models]]

@@ -13,14 +13,14 @@ side, scaled back up), smoothed by a Gaussian of 6-12 % of the frame width, with
 brightness ramp of up to ±20 and sensor noise σ 2: the colour of a real surface with no
 structure. Measurable definition: a candidate is kept only when the node's degenerate-frame gate
 (`vpr_ros.core.degenerate`, default thresholds) rejects it; otherwise another crop is drawn.
-No blank wall of `training.blank_walls` (the measure) is ever trained on.
+No blank wall of `training.eval.blank_walls` (the measure) is ever trained on.
 
 The frames are made once per run (seeded), preprocessed like every training image, and, when
 the frozen-trunk feature cache is on, run through the frozen prefix once like the rest. The
 pairs of an epoch are a function of (seed, epoch, rank) and are shuffled in among the ψ pairs.
 """
-import argparse
-from typing import Iterator, Sequence
+import dataclasses
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vpr_ros.core.degenerate import check_stats, DegenerateThresholds, frame_stats
+from vpr_ros.training.fit.pair_hooks import PairHook, PairSetup
 
 #: Low-texture frames made per run (at most; fewer when there are fewer training images).
 DEFAULT_N_FRAMES = 256
@@ -71,7 +72,7 @@ def make_lowtex_frames(paths: Sequence[str], n: int, seed: int = 0
     Returns (frames, source index into paths). A source whose crops all pass the gate after
     `_MAX_TRIES` draws is skipped, so every returned frame is one the gate rejects.
     """
-    from vpr_ros.training.dataset import load_image
+    from vpr_ros.training.data.dataset import load_image
 
     rng = np.random.default_rng([int(seed), 0x10E7])
     order = rng.permutation(len(paths))
@@ -181,23 +182,31 @@ def frame_tensors(frames: Sequence[np.ndarray], spec, net=None, cut: int = 0,
     return torch.cat(out)
 
 
-def wrap_lowtex(run, pair_data: Dataset, cut: int) -> Dataset:
-    """vpr-train hook: with --lowtex-negatives, swap in the mixing sampler; return the dataset."""
-    args: argparse.Namespace = run.args
-    frac = float(getattr(args, 'lowtex_negatives', 0.0) or 0.0)
+def lowtex_hook(frac: float, n_frames: int = DEFAULT_N_FRAMES) -> Optional[PairHook]:
+    """
+    Return the vpr-train pair hook of ``--lowtex-negatives FRAC`` (None for 0: no change).
+
+    The hook makes the frames from the training images, mixes their pairs into the epoch's
+    sampler (`LowtexSampler`) and serves them beside the dataset's (`LowtexPairs`).
+    """
+    frac = float(frac or 0.0)
     if frac <= 0:
-        return pair_data
-    paths = run.q_images.paths if run.within else run.q_images.paths + run.m_images.paths
-    frames, _ = make_lowtex_frames(paths, DEFAULT_N_FRAMES, args.seed)
-    if len(frames) < 2:
-        raise ValueError(f'--lowtex-negatives: only {len(frames)} low-texture frame(s) made')
-    tensors = frame_tensors(frames, run.spec, run.net, cut, run.dist.device)
-    run.sampler = LowtexSampler(run.sampler, len(frames), frac, args.seed, run.dist.rank)
-    if run.dist.main:
-        print(f'vpr-train: {len(frames)} low-texture frames, {run.sampler.n_extra} low-texture '
-              f'pairs (psi = 0) per epoch and rank', flush=True)
-    return LowtexPairs(pair_data, tensors)
+        return None
+
+    def hook(setup: PairSetup) -> PairSetup:
+        frames, _ = make_lowtex_frames(setup.image_paths, n_frames, setup.seed)
+        if len(frames) < 2:
+            raise ValueError(f'--lowtex-negatives: only {len(frames)} low-texture frame(s) made')
+        tensors = frame_tensors(frames, setup.spec, setup.net, setup.cut, setup.device)
+        sampler = LowtexSampler(setup.sampler, len(frames), frac, setup.seed, setup.rank)
+        if setup.main:
+            print(f'vpr-train: {len(frames)} low-texture frames, {sampler.n_extra} low-texture '
+                  f'pairs (psi = 0) per epoch and rank', flush=True)
+        return dataclasses.replace(setup, sampler=sampler,
+                                   dataset=LowtexPairs(setup.dataset, tensors))
+
+    return hook
 
 
 __all__ = ['add_lowtex_arguments', 'DEFAULT_N_FRAMES', 'frame_tensors', 'is_low_texture',
-           'LowtexPairs', 'LowtexSampler', 'lowtex_pairs', 'make_lowtex_frames', 'wrap_lowtex']
+           'LowtexPairs', 'LowtexSampler', 'lowtex_pairs', 'lowtex_hook', 'make_lowtex_frames']

@@ -276,7 +276,7 @@ class PairImages(Dataset):
 
     def _load(self, path: str) -> torch.Tensor | None:
         from vpr_ros.core.preprocess import preprocess
-        from vpr_ros.training.dataset import load_image
+        from vpr_ros.training.data.dataset import load_image
 
         img = load_image(path, self.counters)
         if img is None:

@@ -113,6 +113,24 @@ def select_traverses(root_or_paths: str | Sequence[str],
     return out
 
 
+def load_traverses(data_root: str, names: Sequence[str]) -> list[Traverse]:
+    """Traverses by name under data_root, or index paths when there is no root."""
+    if not names:
+        return []
+    return select_traverses(data_root, names) if data_root else select_traverses(list(names))
+
+
+def traverse_paths_poses(index_paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Image paths and (N, 7) poses of one or more traverses, concatenated in order."""
+    paths: list[str] = []
+    poses = []
+    for p in index_paths:
+        t = load_traverse(p)
+        paths += [str(x) for x in t.image_paths]
+        poses.append(np.asarray(t.poses, dtype=np.float64).reshape(-1, 7))
+    return paths, (np.concatenate(poses) if poses else np.zeros((0, 7)))
+
+
 def load_image(path: str, counters: Counter | dict | None = None) -> np.ndarray | None:
     """
     HxWx3 uint8 RGB, or None (counted, logged) for a missing or corrupt file.

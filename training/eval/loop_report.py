@@ -1,7 +1,7 @@
 """
 The report of `vpr-eval --loop`: the console table, loop_results.json and the PR curve PNG.
 
-Kept apart from the loop evaluation (training/loop_mode.py), as eval_report is for vpr-eval.
+Kept apart from the loop evaluation (training/eval/loop_mode.py), as eval_report is for vpr-eval.
 """
 import os
 

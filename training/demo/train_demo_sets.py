@@ -155,8 +155,8 @@ def simulate_benchmark(bench: Benchmark, frames: int) -> dict[str, str]:
 
 def make_labels(data_root: str, out_path: str, bench: Benchmark) -> dict:
     """ψ of the training queries × the training map, per garden, joined block-diagonally."""
-    from vpr_ros.training.dataset import select_traverses
-    from vpr_ros.training.labels import (
+    from vpr_ros.training.data.dataset import select_traverses
+    from vpr_ros.training.data.labels import (
         format_summary,
         generate_labels,
         read_label_meta,
@@ -202,8 +202,8 @@ def make_labels(data_root: str, out_path: str, bench: Benchmark) -> dict:
 def _with_label_meta(meta: dict, queries, maps) -> dict:
     """Add the fields generate_labels writes (θ, r, version, traverses) to joined labels."""
     from vpr_ros.core.fov import DEFAULT_FOV_DEG, DEFAULT_RADIUS_M
-    from vpr_ros.training import labels as lab
+    from vpr_ros.training.data import labels as lab
 
     return {**meta, 'version': lab.LABELS_VERSION, 'fov_deg': float(DEFAULT_FOV_DEG),
             'radius': float(DEFAULT_RADIUS_M), 'min_psi': lab.MIN_PSI,
-            'rows': lab._meta_side(queries), 'cols': lab._meta_side(maps)}
+            'rows': lab.meta_side(queries), 'cols': lab.meta_side(maps)}

@@ -5,7 +5,7 @@ Inputs: the model file `vpr-train-demo` exported, that run's `train_demo_summary
 of the benchmark, with bootstrap intervals) and the loop reports of `vpr-eval --loop ... --verify
 --node-keyframes --out DIR` on the two loops the built-in point was fitted on (the simulated demo
 loop and the corridor played as a loop, vpr_ros/model/operating_point.py). The operating point
-is fitted jointly over those reports (training.loop_mode.calibrate_jointly), exactly as the
+is fitted jointly over those reports (training.eval.loop_mode.calibrate_jointly), exactly as the
 built-in one, and written with the recipe and the metrics into the provenance; the network is
 stored as a delta from the pinned ImageNet weights (model file version 2), bit-identical to the
 source's. Print the sha256 to pin in shipped.py.
@@ -16,9 +16,11 @@ import os
 import sys
 from typing import Sequence
 
-from vpr_ros.model.model_file import load_model, save_model
-from vpr_ros.model.operating_point import PROVENANCE_KEY
-from vpr_ros.training.loop_mode import calibrate_jointly
+# Run as a script too (`python experiments/ship_model.py`): this checkout's vpr_ros first.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vpr_ros.model.model_file import load_model, save_model  # noqa: E402
+from vpr_ros.model.operating_point import PROVENANCE_KEY  # noqa: E402
+from vpr_ros.training.eval.loop_mode import calibrate_jointly  # noqa: E402
 
 
 def _row_index(report: dict, model_path: str) -> int:
@@ -58,7 +60,8 @@ def fit_point(model_path: str, reports: Sequence[dict], names: Sequence[str],
         if 'csv' in s['ground_truth']:
             s['ground_truth']['csv'] = os.path.basename(s['ground_truth']['csv'])
     point['data']['map'] = 'node keyframes'
-    point['data']['fitted'] = 'training.loop_mode.calibrate_jointly (training/ship_model.py)'
+    point['data']['fitted'] = ('training.eval.loop_mode.calibrate_jointly '
+                               '(experiments/ship_model.py)')
     return point
 
 

@@ -40,7 +40,7 @@ from vpr_ros.core.psi import (
     POSITIVE_PSI,
 )
 from vpr_ros.core.tbplaces import poses_from_compass
-from vpr_ros.training.dataset import concat_poses, select_traverses, Traverse
+from vpr_ros.training.data.dataset import concat_poses, select_traverses, Traverse
 
 LABELS_VERSION = 1
 #: The one ψ neighbour search (vpr_ros.core.psi), under the name vpr-labels always used.
@@ -96,7 +96,8 @@ def _load_sources(sources: Sequence[str], names: Sequence[str] | None) -> list[T
     return out
 
 
-def _meta_side(traverses: Sequence[Traverse]) -> dict:
+def meta_side(traverses: Sequence[Traverse]) -> dict:
+    """Names, sizes and index paths of one side (rows or columns) of a label file."""
     return {'names': [t.name for t in traverses], 'sizes': [len(t) for t in traverses],
             'index_paths': [t.index_path for t in traverses]}
 
@@ -163,8 +164,8 @@ def generate_labels(rows: Sequence[Traverse], cols: Sequence[Traverse] | None = 
     summary['seconds'] = round(elapsed, 3)
     meta = {'version': LABELS_VERSION, 'mode': 'within' if within else 'query_map',
             'symmetric': within, 'kind': kind, 'fov_deg': float(fov_deg), 'radius': float(radius),
-            'min_psi': MIN_PSI, 'n_rows': n_rows, 'n_cols': n_cols, 'rows': _meta_side(rows),
-            'cols': _meta_side(rows if within else cols), 'summary': summary}
+            'min_psi': MIN_PSI, 'n_rows': n_rows, 'n_cols': n_cols, 'rows': meta_side(rows),
+            'cols': meta_side(rows if within else cols), 'summary': summary}
     if out_path:
         save_labels(out_path, i, j, psi, meta)
     return out_path, summary

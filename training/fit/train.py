@@ -2,7 +2,8 @@
 ``vpr-train``: siamese training with the Generalized Contrastive Loss (or the binary CL baseline).
 
 One shared-weight `VPRNet` embeds both images of every pair in a single forward pass; pairs come
-from the graded labels ψ (`training.pairs`), the loss is `training.losses`. Defaults follow the
+from the graded labels ψ (`training.data.pairs`), the loss is `training.fit.losses`; options
+that add pairs of their own are pair hooks (`training.fit.pair_hooks`). Defaults follow the
 GCL paper: SGD, lr 0.1 (0.01 for CL) divided by 10 every 15 epochs, 64 pairs per step, only the
 last two backbone blocks trained, τ = 0.5.
 
@@ -32,106 +33,31 @@ from torch.utils.data import DataLoader
 
 from vpr_ros.core.atomic_io import write_atomic
 from vpr_ros.core.errors import VPRError
-from vpr_ros.core.psi import add_fov_arguments
 from vpr_ros.model.encoder import ModelSpec, VPRNet
-from vpr_ros.training.best_epoch import (
-    best_from_history,
-    DEFAULT_SELECT_METRIC,
-    SELECT_METRICS,
-    update_best,
-)
-from vpr_ros.training.checkpoint import (
+from vpr_ros.training.data.dataset import load_traverses, TraverseImages
+from vpr_ros.training.data.pairs import PairImages, PairSampler
+from vpr_ros.training.fit.best_epoch import best_from_history, update_best
+from vpr_ros.training.fit.checkpoint import (
     atomic_save,
     BEST,
+    best_state,
     CHECKPOINT,
     CKPT_VERSION,
-    FORMAT_BEST,
     FORMAT_CHECKPOINT,
     load_checkpoint,
     rng_state,
     set_rng_state,
     write_csv,
 )
-from vpr_ros.training.distributed import all_sum, barrier, Dist, setup_distributed
-from vpr_ros.training.losses import DEFAULT_MARGIN, PairLoss
-from vpr_ros.training.lowtex import add_lowtex_arguments, wrap_lowtex
-from vpr_ros.training.pairs import PairImages, PairSampler
-from vpr_ros.training.train_data import cache_cut, load_train_labels, load_traverses, ValSet
+from vpr_ros.training.fit.distributed import all_sum, barrier, Dist, setup_distributed
+from vpr_ros.training.fit.losses import PairLoss
+from vpr_ros.training.fit.lowtex import lowtex_hook
+from vpr_ros.training.fit.pair_hooks import apply_pair_hooks, PairHook, PairSetup
+from vpr_ros.training.fit.train_args import build_parser, DEFAULT_LR
+from vpr_ros.training.fit.train_data import cache_cut, load_train_labels, ValSet
 
 LOG_CSV = 'train_log.csv'
-DEFAULT_LR = {'gcl': 0.1, 'cl': 0.01}
 CSV_FIELDS = ('epoch', 'loss', 'lr', 'r1', 'r5', 'r10', 'map5', 'time_s')
-
-
-# ----------------------------------------------------------------------------- arguments
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog='vpr-train', description='Train a place-recognition network with the GCL '
-        '(graded FoV-overlap labels) or the binary contrastive loss. Use torchrun for '
-        'several GPUs.')
-    d = ap.add_argument_group('data')
-    d.add_argument('--data-root', default='', help='folder holding the traverses (indices); '
-                   'without it the traverse arguments are index paths')
-    d.add_argument('--train-map', nargs='+', default=[], help='map traverses (partners); '
-                   'omitted: pairs within --train-query')
-    d.add_argument('--train-query', nargs='+', required=True, help='query traverses (anchors)')
-    d.add_argument('--val-map', nargs='+', default=[], help='validation map traverses')
-    d.add_argument('--val-query', nargs='+', default=[], help='validation query traverses')
-    d.add_argument('--labels', default='', help='ψ file from vpr-labels (query × map); default: '
-                   'the one vpr-labels writes next to the first query index, else computed')
-    d.add_argument('--pairs-per-epoch', type=int, default=0,
-                   help='pairs per epoch over all ranks (default: one per query image)')
-    d.add_argument('--workers', type=int, default=4, help='DataLoader worker processes')
-    d.add_argument('--prefetch', type=int, default=4, help='batches prefetched per worker')
-    d.add_argument('--feature-cache', choices=('auto', 'on', 'off'), default='auto',
-                   help='run the frozen blocks once per image and train on their cached output '
-                        '(same result, several times faster); auto: on for one process when '
-                        'it fits --cache-budget-gb')
-    d.add_argument('--cache-budget-gb', type=float, default=4.0,
-                   help='memory the feature cache may take (auto mode)')
-    m = ap.add_argument_group('model')
-    m.add_argument('--backbone', default='mobilenet_v2')
-    m.add_argument('--pooling', choices=('gem', 'avg'), default='gem')
-    m.add_argument('--gem-p', type=float, default=3.0)
-    m.add_argument('--image-size', type=int, nargs=2, default=ModelSpec().image_size,
-                   metavar=('H', 'W'), help="network input (default: the default model's, so a "
-                   'trained model runs at the size the node runs)')
-    m.add_argument('--train-blocks', type=int, default=2, help='trained last backbone blocks')
-    m.add_argument('--no-pretrained', action='store_true', help='random init, not ImageNet')
-    m.add_argument('--backbone-checkpoint', default='',
-                   help='local torchvision classifier state_dict to start from')
-    o = ap.add_argument_group('optimisation')
-    o.add_argument('--loss', choices=('gcl', 'cl'), default='gcl')
-    o.add_argument('--margin', type=float, default=DEFAULT_MARGIN, help='margin τ')
-    o.add_argument('--epochs', type=int, default=30)
-    o.add_argument('--batch-size', type=int, default=64, help='pairs per optimiser step')
-    o.add_argument('--accum-steps', type=int, default=1,
-                   help='split each step into this many micro-batches (less memory)')
-    o.add_argument('--lr', type=float, default=None, help='default 0.1 for gcl, 0.01 for cl')
-    o.add_argument('--momentum', type=float, default=0.9)
-    o.add_argument('--weight-decay', type=float, default=0.0)
-    o.add_argument('--lr-step', type=int, default=15, help='epochs between lr ÷ 10')
-    o.add_argument('--lr-gamma', type=float, default=0.1)
-    o.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
-    o.add_argument('--seed', type=int, default=0)
-    add_lowtex_arguments(o)
-    r = ap.add_argument_group('run')
-    r.add_argument('--out', required=True, help='output directory (checkpoints, logs)')
-    r.add_argument('--resume', default='', help='checkpoint to resume from (default: the one '
-                   'in --out, when there is one)')
-    r.add_argument('--no-resume', action='store_true', help='ignore a checkpoint in --out')
-    r.add_argument('--device', default='auto', help='auto, cpu or cuda')
-    r.add_argument('--eval-batch', type=int, default=64)
-    r.add_argument('--select-metric', choices=tuple(SELECT_METRICS), default=DEFAULT_SELECT_METRIC,
-                   help='validation metric that picks best.pt (map: mAP@5); a tie keeps the '
-                        'earlier epoch')
-    r.add_argument('--no-initial-eval', action='store_true',
-                   help='skip validating the untrained network (epoch 0 row)')
-    r.add_argument('--no-progress', action='store_true')
-    r.add_argument('--dump-pairs', action='store_true',
-                   help='debug: every rank saves the pairs it trained on (pairs/*.npy)')
-    add_fov_arguments(ap)
-    return ap
 
 
 def _json_args(args) -> dict:
@@ -149,11 +75,22 @@ def _fmt(x) -> str:
     return '-' if x is None or (isinstance(x, float) and math.isnan(x)) else f'{x:.4f}'
 
 
-def train(args) -> dict:
-    """Run (or resume) training as configured; returns a summary (rank 0's view)."""
+def pair_hooks_from_args(args) -> list[PairHook]:
+    """Return the pair hooks the command-line options ask for (``--lowtex-negatives``)."""
+    return [h for h in (lowtex_hook(getattr(args, 'lowtex_negatives', 0.0)),) if h is not None]
+
+
+def train(args, pair_hooks: Sequence[PairHook] | None = None) -> dict:
+    """
+    Run (or resume) training as configured; returns a summary (rank 0's view).
+
+    ``pair_hooks`` change the pairs trained on (`training.fit.pair_hooks`); None: the ones the
+    options ask for.
+    """
     dist = setup_distributed(args.device)
+    hooks = pair_hooks_from_args(args) if pair_hooks is None else list(pair_hooks)
     try:
-        return _train(args, dist)
+        return _train(args, dist, hooks)
     finally:
         if dist.ddp and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -172,6 +109,7 @@ class _Run:
     sampler: PairSampler
     labels_path: str
     micro: int
+    pair_hooks: list = dataclasses.field(default_factory=list)
     net: VPRNet = None
     optimizer: torch.optim.Optimizer = None
     scheduler: object = None
@@ -187,8 +125,6 @@ class _Run:
 
 def _prepare_data(args, dist: Dist) -> _Run:
     """Traverses, ψ labels, image sets and the pair sampler; the micro-batch size per rank."""
-    from vpr_ros.training.dataset import TraverseImages
-
     queries = load_traverses(args.data_root, args.train_query)
     maps = load_traverses(args.data_root, args.train_map)
     within = not maps or [t.index_path for t in maps] == [t.index_path for t in queries]
@@ -256,7 +192,7 @@ def _pair_loader(run: _Run, val) -> tuple[DataLoader, int]:
     cut = (cache_cut(args, net, dist, run.q_images, run.m_images, val)
            if run.start_epoch < args.epochs else 0)
     if cut:
-        from vpr_ros.training.feature_cache import FrozenFeatures, PairFeatures
+        from vpr_ros.training.fit.feature_cache import FrozenFeatures, PairFeatures
         bars = dist.main and not args.no_progress
         q_feats = FrozenFeatures(net, cut, run.q_images, dist.device, workers=args.workers,
                                  desc='cache train query', progress=bars)
@@ -269,7 +205,11 @@ def _pair_loader(run: _Run, val) -> tuple[DataLoader, int]:
     else:
         pair_data = PairImages(run.q_images.paths, run.m_images.paths, run.spec.image_size,
                                run.spec.mean, run.spec.std)
-    pair_data = wrap_lowtex(run, pair_data, cut)  # --lowtex-negatives: adds ψ = 0 blank pairs
+    paths = run.q_images.paths + ([] if run.within else run.m_images.paths)
+    setup = apply_pair_hooks(PairSetup(run.sampler, pair_data, paths, run.spec, net, cut,
+                                       dist.device, dist.rank, dist.main, args.seed),
+                             run.pair_hooks)
+    run.sampler, pair_data = setup.sampler, setup.dataset
     loader_kw = {}
     if args.workers > 0 and not cut:  # cached features need no worker processes
         loader_kw = {'persistent_workers': True, 'prefetch_factor': max(1, args.prefetch)}
@@ -323,7 +263,7 @@ def _save_epoch(run: _Run, row: dict, epoch: int, validated: bool) -> bool:
     run.best, improved = update_best(best, row if validated else {'epoch': epoch + 1},
                                      args.select_metric)
     if improved:
-        atomic_save(_best_state(run.net, args, row, run.history, run.labels_path),
+        atomic_save(best_state(run.net, _json_args(args), row, run.history, run.labels_path),
                     os.path.join(args.out, BEST))
     run.sampler.set_epoch(epoch + 1)
     ckpt = {'format': FORMAT_CHECKPOINT, 'version': CKPT_VERSION, 'epoch': epoch + 1,
@@ -337,13 +277,14 @@ def _save_epoch(run: _Run, row: dict, epoch: int, validated: bool) -> bool:
     return improved
 
 
-def _train(args, dist: Dist) -> dict:
+def _train(args, dist: Dist, hooks: list[PairHook]) -> dict:
     t_start = time.monotonic()
     if args.lr is None:
         args.lr = DEFAULT_LR[args.loss]
     os.makedirs(args.out, exist_ok=True)
     _seed_everything(args.seed + dist.rank)
     run = _prepare_data(args, dist)
+    run.pair_hooks = hooks
     _build_model(run)
     _resume(run)
     net, device = run.net, dist.device
@@ -412,15 +353,6 @@ def _finish(run: _Run, t_start: float) -> dict:
     return summary
 
 
-def _best_state(net: VPRNet, args, row: dict, history: list, labels_path: str) -> dict:
-    """Collect what vpr-export needs: weights, spec, and where they came from."""
-    return {'format': FORMAT_BEST, 'version': CKPT_VERSION, 'epoch': row['epoch'],
-            'model': {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-            'spec': net.spec.to_dict(), 'metrics': json.loads(json.dumps(row, default=str)),
-            'args': _json_args(args), 'labels': labels_path,
-            'history': json.loads(json.dumps(history, default=str))}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``vpr-train``."""
     args = build_parser().parse_args(argv)
@@ -446,5 +378,4 @@ if __name__ == '__main__':
     sys.exit(main())
 
 
-__all__ = ['BEST', 'build_parser', 'CHECKPOINT', 'load_traverses', 'main', 'setup_distributed',
-           'train', 'ValSet']
+__all__ = ['main', 'pair_hooks_from_args', 'train']

@@ -1,0 +1,1 @@
+"""Research scripts beside bench/: not installed; `python -m experiments.x` from the repo root."""

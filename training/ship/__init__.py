@@ -1,0 +1,1 @@
+"""Stage 4: `vpr-export`, the model file the node loads (projection, calibrated point)."""
