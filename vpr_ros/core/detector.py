@@ -112,6 +112,9 @@ class DetectorConfig:
     sequence_length: int = 10
     sequence_candidates: int = 20
     gv_veto_matches: int = 20
+    # Verify every candidate any rule could use, whatever was accepted already: the evidence a
+    # replay needs to be decided later at other thresholds (training/eval/loop_replay.py).
+    record_evidence: bool = False
     kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
     kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
@@ -351,12 +354,13 @@ class LoopDetector:
             return cands, None
         framed = False
         for i in sorted(worth, key=lambda i: sequence_supported(cands[i], rule)):
-            if framed and sequence_supported(cands[i], rule) and not accepts(cands[i], rule):
+            if (framed and not c.record_evidence and sequence_supported(cands[i], rule)
+                    and not accepts(cands[i], rule)):
                 continue  # the single-frame rule accepted one: the sequence rule is not asked
             cands[i] = self._verify(feats, cands[i])
             if accepts(cands[i], rule):
                 framed = True
-                if c.gv_first_only:
+                if c.gv_first_only and not c.record_evidence:
                     break
             elif cands[i].verified is not None and not sequence_supported(cands[i], rule):
                 self.counters['rejected_geometric'] += 1
