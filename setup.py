@@ -44,6 +44,7 @@ setup(
             'vpr-eval = vpr_ros.training.evaluate:main',
             'vpr-export = vpr_ros.training.export:main',
             'vpr-train-demo = vpr_ros.training.train_demo:main',
+            'vpr-cross-session = vpr_ros.tools.cross_session:main',
         ],
     },
 )

@@ -14,6 +14,7 @@ from vpr_ros.sim.conditions import (  # noqa: E402
 from vpr_ros.sim.dataset import (  # noqa: E402
     CROSS_SESSION_MAP,
     cross_session_params,
+    CROSS_SESSION_ROUTE,
     CROSS_SESSIONS,
     generate,
 )
@@ -167,7 +168,7 @@ def test_cross_session_set(tmp_path):
     params = cross_session_params()
     names = [t.name for t in params.traverses]
     assert names == [CROSS_SESSION_MAP, *CROSS_SESSIONS]
-    assert {t.route for t in params.traverses} == {'loop_once'}
+    assert {t.route for t in params.traverses} == {CROSS_SESSION_ROUTE}
     assert params.traverses[0].condition == 'noon'
     with pytest.raises(ValueError):
         cross_session_params((CROSS_SESSION_MAP,))

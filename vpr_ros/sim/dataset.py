@@ -248,7 +248,9 @@ def default_dataset(cache_dir: str | None = None, force: bool = False, log=print
 
 
 # The cross-session benchmark: the day map and the sessions queried against it (issue 22).
-CROSS_SESSION_ROUTE = 'loop_once'
+# The south-west block once round (248 frames): no edge twice, so a session closes loops with
+# the day map only, never with itself (the demo's 'loop_once' would add its own revisit).
+CROSS_SESSION_ROUTE = ('SW', 'S', 'C', 'W', 'SW')
 CROSS_SESSIONS = ('dusk', 'night', 'fog', 'winter')
 CROSS_SESSION_MAP = 'day_map'
 
@@ -260,7 +262,7 @@ def session_name(condition: str) -> str:
 
 def cross_session_params(sessions: tuple[str, ...] = CROSS_SESSIONS,
                          max_frames: int | None = None, seed: int = 0,
-                         route: str = CROSS_SESSION_ROUTE) -> SimParams:
+                         route: str | tuple[str, ...] = CROSS_SESSION_ROUTE) -> SimParams:
     """
     Build a day map (noon) then one traverse per session condition, all on the same route.
 
@@ -278,6 +280,6 @@ def cross_session_params(sessions: tuple[str, ...] = CROSS_SESSIONS,
 def cross_session_dataset(sessions: tuple[str, ...] = CROSS_SESSIONS,
                           max_frames: int | None = None, cache_dir: str | None = None,
                           log=print) -> DatasetPaths:
-    """Return the cross-session set (313 frames a traverse at full length), rendered if missing."""
+    """Return the cross-session set (248 frames a traverse at full length), rendered if missing."""
     return cached_dataset(cross_session_params(tuple(sessions), max_frames), cache_dir=cache_dir,
                           log=log)

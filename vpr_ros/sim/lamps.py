@@ -17,9 +17,9 @@ from vpr_ros.sim.world import GardenWorld
 
 LIT_FRACTION = 0.6
 LAMP_COLOR = np.array([1.0, 0.80, 0.55])       # warm white, about 3000 K
-LAMP_INTENSITY = 0.012                        # at exposure multiplier 1 (daylight units)
+LAMP_INTENSITY = 0.03                         # at exposure multiplier 1 (daylight units)
 ROBOT_LAMP_COLOR = np.array([0.95, 0.97, 1.0])  # LED
-ROBOT_LAMP_INTENSITY = 0.03
+ROBOT_LAMP_INTENSITY = 0.02
 ROBOT_LAMP_CONE_RAD = (0.30, 0.65)            # inner, outer half angles
 LANTERN_GLOW = (1.6, 1.45, 1.2)               # emissive (pyrender squares it): saturated
 N_POINT_LIGHTS = 4

@@ -8,8 +8,11 @@ along the motion) and then raises its analogue gain (up to MAX_GAIN: the noise g
 The exposure multiplier scales every light of the scene before rendering, so dark frames are not
 8-bit quantised before they are brightened; `develop` then adds what the sensor does: blur from
 the motion during the exposure (from the depth buffer and the pose change, so near things blur
-more than far ones), photon shot noise (signal dependent), read noise growing with the gain, and
-the grey, desaturated colours of a camera whose colour processing gives up in the dark.
+more than far ones), photon shot noise (signal dependent), read noise growing with the gain, the
+grey, desaturated colours of a camera whose colour processing gives up in the dark, and its
+noise reduction (an edge-keeping bilateral filter growing with the gain: without it, night frames
+were salt-and-pepper noise no camera driver publishes, and the built-in model's R@1 at night fell
+from 0.16 to 0.12 on the first 100 frames of the cross-session set).
 
 Automatic exposure (exposure_ms = 0 and/or gain = 0 in the Condition) makes up AE_COMPENSATION
 of the light lost to twilight (as a power), so night frames stay darker than day frames, as
@@ -31,6 +34,7 @@ AE_COMPENSATION = 0.75      # auto exposure recovers (light lost) ** 0.75
 FULL_WELL_E = 6000.0        # electrons at full scale, gain 1
 READ_NOISE_E = 2.5          # electrons rms, before the gain
 MAX_DESATURATION = 0.85     # colour left at MAX_GAIN: 1 - 0.85
+NOISE_REDUCTION = 0.12      # the ISP's bilateral filter: range sigma (display units) at MAX_GAIN
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 _MAX_BLUR_SAMPLES = 16
 
@@ -142,11 +146,15 @@ def develop(lin: np.ndarray, exposure: Exposure, rng: np.random.Generator,
     g = np.float32(exposure.gain)
     var = lin * (g / np.float32(FULL_WELL_E)) + np.float32((READ_NOISE_E * g / FULL_WELL_E) ** 2)
     lin = lin + rng.standard_normal(lin.shape, dtype=np.float32) * np.sqrt(var)
-    fade = MAX_DESATURATION * min(max(math.log(exposure.gain) / math.log(MAX_GAIN), 0.0), 1.0)
-    if fade > 0:
+    strength = min(max(math.log(exposure.gain) / math.log(MAX_GAIN), 0.0), 1.0)
+    if strength > 0:
         luma = lin @ _LUMA
-        lin = luma[..., None] + (lin - luma[..., None]) * np.float32(1.0 - fade)
+        lin = luma[..., None] + (lin - luma[..., None]) * np.float32(1.0 - MAX_DESATURATION
+                                                                      * strength)
     out = to_display(lin)
+    if strength > 0 and NOISE_REDUCTION > 0:
+        # the camera's own noise reduction: smooths flat areas, keeps edges (bilateral)
+        out = cv2.bilateralFilter(out, 5, float(NOISE_REDUCTION * strength), 2.0)
     if adc_sigma > 0:
         out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(adc_sigma / 255.0)
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
