@@ -181,3 +181,23 @@ def test_cross_session_set(tmp_path):
     assert meta[0]['camera'] == {'exposure_ms': 1.0, 'gain': 1.0}
     assert meta[1]['camera']['gain'] > 1.0 and meta[2]['camera']['gain'] == 8.0
     assert meta[0]['lateral_m'] == 0.0 and meta[1]['lateral_m'] != 0.0   # jitter per session
+
+
+def test_low_light_sets_get_their_own_cache_version():
+    """Changing the night model re-renders night sets only; daylight caches keep their key."""
+    from dataclasses import asdict
+    import hashlib
+    import json
+
+    from vpr_ros.sim import dataset
+
+    def plain(p):   # the key before the low-light model existed
+        blob = json.dumps({'v': dataset.GENERATOR_VERSION, **asdict(p)}, sort_keys=True,
+                          default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    day = dataset.SimParams()
+    assert day.key() == plain(day)
+    night = cross_session_params(('night',))
+    assert night.key() != plain(night)
+    assert dataset.low_light(parse_condition('noon,lamps=on'))
+    assert not dataset.low_light(parse_condition('winter,hour=7.5,overcast=0.3'))

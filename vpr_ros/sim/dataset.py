@@ -20,15 +20,19 @@ import time
 import numpy as np
 
 from vpr_ros.core.atomic_io import write_atomic
-from vpr_ros.sim.conditions import parse_condition
+from vpr_ros.sim.conditions import lamps_on, parse_condition
 from vpr_ros.sim.render_backend import Renderer
 from vpr_ros.sim.scene import GardenScene, Intrinsics
+from vpr_ros.sim.sensor import exposure_for
 from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec
 from vpr_ros.sim.world import generate_world
 from vpr_ros.sim.writers import BagWriter, FolderWriter
 
 # Bump when the world, renderer or writers change what a given set of params produces.
 GENERATOR_VERSION = 1
+# Bump when the low-light model (twilight, lamps, sensor.py) changes how dusk or night look: only
+# sets with such a traverse get a new cache key, daylight sets keep theirs.
+LOW_LIGHT_VERSION = 1
 META_FILE = 'sim_meta.json'
 EPOCH_S = 1_700_000_000
 
@@ -71,8 +75,10 @@ class SimParams:
 
     def key(self) -> str:
         """Hash of the params and the generator version: the cache folder's name."""
-        blob = json.dumps({'v': GENERATOR_VERSION, **asdict(self)}, sort_keys=True,
-                          default=list)
+        fields = {'v': GENERATOR_VERSION, **asdict(self)}
+        if any(low_light(parse_condition(t.condition)) for t in self.traverses):
+            fields['low_light_v'] = LOW_LIGHT_VERSION
+        blob = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -86,6 +92,11 @@ class DatasetPaths:
     bags: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+
+def low_light(condition) -> bool:
+    """Whether a condition leaves the daylight model (lamps or a longer exposure or gain)."""
+    return lamps_on(condition) or not exposure_for(condition).is_daylight()
 
 
 def cache_root() -> str:
