@@ -4,6 +4,8 @@ import pytest
 
 pytest.importorskip('pyrender')
 
+from conftest import SIM_SIZE  # noqa: E402
+
 from vpr_ros.sim.conditions import (  # noqa: E402
     DAYLIGHT_ELEVATION_DEG,
     lamps_on,
@@ -19,7 +21,6 @@ from vpr_ros.sim.dataset import (  # noqa: E402
     generate,
 )
 from vpr_ros.sim.lamps import lit_lamps  # noqa: E402
-from vpr_ros.sim.render_backend import RenderBackendError, Renderer  # noqa: E402
 from vpr_ros.sim.scene import GardenScene, Intrinsics  # noqa: E402
 from vpr_ros.sim.sensor import (  # noqa: E402
     exposure_for,
@@ -30,18 +31,8 @@ from vpr_ros.sim.sensor import (  # noqa: E402
 from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec  # noqa: E402
 from vpr_ros.sim.world import generate_world  # noqa: E402
 
-W, H = 128, 96
+W, H = SIM_SIZE   # the conftest renderer's
 DAY_PRESETS = ('noon', 'morning', 'evening', 'fog', 'winter', 'overcast')
-
-
-@pytest.fixture(scope='module')
-def renderer():
-    try:
-        r = Renderer(W, H)
-    except RenderBackendError as exc:
-        pytest.skip(f'no headless rendering here: {exc}')
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope='module')
