@@ -49,6 +49,7 @@ setup(
             'vpr-eval = vpr_ros.training.eval.evaluate:main',
             'vpr-export = vpr_ros.training.ship.export:main',
             'vpr-train-demo = vpr_ros.training.demo.train_demo:main',
+            'vpr-cross-session = vpr_ros.tools.cross_session:main',
         ],
     },
 )

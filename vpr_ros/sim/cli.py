@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--traverse', type=_traverse, action='append', default=None,
                    metavar='NAME:ROUTE:CONDITION[:SPEED]',
                    help=f'repeatable; routes: {", ".join(sorted(ROUTES))} or e.g. SW-S-C; '
-                        'condition: preset (noon, morning, evening, fog, winter, overcast) '
-                        'with overrides, e.g. evening,fog=30 or hour=9,season=winter')
+                        'condition: preset (noon, morning, evening, fog, winter, overcast, '
+                        'dusk, night) with overrides, e.g. evening,fog=30, hour=9,season=winter '
+                        'or night,gain=8,lamps=off')
     p.add_argument('--folder', action=argparse.BooleanOptionalAction, default=True,
                    help='write the TB-Places folder')
     p.add_argument('--bag', action=argparse.BooleanOptionalAction, default=True,
