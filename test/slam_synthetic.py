@@ -84,10 +84,16 @@ def node_like_loops(tr: Traverse, seed: int = 0, per_query: int = 3, rot_deg: fl
     return out
 
 
-def false_loops(tr: Traverse, n: int, seed: int = 0) -> list[LoopObservation]:
-    """`n` wrong loop closures between camera frames far apart, with random relative poses."""
+def false_loops(tr: Traverse, n: int, seed: int = 0, busy: tuple = ()) -> list[LoopObservation]:
+    """
+    `n` wrong loop closures between camera frames far apart, with random relative poses.
+
+    Their queries are frames whose stamps are not in `busy` (queries with true loops), so each
+    is a message of its own, as a wrong match of the node would be.
+    """
     rng = np.random.default_rng([seed, 11])
     cams = np.arange(0, len(tr.stamps_ns), CAMERA_EVERY)
+    cams = cams[~np.isin(tr.stamps_ns[cams], np.asarray(busy, dtype=np.int64))]
     out = []
     while len(out) < n:
         i, j = sorted(rng.choice(cams, 2, replace=False))[::-1]

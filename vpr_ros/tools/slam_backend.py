@@ -15,9 +15,10 @@ every 0.5 m, one robust loop factor per candidate row, iSAM2) and publishes
 * ``slam/status`` (std_msgs/Float64MultiArray, one row, columns STATUS_COLUMNS): counters a
   test or a tool can wait on.
 
-A row of ``vpr/matches`` whose relative pose has not come within ``pair_wait_s`` of odometry
-time (no camera_info, or a candidate without a pose) becomes a weak "same place" factor
-(``unposed_loops: weak``) or none (``skip``). gtsam is needed by this tool only (the node never
+A row of ``vpr/matches`` whose relative pose has not come (no camera_info, or a candidate
+without a pose) becomes a weak "same place" factor (``unposed_loops: weak``) or none (``skip``)
+once the relative poses of a later query arrived (the node publishes in order) or
+``pair_wait_s`` passed since the row came. gtsam is needed by this tool only (the node never
 imports it): ``pip install -r requirements-slam.txt``.
 """
 from dataclasses import fields
@@ -39,7 +40,7 @@ from vpr_ros.tools.pose_graph import GraphConfig, LoopObservation, PoseGraph
 PATH, CORRECTION, STATUS = 'slam/path', 'slam/correction', 'slam/status'
 STATUS_COLUMNS = ('odom_stamp,nodes,matches_rows,relative_pose_rows,loop_factors,'
                   'loops_direction,loops_metric,loops_near,loops_unposed,loops_skipped,'
-                  'loops_out_of_range,pending')
+                  'loops_out_of_range,pending,path_sum')
 MAX_PENDING = 10000   # loop rows waiting for odometry or their relative pose (oldest dropped)
 
 
@@ -73,14 +74,16 @@ class SlamBackend(Node):
         self.graph = PoseGraph(GraphConfig(**values))
         self.pose_type = self.declare_parameter('pose_type', 'Odometry').value
         qos = self.declare_parameter('qos', 'sensor_data').value
-        self.pair_wait_ns = to_ns(self.declare_parameter('pair_wait_s', 2.0).value)
+        self.pair_wait_ns = to_ns(self.declare_parameter('pair_wait_s', 1.0).value)
         self.map_frame = self.declare_parameter('map_frame', 'map').value
         self.odom_frame = 'odom'
-        self.unposed: dict[tuple[int, int], tuple[int, int]] = {}  # (q, id) -> (q, m) stamps
+        # (query stamp, match id) -> (query stamp, match stamp, arrival): rows without a pose yet
+        self.unposed: dict[tuple[int, int], tuple[int, int, int]] = {}
         self.posed: dict[tuple[int, int], None] = {}  # rows whose relative pose came first
         self.waiting: list[LoopObservation] = []      # loops ahead of the odometry
         self.rows = {'matches': 0, 'relative_pose': 0}
         self.bad_odometry = 0
+        self.path_sum = 0.0   # sum of x + y of the last path: tells which path a status follows
         pose_msg = Odometry if self.pose_type == 'Odometry' else PoseStamped
         self.create_subscription(pose_msg, POSE[self.pose_type], self._on_odom,
                                  sensor_qos(qos, 100))
@@ -88,6 +91,7 @@ class SlamBackend(Node):
         if self.graph.config.use_relative_pose:
             self.create_subscription(Float64MultiArray, RELATIVE_POSE, self._on_relative_pose,
                                      reliable_qos(100))
+        self.create_timer(0.25, self._tick)  # unposed rows are released without odometry too
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_path = self.create_publisher(Path, PATH, latched)
@@ -117,20 +121,23 @@ class SlamBackend(Node):
         cols = table(msg)
         n = self.graph.config.loops_per_query
         self.rows['matches'] += len(cols['query_stamp'])
+        now = self.get_clock().now().nanoseconds
         for q, m, mid in list(zip(cols['query_stamp'], cols['match_stamp'], cols['match_id']))[:n]:
             key = (to_ns(q), int(mid))
             if self.posed.pop(key, 'absent') is None:
                 continue  # its relative pose came first and was used
-            self.unposed[key] = (to_ns(q), to_ns(m))
+            self.unposed[key] = (to_ns(q), to_ns(m), now)
         if not self.graph.config.use_relative_pose:
-            for key in [k for k in self.unposed]:
-                self.waiting.append(LoopObservation(*self.unposed.pop(key)))
+            self._release(lambda q, arrived: True)
         self._bound()
         self._publish(self._flush())
 
     def _on_relative_pose(self, msg) -> None:
         cols = table(msg)
         self.rows['relative_pose'] += len(cols['query_stamp'])
+        if len(cols['query_stamp']):  # rows of earlier queries will get no pose any more
+            first = to_ns(cols['query_stamp'][0])
+            self._release(lambda q, arrived: q < first)
         for k in range(min(len(cols['query_stamp']), self.graph.config.loops_per_query)):
             key = (to_ns(cols['query_stamp'][k]), int(cols['match_id'][k]))
             if self.unposed.pop(key, None) is None:
@@ -143,6 +150,10 @@ class SlamBackend(Node):
         self._bound()
         self._publish(self._flush())
 
+    def _tick(self) -> None:
+        if self.unposed:
+            self._publish(self._flush())
+
     def _bound(self) -> None:
         """Keep what waits bounded: a silent odometry must not grow memory without end."""
         for store in (self.unposed, self.posed):
@@ -150,11 +161,16 @@ class SlamBackend(Node):
                 store.pop(next(iter(store)))
         del self.waiting[:-MAX_PENDING]
 
+    def _release(self, done) -> None:
+        """Move the rows without a pose for which `done(query stamp, arrival)` to the loops."""
+        for key in [k for k, (q, _, arrived) in self.unposed.items() if done(q, arrived)]:
+            q, m, _ = self.unposed.pop(key)
+            self.waiting.append(LoopObservation(q, m))
+
     def _flush(self) -> bool:
         """Add the loops the odometry now covers, and the unposed rows whose wait is over."""
-        latest = self.graph.latest[0] if self.graph.latest is not None else -1
-        for key in [k for k, (q, _) in self.unposed.items() if q + self.pair_wait_ns <= latest]:
-            self.waiting.append(LoopObservation(*self.unposed.pop(key)))
+        deadline = self.get_clock().now().nanoseconds - self.pair_wait_ns
+        self._release(lambda q, arrived: arrived <= deadline)
         ready = [o for o in self.waiting if self.graph.covers(o.query_ns)]
         self.waiting = [o for o in self.waiting if not self.graph.covers(o.query_ns)]
         for obs in ready:
@@ -166,12 +182,13 @@ class SlamBackend(Node):
         if changed and self.graph.update():
             self._publish_path()
             self._publish_correction()
+            self.path_sum = float(self.graph.estimate[:, :2].sum())
         c = self.graph.counters
         latest = self.graph.latest[0] * 1e-9 if self.graph.latest is not None else -1.0
         row = [latest, len(self.graph.stamps), self.rows['matches'], self.rows['relative_pose'],
                c['loop_factors'], c['loops_direction'], c['loops_metric'], c['loops_near'],
                c['loops_unposed'], c['loops_skipped'], c['loops_out_of_range'],
-               len(self.unposed) + len(self.waiting)]
+               len(self.unposed) + len(self.waiting), self.path_sum]
         self.pub_status.publish(multiarray(STATUS_COLUMNS, [row], 'status'))
 
     def _publish_path(self) -> None:
