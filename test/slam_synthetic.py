@@ -8,7 +8,8 @@ camera frames at 2.5 Hz, keyframes 1 m apart, for each frame the (up to 3) earli
 outside a 30 s window whose field of view overlaps it (ψ > 0.5), each with the relative pose of
 the known camera poses in the optical frames, perturbed like the node's estimates (rotation
 0.5 deg, translation direction 5 deg; measured: median 0.33 deg and 4.7 deg), scale unknown.
-`false_loops` draws wrong pairs (ψ = 0, more than 15 m apart) with random relative poses.
+`false_loops` draws wrong pairs (more than 15 m apart) with random relative poses, as the demo
+does (vpr_ros/tools/false_loops.py).
 """
 from dataclasses import dataclass
 import functools
@@ -21,6 +22,7 @@ from vpr_ros.core.psi import planar
 from vpr_ros.core.relative_pose import relative_from_poses
 from vpr_ros.sim.odometry import DriftingOdometry, WHEEL_ODOMETRY
 from vpr_ros.sim.trajectories import sample_traverse, TraverseSpec
+from vpr_ros.tools.false_loops import draw_false_loops
 from vpr_ros.tools.pose_graph import LoopObservation
 
 POSE_RATE_HZ = 20.0
@@ -85,23 +87,6 @@ def node_like_loops(tr: Traverse, seed: int = 0, per_query: int = 3, rot_deg: fl
 
 
 def false_loops(tr: Traverse, n: int, seed: int = 0, busy: tuple = ()) -> list[LoopObservation]:
-    """
-    `n` wrong loop closures between camera frames far apart, with random relative poses.
-
-    Their queries are frames whose stamps are not in `busy` (queries with true loops), so each
-    is a message of its own, as a wrong match of the node would be.
-    """
-    rng = np.random.default_rng([seed, 11])
+    """`n` wrong loops between camera frames (the demo's generator); queries not in `busy`."""
     cams = np.arange(0, len(tr.stamps_ns), CAMERA_EVERY)
-    cams = cams[~np.isin(tr.stamps_ns[cams], np.asarray(busy, dtype=np.int64))]
-    out = []
-    while len(out) < n:
-        i, j = sorted(rng.choice(cams, 2, replace=False))[::-1]
-        far = np.linalg.norm(tr.gt[i, :2] - tr.gt[j, :2]) > 15.0
-        if not far or tr.stamps_ns[i] - tr.stamps_ns[j] < EXCLUSION_S * 1e9:
-            continue
-        q = Rotation.from_euler('y', rng.uniform(-40, 40), degrees=True).as_quat()
-        t = np.array([rng.uniform(-1, 1), rng.uniform(-0.1, 0.1), rng.uniform(0.2, 1)])
-        out.append(LoopObservation(int(tr.stamps_ns[i]), int(tr.stamps_ns[j]), q,
-                                   t / np.linalg.norm(t), False, float(rng.uniform(2, 10))))
-    return out
+    return draw_false_loops(tr.stamps_ns[cams], tr.gt[cams, :2], n, seed, busy=busy)

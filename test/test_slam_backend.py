@@ -105,22 +105,15 @@ class Feeder(GraphClient):
         """One vpr/matches and one vpr/relative_pose message per query, as the node sends them."""
         from std_msgs.msg import Float64MultiArray
 
-        from vpr_ros.ros.loop_geometry import RELATIVE_POSE_COLUMNS
-        from vpr_ros.ros.messages import MATCH_COLUMNS, multiarray
+        from vpr_ros.tools.false_loops import loop_messages
         by_query: dict[int, list] = {}
         for obs in loops:
             by_query.setdefault(obs.query_ns, []).append(obs)
         for q, group in sorted(by_query.items()):
-            match_rows, pose_rows = [], []
-            for k, o in enumerate(group):
-                match_id = float(o.match_ns // 10**6)  # any id unique per keyframe
-                match_rows.append([q / 1e9, o.match_ns / 1e9, 0.95 - 0.01 * k, match_id, -1])
-                pose_rows.append([q / 1e9, o.match_ns / 1e9, match_id, *o.quaternion,
-                                  *o.translation, 60, 0.97, 0.0, o.parallax_deg])
-            self.publisher(Float64MultiArray, self.backend.ns + '/vpr/matches').publish(
-                multiarray(MATCH_COLUMNS, match_rows, 'candidates'))
+            matches, poses = loop_messages(group, first_id=0)
+            self.publisher(Float64MultiArray, self.backend.ns + '/vpr/matches').publish(matches)
             self.publisher(Float64MultiArray, self.backend.ns + '/vpr/relative_pose').publish(
-                multiarray(RELATIVE_POSE_COLUMNS, pose_rows, 'candidates'))
+                poses)
 
 
 def _feed(feeder: Feeder, tr, loops: list) -> None:
