@@ -32,7 +32,8 @@ setup(
     maintainer_email='vpr_ros@example.org',
     description='Visual place recognition and loop-closure candidates for ROS 2 (GCL-trained).',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},
+    # the reference SLAM back-end (vpr-slam-backend) only: requirements-slam.txt pins them
+    extras_require={'test': ['pytest'], 'slam': ['gtsam', 'evo']},
     entry_points={
         'console_scripts': [
             'vpr_node = vpr_ros.ros.node:main',
@@ -44,6 +45,7 @@ setup(
             'vpr-eval = vpr_ros.training.evaluate:main',
             'vpr-export = vpr_ros.training.export:main',
             'vpr-train-demo = vpr_ros.training.train_demo:main',
+            'vpr-slam-backend = vpr_ros.tools.slam_backend:main',
         ],
     },
 )

@@ -196,11 +196,11 @@ class SlamBackend(Node):
         from nav_msgs.msg import Path
         path = Path()
         path.header.frame_id = self.map_frame
-        path.header.stamp = _stamp(self.graph.stamps[-1])
+        _set_stamp(path.header, self.graph.stamps[-1])
         for t, (x, y, yaw), z in zip(self.graph.stamps, self.graph.estimate, self.graph.z):
             p = PoseStamped()
             p.header.frame_id = self.map_frame
-            p.header.stamp = _stamp(t)
+            _set_stamp(p.header, t)
             p.pose.position.x, p.pose.position.y, p.pose.position.z = float(x), float(y), z
             p.pose.orientation.z, p.pose.orientation.w = np.sin(yaw / 2), np.cos(yaw / 2)
             path.poses.append(p)
@@ -211,7 +211,7 @@ class SlamBackend(Node):
         x, y, yaw = self.graph.correction()
         msg = TransformStamped()
         msg.header.frame_id = self.map_frame
-        msg.header.stamp = _stamp(self.graph.stamps[-1])
+        _set_stamp(msg.header, self.graph.stamps[-1])
         msg.child_frame_id = self.odom_frame
         msg.transform.translation.x, msg.transform.translation.y = float(x), float(y)
         msg.transform.rotation.z, msg.transform.rotation.w = np.sin(yaw / 2), np.cos(yaw / 2)
@@ -225,9 +225,8 @@ class SlamBackend(Node):
                 f'{c["loops_skipped"]} skipped, {c["loops_out_of_range"]} out of range')
 
 
-def _stamp(ns: int):
-    from builtin_interfaces.msg import Time
-    return Time(sec=int(ns) // 10**9, nanosec=int(ns) % 10**9)
+def _set_stamp(header, ns: int) -> None:
+    header.stamp.sec, header.stamp.nanosec = divmod(int(ns), 10**9)
 
 
 def main(args=None) -> int:
