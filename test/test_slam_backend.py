@@ -139,6 +139,7 @@ def _feed(feeder: Feeder, tr, loops: list) -> None:
 
 def _run(tmp_path, name: str, tr, loops: list) -> dict:
     """Feed a back-end, wait until every loop row is in its graph; return path and counters."""
+    from vpr_ros.tools.slam_demo import path_arrays, path_sum
     from vpr_ros.tools.trajectory_error import poses_at, trajectory_errors
     backend = Backend(tmp_path, name)
     feeder = None
@@ -149,13 +150,13 @@ def _run(tmp_path, name: str, tr, loops: list) -> dict:
             lambda: (s := feeder.last_status()) and s['relative_pose_rows'] == len(loops)
             and s['loop_factors'] + s['loops_out_of_range'] == len(loops)
             and s['pending'] == 0 and s, 'every loop row in the graph')
-        path = feeder.wait(lambda: feeder.paths and _path_sum(feeder.paths[-1])
+        path = feeder.wait(lambda: feeder.paths and path_sum(feeder.paths[-1])
                            == pytest.approx(status['path_sum']) and feeder.paths[-1],
                            'the path the final status follows')
-        newest = _pose7(path.poses[-1])
-        odom = poses_at(tr.stamps_ns, tr.odom, np.array([_ns(path.poses[-1])]))[0]
+        stamps, est = path_arrays(path)
+        odom = poses_at(tr.stamps_ns, tr.odom, stamps[-1:])[0]
         corr = feeder.wait(lambda: feeder.corrections and _corrects(feeder.corrections[-1],
-                                                                    odom, newest),
+                                                                    odom, est[-1]),
                            'the correction of the final path')
     finally:
         if feeder is not None:
@@ -163,25 +164,10 @@ def _run(tmp_path, name: str, tr, loops: list) -> dict:
         code = backend.stop()
     assert code == 0, backend.log()
     assert 'vpr_slam_backend:' in backend.log()  # the summary line at shutdown
-    stamps = np.array([_ns(p) for p in path.poses])
-    est = np.array([_pose7(p) for p in path.poses])
     odom = poses_at(tr.stamps_ns, tr.odom, stamps)
     return {'status': status, 'correction': corr,
             'odom': trajectory_errors(tr.stamps_ns, tr.gt, stamps, odom),
             'graph': trajectory_errors(tr.stamps_ns, tr.gt, stamps, est)}
-
-
-def _ns(pose_stamped) -> int:
-    return pose_stamped.header.stamp.sec * 10**9 + pose_stamped.header.stamp.nanosec
-
-
-def _pose7(pose_stamped) -> np.ndarray:
-    p, q = pose_stamped.pose.position, pose_stamped.pose.orientation
-    return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-
-
-def _path_sum(path) -> float:
-    return float(sum(p.pose.position.x + p.pose.position.y for p in path.poses))
 
 
 def _corrects(msg, odom7: np.ndarray, newest7: np.ndarray) -> bool:
@@ -207,3 +193,45 @@ def test_backend_closes_a_drifting_traverse_over_dds(tmp_path, n_false: int, bou
     assert ate_odom > 1.5  # the odometry does drift
     assert ate <= bound * ate_odom
     assert got['status']['loops_direction'] >= 0.9 * len(loops)
+
+
+def test_bad_input_is_refused_and_counted(tmp_path) -> None:
+    """Broken odometry and loop rows: counted on slam/status, no crash; good ones still used."""
+    from nav_msgs.msg import Odometry
+    from std_msgs.msg import Float64MultiArray
+
+    from vpr_ros.core.relative_pose import relative_from_poses
+    from vpr_ros.ros.messages import MATCH_COLUMNS, multiarray
+    from vpr_ros.tools.false_loops import loop_messages
+    from vpr_ros.tools.pose_graph import LoopObservation
+    tr = drifting_traverse('laps', 0)
+    backend = Backend(tmp_path, 'slam_bad')
+    feeder = None
+    try:
+        feeder = Feeder(backend)
+        odom_pub = feeder.publisher(Odometry, backend.ns + '/odom')
+        feeder.wait(lambda: odom_pub.get_subscription_count() > 0, 'the odom subscription')
+        for i in range(0, 80, 2):
+            feeder.publish_odometry(int(tr.stamps_ns[i]), tr.odom[i])
+        feeder.publish_odometry(int(tr.stamps_ns[90]), np.full(7, np.nan))    # NaN pose
+        feeder.publish_odometry(int(tr.stamps_ns[10]), tr.odom[10])          # older than newest
+        matches = backend.ns + '/vpr/matches'
+        feeder.publisher(Float64MultiArray, matches).publish(Float64MultiArray(data=[1.0, 2.0]))
+        feeder.publisher(Float64MultiArray, matches).publish(
+            multiarray(MATCH_COLUMNS, [[np.nan, 0.0, 0.9, 1.0, -1.0]], 'candidates'))
+        q, t = relative_from_poses(tr.gt[78], tr.gt[0])
+        bad = LoopObservation(int(tr.stamps_ns[78]), int(tr.stamps_ns[0]), np.zeros(4), t)
+        good = LoopObservation(int(tr.stamps_ns[78]), int(tr.stamps_ns[0]), q, t)
+        feeder.publisher(Float64MultiArray, backend.ns + '/vpr/relative_pose').publish(
+            loop_messages([bad], first_id=7)[1])
+        feeder.publish_loops([good])
+        status = feeder.wait(lambda: (s := feeder.last_status()) and s['loop_factors'] == 1
+                             and s['rows_refused'] == 3 and s['odometry_refused'] == 2 and s,
+                             'the good loop in the graph and every bad input counted')
+    finally:
+        if feeder is not None:
+            feeder.close()
+        code = backend.stop()
+    assert code == 0, backend.log()
+    assert status['nodes'] > 3 and status['pending'] == 0
+    assert 'refused' in backend.log()

@@ -40,8 +40,11 @@ from vpr_ros.tools.pose_graph import GraphConfig, LoopObservation, PoseGraph
 PATH, CORRECTION, STATUS = 'slam/path', 'slam/correction', 'slam/status'
 STATUS_COLUMNS = ('odom_stamp,nodes,matches_rows,relative_pose_rows,loop_factors,'
                   'loops_direction,loops_metric,loops_near,loops_unposed,loops_skipped,'
-                  'loops_out_of_range,pending,path_sum')
+                  'loops_out_of_range,pending,path_sum,odometry_refused,rows_refused')
 MAX_PENDING = 10000   # loop rows waiting for odometry or their relative pose (oldest dropped)
+MATCH_NEEDS = ('query_stamp', 'match_stamp', 'match_id')
+POSE_NEEDS = MATCH_NEEDS + ('qx', 'qy', 'qz', 'qw', 'tx', 'ty', 'tz', 'scale_known',
+                            'parallax_deg')
 
 
 def table(msg) -> dict[str, np.ndarray]:
@@ -83,6 +86,7 @@ class SlamBackend(Node):
         self.waiting: list[LoopObservation] = []      # loops ahead of the odometry
         self.rows = {'matches': 0, 'relative_pose': 0}
         self.bad_odometry = 0
+        self.rows_refused = 0
         self.path_sum = 0.0   # sum of x + y of the last path: tells which path a status follows
         pose_msg = Odometry if self.pose_type == 'Odometry' else PoseStamped
         self.create_subscription(pose_msg, POSE[self.pose_type], self._on_odom,
@@ -117,8 +121,36 @@ class SlamBackend(Node):
         changed |= self._flush()
         self._publish(changed)
 
+    def _read(self, msg, needs: tuple[str, ...], topic: str) -> dict | None:
+        """Return the columns; rows with non-finite or impossible values are dropped (counted)."""
+        try:
+            cols = table(msg)
+            missing = [c for c in needs if c not in cols]
+            if missing:
+                raise ValueError(f'no column {missing[0]!r}')
+        except (IndexError, ValueError) as err:
+            self._refuse(1, f'{topic} message refused: {err}')
+            return None
+        ok = np.isfinite(np.stack([cols[c] for c in needs])).all(axis=0)
+        if 'qw' in needs:  # a relative pose needs a rotation and a translation
+            quat = np.stack([cols[c] for c in ('qx', 'qy', 'qz', 'qw')])
+            t = np.stack([cols[c] for c in ('tx', 'ty', 'tz')])
+            ok &= (np.abs(np.linalg.norm(quat, axis=0) - 1) < 0.01) & (np.linalg.norm(t, axis=0)
+                                                                     > 0)
+        if not ok.all():
+            self._refuse(int((~ok).sum()), f'{topic}: rows with non-finite values, a quaternion '
+                                           'that is not unit or a zero translation refused')
+        return {c: v[ok] for c, v in cols.items()}
+
+    def _refuse(self, n: int, why: str) -> None:
+        self.rows_refused += n
+        self.get_logger().warn(f'{why} ({self.rows_refused} refused so far)',
+                               throttle_duration_sec=5.0)
+
     def _on_matches(self, msg) -> None:
-        cols = table(msg)
+        cols = self._read(msg, MATCH_NEEDS, MATCHES)
+        if cols is None:
+            return
         n = self.graph.config.loops_per_query
         self.rows['matches'] += len(cols['query_stamp'])
         now = self.get_clock().now().nanoseconds
@@ -133,7 +165,9 @@ class SlamBackend(Node):
         self._publish(self._flush())
 
     def _on_relative_pose(self, msg) -> None:
-        cols = table(msg)
+        cols = self._read(msg, POSE_NEEDS, RELATIVE_POSE)
+        if cols is None:
+            return
         self.rows['relative_pose'] += len(cols['query_stamp'])
         if len(cols['query_stamp']):  # rows of earlier queries will get no pose any more
             first = to_ns(cols['query_stamp'][0])
@@ -188,7 +222,8 @@ class SlamBackend(Node):
         row = [latest, len(self.graph.stamps), self.rows['matches'], self.rows['relative_pose'],
                c['loop_factors'], c['loops_direction'], c['loops_metric'], c['loops_near'],
                c['loops_unposed'], c['loops_skipped'], c['loops_out_of_range'],
-               len(self.unposed) + len(self.waiting), self.path_sum]
+               len(self.unposed) + len(self.waiting), self.path_sum,
+               self.bad_odometry + c['odometry_out_of_order'], self.rows_refused]
         self.pub_status.publish(multiarray(STATUS_COLUMNS, [row], 'status'))
 
     def _publish_path(self) -> None:

@@ -109,7 +109,7 @@ class SlamCollector:
                 path = self.paths.get(name)
                 done = (s is not None and s['odom_stamp'] >= last_odom_s - 1e-6
                         and s['matches_rows'] == want and s['pending'] == 0
-                        and path is not None and np.isclose(_path_sum(path), s['path_sum']))
+                        and path is not None and np.isclose(path_sum(path), s['path_sum']))
                 if not done:
                     late.append(name)
             return late
@@ -119,7 +119,8 @@ class SlamCollector:
         self.node.destroy_node()
 
 
-def _path_sum(path) -> float:
+def path_sum(path) -> float:
+    """Sum of x + y over a path's poses: slam/status's `path_sum` of the path it follows."""
     return float(sum(p.pose.position.x + p.pose.position.y for p in path.poses))
 
 
