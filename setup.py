@@ -37,7 +37,8 @@ setup(
     maintainer_email='vpr_ros@example.org',
     description='Visual place recognition and loop-closure candidates for ROS 2 (GCL-trained).',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},
+    # the reference SLAM back-end (vpr-slam-backend) only: requirements-slam.txt pins them
+    extras_require={'test': ['pytest'], 'slam': ['gtsam', 'evo']},
     entry_points={
         'console_scripts': [
             'vpr_node = vpr_ros.ros.node:main',
@@ -50,6 +51,7 @@ setup(
             'vpr-export = vpr_ros.training.ship.export:main',
             'vpr-train-demo = vpr_ros.training.demo.train_demo:main',
             'vpr-cross-session = vpr_ros.tools.cross_session:main',
+            'vpr-slam-backend = vpr_ros.tools.slam_backend:main',
         ],
     },
 )

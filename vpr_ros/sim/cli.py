@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--bag', action=argparse.BooleanOptionalAction, default=True,
                    help='write one rosbag2 (mcap) per traverse')
     p.add_argument('--odom-drift', type=float, default=0.0,
-                   help='odometry random walk, m and rad per sqrt(m) driven')
+                   help='odometry error level: 0 exact, 1 the wheel-odometry profile of '
+                        'vpr_ros/sim/odometry.py (scale, turn and heading-bias errors, random '
+                        'walk, integrated from increments)')
     p.add_argument('--noise', type=float, default=1.5, help='sensor noise sigma (grey levels)')
     return p
 
