@@ -54,6 +54,7 @@ class LoopSequence:
     stamps_s: Optional[np.ndarray]        # (N,) or None: --rate-hz apart
     source: str
     odom: Optional[np.ndarray] = None     # (N, 7) the node's pose input; None: `poses`
+    starts: tuple = ()                    # first frame of each input after the first
 
 
 def _is_bag(path: str) -> bool:
@@ -107,8 +108,9 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
                             f'folder {folder} (ref, then query)')
     if not inputs:
         raise ValueError('loop mode needs --loop SEQUENCE... or --loop-folder DIR')
-    paths, poses, odom, stamps, offset = [], [], [], [], 0.0
+    paths, poses, odom, stamps, offset, starts = [], [], [], [], 0.0, []
     for k, src in enumerate(inputs):
+        starts.append(len(paths))
         idx_path, st, od = _one_input(src, k, work_dir, rate, image_topic, pose_topic,
                                       odom_topic)
         idx = read_index(idx_path)
@@ -123,7 +125,8 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
     odom_all = np.concatenate(odom).reshape(-1, 7)
     return LoopSequence(paths, poses_all, None, np.concatenate(stamps) if stamps else
                         np.zeros(0), ', '.join(inputs),
-                        None if np.array_equal(odom_all, poses_all) else odom_all)
+                        None if np.array_equal(odom_all, poses_all) else odom_all,
+                        tuple(starts[1:]))
 
 
 def _one_input(src: str, k: int, work_dir: Optional[str], rate: float,
@@ -277,14 +280,16 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   image_size: Optional[Sequence[int]] = None, out_dir: Optional[str] = None,
                   device: str = 'auto', batch_size: int = 32, progress: bool = True,
                   cache_dir: Optional[str] = None, verbose: bool = True,
-                  topics: Optional[tuple] = None, point: Optional[OperatingPoint] = None
-                  ) -> dict:
+                  topics: Optional[tuple] = None, point: Optional[OperatingPoint] = None,
+                  sessions: bool = False) -> dict:
     """
     Replay the sequence through the node's detector for every model; return the report.
 
     `topics`: (image, ground-truth pose, odometry) topics of bags, None where the bag has one
     of the kind. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
     else the node's). `point`: decide `at_point` there instead of each model's own point.
+    `sessions`: each input is a session of its own (the node restarted with `load_map`
+    between them: yesterday's map, today's traverse), else one session.
     `batch_size` and `cache_dir` are accepted for the other modes and unused: each frame gets
     its own forward, as in the node.
     """
@@ -308,6 +313,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
             'source': seq.source, 'n_frames': len(seq.paths), 'ground_truth': gt,
             'exclusion': {'seconds': base.exclusion_s}, 'gate': gate,
             'map': 'node keyframes (KeyframePolicy defaults)' if keyframes else 'every frame',
+            'sessions': 'one per input (load_map between)' if sessions else 'one',
             'replay': 'vpr_ros.core.detector.LoopDetector (training/eval/loop_replay.py)'}
     stamps_ns = np.round(seq.stamps_s * 1e9).astype(np.int64)
     odom = seq.odom if seq.odom is not None else seq.poses
@@ -315,7 +321,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     for name, src, enc in resolve_models(models, include_default, device, image_size):
         fp = str(getattr(enc, 'fingerprint', '') or '')
         rep = replay(seq.paths, stamps_ns, odom, enc, evidence_config(base), f'{name} loop',
-                     progress)
+                     progress, seq.starts if sessions else ())
         reps.append(rep)
         row = score_replay(rep, positives, target_precision,
                            {**data, 'model': src or 'built-in default', 'fingerprint': fp},
@@ -403,6 +409,9 @@ def add_loop_arguments(parser) -> None:
                    help='keep frames the degenerate-frame gate rejects')
     g.add_argument('--node-keyframes', action='store_true',
                    help="the map holds the node's keyframes (the default)")
+    g.add_argument('--sessions', action='store_true',
+                   help='each --loop input is a session of its own: the node is restarted '
+                        'with load_map between them (a day map, then a night traverse)')
     g.add_argument('--all-frames', action='store_true',
                    help='put every frame into the map (an upper bound of the node)')
 
@@ -420,4 +429,5 @@ def run_from_args(args) -> dict:
         image_size=args.image_size,
         out_dir=args.out, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache,
-        topics=(args.loop_image_topic, args.loop_pose_topic, args.loop_odom_topic))
+        topics=(args.loop_image_topic, args.loop_pose_topic, args.loop_odom_topic),
+        sessions=args.sessions)

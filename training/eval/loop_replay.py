@@ -68,36 +68,49 @@ class Replay:
 
 
 def replay(paths: Sequence[str], stamps_ns: np.ndarray, poses: Optional[np.ndarray], encoder,
-           config: DetectorConfig, desc: str = 'replay', progress: bool = True) -> Replay:
+           config: DetectorConfig, desc: str = 'replay', progress: bool = True,
+           session_starts: Sequence[int] = ()) -> Replay:
     """
-    Play image files through a LoopDetector on an in-memory map, as the node would.
+    Play image files through a LoopDetector on a map of its own, as the node would.
 
     `poses` (N, 7) are the node's pose input at each stamp (odometry), None: no pose topic.
-    An unreadable file is skipped and counted (the node never sees that frame).
+    An unreadable file is skipped and counted (the node never sees that frame). At each frame
+    index in `session_starts` the node is restarted on its saved map (`load_map`): a new
+    session, a new detector, the map of the earlier sessions loaded as the node loads it.
     """
+    import tempfile
     import time
     t0 = time.monotonic()
-    det = LoopDetector(encoder, PlaceMap(encoder.dim, encoder.fingerprint), config)
     results: list[Optional[FrameResult]] = []
     frame_of: dict[int, int] = {}
     unreadable = 0
-    for i in tqdm(range(len(paths)), desc=desc, disable=not progress, unit='frame'):
-        try:
-            img = read_rgb(paths[i])
-        except (OSError, ValueError):
-            results.append(None)
-            unreadable += 1
-            continue
-        t = int(stamps_ns[i])
-        pose = None
-        if poses is not None and np.all(np.isfinite(poses[i])):
-            pose = Pose.from_vector(t, poses[i])
-        desc = encoder.embed([img], 'rgb8')[0]  # embed_one's forward (any encoder with embed)
-        res = det.process(img, t, 'rgb8', pose, 'map' if pose is not None else '',
-                          descriptor=desc)
-        if res.is_keyframe:
-            frame_of[res.query_id] = i
-        results.append(res)
+    starts = set(int(k) for k in session_starts if int(k) > 0)
+    with tempfile.TemporaryDirectory(prefix='vpr_replay_') as map_dir:
+        place_map = PlaceMap(encoder.dim, encoder.fingerprint)
+        det = LoopDetector(encoder, place_map, config)
+        for i in tqdm(range(len(paths)), desc=desc, disable=not progress, unit='frame'):
+            if i in starts:  # the node stops (map saved) and starts again on it
+                place_map.save(map_dir)
+                place_map.close()
+                place_map = PlaceMap.load(map_dir, encoder.fingerprint, encoder.dim)
+                det = LoopDetector(encoder, place_map, config)
+            try:
+                img = read_rgb(paths[i])
+            except (OSError, ValueError):
+                results.append(None)
+                unreadable += 1
+                continue
+            t = int(stamps_ns[i])
+            pose = None
+            if poses is not None and np.all(np.isfinite(poses[i])):
+                pose = Pose.from_vector(t, poses[i])
+            vec = encoder.embed([img], 'rgb8')[0]  # embed_one's forward (any `embed` encoder)
+            res = det.process(img, t, 'rgb8', pose, 'map' if pose is not None else '',
+                              descriptor=vec)
+            if res.is_keyframe:
+                frame_of[res.query_id] = i
+            results.append(res)
+        place_map.close()
     return Replay(results, frame_of, unreadable, time.monotonic() - t0)
 
 
