@@ -12,13 +12,12 @@ import time
 from vpr_ros.core.errors import MapError
 from vpr_ros.map.id_pool import MAX_ID, MAX_SESSIONS
 from vpr_ros.map.index_file import open_nofollow
-from vpr_ros.map.index_kinds import INDEX_TYPES
+from vpr_ros.map.index_kinds import INDEX_KINDS
 
 FORMAT_VERSION = 1
 INDEX_FILE = 'index.faiss'
 DB_FILE = 'keyframes.sqlite'
 MANIFEST_FILE = 'manifest.json'
-COMPACT_FILE = 'compact.bin'
 DATA_FILES = (INDEX_FILE, DB_FILE)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
@@ -43,8 +42,8 @@ def build_manifest(fingerprint: str, dim: int, count: int, next_id: int, session
 
 
 def data_files(kind: str) -> tuple[str, ...]:
-    """Name the data files of a generation with an index of `kind` (compact: + its graph)."""
-    return DATA_FILES + (COMPACT_FILE,) if kind == 'compact' else DATA_FILES
+    """Name the data files of a generation with an index of `kind` (plus its state's files)."""
+    return DATA_FILES + INDEX_KINDS[kind].files
 
 
 def _int_in(value, lo: int, hi: int) -> bool:
@@ -86,7 +85,7 @@ def check_manifest(man, path: str) -> None:
     if man['count'] > man['next_id']:
         raise MapError(f'map manifest {path}: count {man["count"]} > next_id {man["next_id"]}')
     idx = man.get('index')
-    if not isinstance(idx, dict) or idx.get('type') not in INDEX_TYPES or not all(
+    if not isinstance(idx, dict) or idx.get('type') not in tuple(INDEX_KINDS) or not all(
             _int_in(idx.get(k), lo, hi) for k, (lo, hi) in _INDEX_FIELDS.items()):
         raise MapError(f"map manifest {path}: field 'index' is malformed")
     _check_files(man.get('files'), path, data_files(idx['type']))

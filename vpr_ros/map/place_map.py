@@ -24,15 +24,21 @@ import numpy as np
 from vpr_ros.core.errors import MapError, MapMismatchError
 from vpr_ros.map import dir_lock, storage
 from vpr_ros.map.blobs import BlobStore
-from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.id_pool import MAX_ID
-from vpr_ros.map.index_kinds import all_vectors, INDEX_TYPES, IndexParams, new_index, tune
+from vpr_ros.map.index_kinds import (
+    all_vectors,
+    get_kind,
+    IndexParams,
+    new_index,
+    new_state,
+    tune,
+)
 from vpr_ros.map.manifest import DB_FILE
 from vpr_ros.map.records import KeyframeRecord, KeyframeTable, Match
 from vpr_ros.map.search import check_desc, check_search_args, pose_rows, search_rows
 from vpr_ros.map.storage import map_exists
 
-__all__ = ['INDEX_TYPES', 'KeyframeRecord', 'Match', 'PlaceMap', 'map_exists']
+__all__ = ['KeyframeRecord', 'Match', 'PlaceMap', 'map_exists']
 _LOG = logging.getLogger(__name__)
 _LIMITS = {'hnsw_m': (2, 4096), 'hnsw_ef_construction': (1, 1 << 20),
            'hnsw_ef_search': (1, 1 << 20), 'hnsw_threshold': (0, MAX_ID)}
@@ -79,8 +85,7 @@ class PlaceMap:
             ok = False
         if not ok:
             raise MapError(f'descriptor dimension must be in [1, 65536], got {dim!r}')
-        if index not in INDEX_TYPES:
-            raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
+        get_kind(index)   # MapError naming the kinds
         self._dim = int(dim)
         self._fingerprint = str(fingerprint)
         self._kind = index
@@ -94,7 +99,7 @@ class PlaceMap:
         self._table = KeyframeTable()
         self._blobs = BlobStore()
         self._index = new_index(self._dim, self._kind, self._params)
-        self._compact = CompactState.for_kind(self._kind, self._params)
+        self._state = new_state(self._kind, self._params)   # the kind's own structure
         self._home: Optional[str] = None        # the directory this map was opened on
         self._handle: Optional[dir_lock.DirHandle] = None
         self._release: Optional[weakref.finalize] = None
@@ -132,10 +137,15 @@ class PlaceMap:
         with self._lock:
             self._params = IndexParams(self._params.m, self._params.ef_construction, ef)
             tune(self._index, self._kind, self._params)
-            self._compact.tune(self._params)
+            self._state.tune(self._params)
 
     def __len__(self) -> int:
         return self._table.n
+
+    @property
+    def _compact(self):
+        """The kind's state (kind_base.KindState), by the name the compact kind's tests use."""
+        return self._state
 
     # ------------------------------------------------------ directory holding
     def _hold(self, handle: dir_lock.DirHandle) -> None:
@@ -212,7 +222,7 @@ class PlaceMap:
         self._table.append(ids, stamps, poses, self._session, frames)
         self._blobs.commit(staged)
         self._next_id = first + n
-        self._compact.sync(self._index)   # logs and falls back to exact search on failure
+        self._state.sync(self._index)   # logs and falls back to exact search on failure
         if (self._hnsw_threshold and self._kind == 'flat'
                 and self._table.n >= self._hnsw_threshold):
             try:
@@ -274,7 +284,7 @@ class PlaceMap:
         stamp = None if query_stamp_ns is None else int(query_stamp_ns)
         with self._lock:
             return search_rows(self._index, self._table, self._session, x, int(k), [stamp],
-                               excl_ns, int(exclusion_n), self._compact)[0]
+                               excl_ns, int(exclusion_n), self._state)[0]
 
     def search_batch(self, descs: np.ndarray, k: int,
                      query_stamps_ns: Optional[Iterable[Optional[int]]] = None,
@@ -292,7 +302,7 @@ class PlaceMap:
             return [[] for _ in range(x.shape[0])]
         with self._lock:
             return search_rows(self._index, self._table, self._session, x, int(k), stamps,
-                               excl_ns, int(exclusion_n), self._compact)
+                               excl_ns, int(exclusion_n), self._state)
 
     # ---------------------------------------------------------- rebuild/reset
     def _rebuild(self, kind: str) -> None:
@@ -303,7 +313,7 @@ class PlaceMap:
             index.add_with_ids(vecs, self._table.ids[:self._table.n].copy())
         self._index = index
         self._kind = kind
-        self._compact = CompactState.built(kind, self._params, index)
+        self._state = new_state(kind, self._params, index)
 
     def reset(self) -> None:
         """Empty the map (memory only until the next save); ids keep increasing, session stays."""
@@ -311,7 +321,7 @@ class PlaceMap:
             self._table.clear()
             self._blobs.clear()
             self._index = new_index(self._dim, self._kind, self._params)
-            self._compact.clear()
+            self._state.clear()
 
     # ------------------------------------------------------------ save / load
     def save(self, directory: str) -> str:
@@ -347,7 +357,7 @@ class PlaceMap:
             self._index, t, self._blobs, self._fingerprint, self._dim, self._next_id,
             max(sessions, self._session + 1),
             {'type': self._kind, 'hnsw_m': p.m, 'hnsw_ef_construction': p.ef_construction,
-             'hnsw_ef_search': p.ef_search}, self._compact)
+             'hnsw_ef_search': p.ef_search}, self._state)
 
     @classmethod
     def load(cls, directory: str, fingerprint: str, dim: int, index: Optional[str] = None,
@@ -365,8 +375,8 @@ class PlaceMap:
         in `directory` but the lock file is ever written.
         """
         directory = os.path.abspath(directory)
-        if index is not None and index not in INDEX_TYPES:
-            raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
+        if index is not None:
+            get_kind(index)
         if storage.committed_generation(directory) is None:
             raise MapError(f'no map in {directory} (no {storage.CURRENT_FILE} file)')
         handle = dir_lock.acquire(directory, create=False)
@@ -402,7 +412,7 @@ class PlaceMap:
             target = 'hnsw'
         # A saved HNSW graph that is kept keeps its own M/efConstruction (changing them means
         # a rebuild); the requested ones apply when the index is (re)built here.
-        keep = saved['type'] == 'hnsw' and target == 'hnsw'
+        keep = saved['type'] == target and get_kind(target).keeps_build_params
         m = cls(man['dim'], man['fingerprint'], index=saved['type'],
                 hnsw_m=saved['hnsw_m'] if keep or not hnsw_m else hnsw_m,
                 hnsw_ef_construction=(saved['hnsw_ef_construction']
@@ -421,8 +431,8 @@ class PlaceMap:
         self._index = loaded.index
         self._kind = loaded.kind
         tune(self._index, self._kind, self._params)
-        self._compact = loaded.compact
-        self._compact.attach(self._index, self._params)
+        self._state = loaded.state
+        self._state.attach(self._index, self._params)
         self._table.load(rows.ids, rows.stamps, rows.poses, rows.sessions, rows.frames)
         self._blobs.loaded(loaded.db_path, rows.blob_ids)
         self._next_id = loaded.manifest['next_id']

@@ -33,12 +33,10 @@ from vpr_ros.core.atomic_io import fsync_dir, sha256_file, write_atomic
 from vpr_ros.core.errors import MapError
 from vpr_ros.map import database
 from vpr_ros.map.blobs import BlobStore
-from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.index_file import open_nofollow, read_index_file, write_index_file
-from vpr_ros.map.index_kinds import INDEX_KINDS, IndexParams, inner_index, kind_of
+from vpr_ros.map.index_kinds import get_kind, IndexParams, inner_index, kind_of, KindState
 from vpr_ros.map.manifest import (
     build_manifest,
-    COMPACT_FILE,
     data_files,
     DB_FILE,
     INDEX_FILE,
@@ -63,7 +61,7 @@ class Snapshot(NamedTuple):
     next_id: int
     session_count: int
     index_info: dict
-    compact: CompactState
+    state: KindState
 
 
 class Loaded(NamedTuple):
@@ -74,7 +72,7 @@ class Loaded(NamedTuple):
     kind: str
     rows: database.SavedRows
     db_path: str
-    compact: CompactState
+    state: KindState
 
 
 def map_exists(directory: str) -> bool:
@@ -164,8 +162,7 @@ def _write_generation(directory: str, gen: str, gen_name: str, snap: Snapshot,
     hook('gen_created')
     write_index_file(snap.index, os.path.join(gen, INDEX_FILE))
     kind = snap.index_info['type']
-    if kind == 'compact':
-        snap.compact.write(os.path.join(gen, COMPACT_FILE), snap.dim, snap.table.n)
+    snap.state.write(gen, snap.dim, snap.table.n)   # the kind's own files, if any
     hook('index_written')
     database.write_database(os.path.join(gen, DB_FILE), snap.table, snap.blobs)
     hook('db_written')
@@ -219,7 +216,7 @@ def check_files(gen: str, man: dict, verify: bool) -> None:
 def load_generation(gen: str, man: dict) -> Loaded:
     """Read a checked generation's index and rows, and check they agree."""
     index_path = os.path.join(gen, INDEX_FILE)
-    kind = INDEX_KINDS[man['index']['type']]
+    kind = get_kind(man['index']['type'])
     idx = read_index_file(index_path, man['dim'], man['count'], kind.check_body, kind.tag)
     # read_index already returns the concrete class; downcast_index here would make a second
     # owner of the C++ object and free it under our feet.
@@ -240,7 +237,5 @@ def load_generation(gen: str, man: dict) -> Loaded:
                        f'{index_path} ({idx.ntotal}) hold different keyframes')
     info = man['index']
     params = IndexParams(info['hnsw_m'], info['hnsw_ef_construction'], info['hnsw_ef_search'])
-    compact = (CompactState.read(os.path.join(gen, COMPACT_FILE), man['dim'], man['count'],
-                                 params)
-               if kind.name == 'compact' else CompactState.for_kind(kind.name, params))
-    return Loaded(man, idx, kind.name, rows, db_path, compact)
+    state = kind.state.read(gen, man['dim'], man['count'], params)
+    return Loaded(man, idx, kind.name, rows, db_path, state)

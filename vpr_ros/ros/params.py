@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from vpr_ros.core.detector import DetectorConfig
+from vpr_ros.map.index_kinds import INDEX_KINDS, kind_names
 from vpr_ros.model import shipped
 
 
@@ -71,6 +72,13 @@ class ParamSpec:
 
 
 _C = DetectorConfig()
+
+
+def _index_kinds_text() -> str:
+    """Describe map_index from the index-kind table (a new kind is one entry there)."""
+    kinds = [f'{k.name} ({k.description})' for k in INDEX_KINDS.values()]
+    return 'FAISS index: ' + ', '.join(kinds[:-1]) + ' or ' + kinds[-1] + '.'
+
 _T = ('raw', 'compressed')
 
 
@@ -192,10 +200,7 @@ SPECS: tuple[ParamSpec, ...] = (
               'map in memory only, never save.'),
     ParamSpec('load_map', False, 'Continue the map saved in map_dir (a new session); false: '
               'start a new map, which replaces the saved one at the first save.'),
-    ParamSpec('map_index', 'flat', 'FAISS index: flat (exact), hnsw (approximate, for '
-              'large maps) or compact (exact scores of candidates from a PCA-reduced HNSW '
-              'graph, fitted from 2000 keyframes and saved with the map).',
-              choices=('flat', 'hnsw', 'compact')),
+    ParamSpec('map_index', 'flat', _index_kinds_text(), choices=kind_names()),
     ParamSpec('hnsw_m', 32, 'HNSW links per node (map_index hnsw, compact): memory per '
               'keyframe grows with it.', 4, 256),
     ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw, '
