@@ -69,6 +69,16 @@ class BlobStore:
         self.db = db_path
         self.ids = set(ids)
 
+    def open_now(self) -> None:
+        """Open the saved file now (a read-only snapshot): it stays readable once replaced."""
+        if self.db is not None and self._conn is None:
+            try:
+                self._conn = sqlite3.connect(sqlite_uri(self.db, 'ro'), uri=True,
+                                             check_same_thread=False)
+                self._conn.execute('SELECT COUNT(*) FROM blobs').fetchone()
+            except sqlite3.Error as exc:
+                raise MapError(f'cannot open {self.db}: {exc}') from exc
+
     def get(self, kid: int) -> Optional[bytes]:
         """Return the blob of `kid`, None when it had none; MapError when the saved file fails."""
         if kid not in self.ids:

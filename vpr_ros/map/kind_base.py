@@ -17,11 +17,29 @@ from typing import Callable, Optional
 import faiss
 import numpy as np
 
+from vpr_ros.core.errors import MapError
+from vpr_ros.map.id_pool import MAX_ID
 from vpr_ros.map.index_file import FLAT_TAG, IndexFileWalker
 
 # propose(q, f, k) -> (keyframe ids, exact scores) of the best f rows for unit query q, best
 # first; k is what the caller keeps after the exclusion (f - k of them may be excluded).
 Proposer = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+LIMITS = {'hnsw_m': (2, 4096), 'hnsw_ef_construction': (1, 1 << 20),
+          'hnsw_ef_search': (1, 1 << 20), 'hnsw_threshold': (0, MAX_ID)}
+
+
+def bounded(name: str, value) -> int:
+    """`value` as an integer within LIMITS[name]; MapError naming it otherwise."""
+    lo, hi = LIMITS[name]
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MapError(f'{name} must be an integer, got {value!r}') from None
+    if not lo <= v <= hi:
+        raise MapError(f'{name} must be in [{lo}, {hi}], got {value}')
+    return v
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,12 @@ class IndexParams:
     m: int = 32
     ef_construction: int = 64
     ef_search: int = 256
+
+    @classmethod
+    def checked(cls, m, ef_construction, ef_search) -> 'IndexParams':
+        """Parameters from outside (node, manifest, caller), each bounded (MapError)."""
+        return cls(bounded('hnsw_m', m), bounded('hnsw_ef_construction', ef_construction),
+                   bounded('hnsw_ef_search', ef_search))
 
 
 class KindState:

@@ -33,12 +33,15 @@ _INDEX_FIELDS = {'hnsw_m': (2, 4096), 'hnsw_ef_construction': (1, 1 << 20),
 
 
 def build_manifest(fingerprint: str, dim: int, count: int, next_id: int, session_count: int,
-                   index: dict, generation: str, files: dict) -> dict:
-    """Build the manifest of a generation being written."""
-    return {'format_version': FORMAT_VERSION, 'fingerprint': fingerprint, 'dim': dim,
-            'count': count, 'next_id': next_id, 'session_count': session_count,
-            'index': index, 'generation': generation, 'saved_unix_s': time.time(),
-            'files': files}
+                   index: dict, generation: str, files: dict, sessions: dict) -> dict:
+    """Build the manifest of a generation being written (`sessions`: see check_sessions)."""
+    man = {'format_version': FORMAT_VERSION, 'fingerprint': fingerprint, 'dim': dim,
+           'count': count, 'next_id': next_id, 'session_count': session_count,
+           'index': index, 'generation': generation, 'saved_unix_s': time.time(),
+           'files': files}
+    if sessions:
+        man['sessions'] = sessions
+    return man
 
 
 def data_files(kind: str) -> tuple[str, ...]:
@@ -89,6 +92,25 @@ def check_manifest(man, path: str) -> None:
             _int_in(idx.get(k), lo, hi) for k, (lo, hi) in _INDEX_FIELDS.items()):
         raise MapError(f"map manifest {path}: field 'index' is malformed")
     _check_files(man.get('files'), path, data_files(idx['type']))
+    check_sessions(man.get('sessions', {}), man['session_count'], path)
+
+
+def check_sessions(sessions, session_count: int, path: str) -> None:
+    """
+    Check the optional field 'sessions': where a merged map's sessions came from (vpr-map).
+
+    `{"3": {"source": "robot2", "session": 0}}`: session 3 of this map was session 0 of the map
+    named robot2. Absent in maps that were never merged.
+    """
+    if not isinstance(sessions, dict) or len(sessions) > session_count:
+        raise MapError(f"map manifest {path}: field 'sessions' is malformed")
+    for key, info in sessions.items():
+        if not (key.isdigit() and len(key) < 12 and int(key) < session_count
+                and isinstance(info, dict) and sorted(info) == ['session', 'source']
+                and isinstance(info['source'], str) and len(info['source']) <= 256
+                and _int_in(info['session'], 0, MAX_SESSIONS)):
+            raise MapError(f"map manifest {path}: field 'sessions' has a malformed entry "
+                           f'{str(key)[:20]!r}')
 
 
 def _check_files(files, path: str, expected: tuple[str, ...]) -> None:

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from vpr_ros.core.errors import MapError
+from vpr_ros.map.blobs import BlobStore
 from vpr_ros.map.kind_base import inner_index, KindState, Proposer
 from vpr_ros.map.records import KeyframeTable, Match
 
@@ -55,6 +56,22 @@ def pose_rows(poses, n: int) -> np.ndarray:
         what = 'a 7-vector [tx,ty,tz,qx,qy,qz,qw]' if n == 1 else f'shape ({n}, 7)'
         raise MapError(f'pose must be {what}, got shape {p.shape}')
     return p
+
+
+def batch_rows(dim: int, descs, stamps_ns, poses, frame_ids, blobs) -> tuple:
+    """Check a batch add: (unit descriptors, stamps, poses, frame ids, blobs) or MapError."""
+    x = check_desc(dim, descs, 'descriptors')
+    n = x.shape[0]
+    stamps = np.asarray(list(stamps_ns), dtype=np.int64).reshape(-1)
+    if stamps.shape[0] != n:
+        raise MapError(f'{stamps.shape[0]} stamps for {n} descriptors')
+    p = pose_rows(poses, n)
+    frames = [''] * n if frame_ids is None else [str(f) for f in frame_ids]
+    bl = [None] * n if blobs is None else list(blobs)
+    if len(frames) != n or len(bl) != n:
+        raise MapError(f'frame_ids/blobs must have {n} entries')
+    BlobStore.check(bl)
+    return x, stamps, p, frames, bl
 
 
 def check_search_args(k: int, exclusion_s: float, exclusion_n: int) -> int:

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from vpr_ros.core.atomic_io import fsync_dir, sha256_file, write_atomic
-from vpr_ros.core.errors import MapError
+from vpr_ros.core.errors import MapError, MapMismatchError
 from vpr_ros.map import database
 from vpr_ros.map.blobs import BlobStore
 from vpr_ros.map.index_file import open_nofollow, read_index_file, write_index_file
@@ -62,6 +62,7 @@ class Snapshot(NamedTuple):
     session_count: int
     index_info: dict
     state: KindState
+    sessions: dict = {}   # session number (str) -> where it came from (merged maps)
 
 
 class Loaded(NamedTuple):
@@ -170,7 +171,7 @@ def _write_generation(directory: str, gen: str, gen_name: str, snap: Snapshot,
                     'sha256': sha256_file(os.path.join(gen, name))}
              for name in data_files(kind)}
     man = build_manifest(snap.fingerprint, snap.dim, snap.table.n, snap.next_id,
-                         snap.session_count, snap.index_info, gen_name, files)
+                         snap.session_count, snap.index_info, gen_name, files, snap.sessions)
     fd = open_nofollow(os.path.join(gen, MANIFEST_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, 'w', encoding='utf-8') as f:
         json.dump(man, f, indent=1)
@@ -191,6 +192,47 @@ def read_committed(directory: str) -> tuple[str, dict]:
     if gen is None:
         raise MapError(f'no map in {directory} (no {CURRENT_FILE} file)')
     return gen, read_manifest(os.path.join(gen, MANIFEST_FILE))
+
+
+def read_checked(directory: str, fingerprint: str, dim: int, verify: bool = True) -> Loaded:
+    """
+    Read the committed generation of `directory` after every check (model, files, hashes).
+
+    A map of another model or dimension raises MapMismatchError naming the directory (it is
+    left untouched); anything damaged or crafted a MapError naming the file. Writes nothing.
+    """
+    gen, man = read_committed(directory)
+    if man['fingerprint'] != fingerprint:
+        raise MapMismatchError(
+            f'map {directory} was made with model fingerprint {man["fingerprint"]}, but the '
+            f'encoder has fingerprint {fingerprint}; use the model it was built with, '
+            f'another map directory, or start a new map (it is left untouched)')
+    if man['dim'] != int(dim):
+        raise MapMismatchError(
+            f'map {directory} holds descriptors of dimension {man["dim"]}, but the encoder '
+            f'produces dimension {dim}; the map is left untouched')
+    check_files(gen, man, verify)
+    return load_generation(gen, man)
+
+
+def read_snapshot(directory: str, fingerprint: str, dim: int, verify: bool = True,
+                  tries: int = 3) -> Loaded:
+    """
+    `read_checked` without the directory's lock, for maps another process may be saving.
+
+    That process removes the generation it replaced after each save, so a read that fails
+    while CURRENT moved on is tried again on the new generation. Nothing is written.
+    """
+    for attempt in range(tries):
+        before = committed_generation(directory)
+        try:
+            return read_checked(directory, fingerprint, dim, verify)
+        except MapMismatchError:
+            raise
+        except MapError:
+            if attempt + 1 == tries or committed_generation(directory) == before:
+                raise
+    raise AssertionError('unreachable')
 
 
 def check_files(gen: str, man: dict, verify: bool) -> None:
