@@ -27,7 +27,7 @@ def _vecs(n: int, seed: int) -> np.ndarray:
 
 
 def _two_sessions(d: str) -> None:
-    """A map of two sessions (10 + 5 keyframes, with blobs) saved in `d`."""
+    """Save a map of two sessions (10 + 5 keyframes, with blobs) in `d`."""
     m = PlaceMap.open(d, FP, D, create=True)
     m.add_batch(_vecs(10, 0), np.arange(10) * SEC, blobs=[b'f%d' % i for i in range(10)])
     m.save(d)
