@@ -227,15 +227,6 @@ class PlaceMap:
         with self._lock:
             return self._table.poses[:self._table.n].copy()
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Every keyframe as columns in id order: ids, stamps_ns, poses, sessions, descriptors."""
-        with self._lock:
-            t, n = self._table, self._table.n
-            return {'ids': t.ids[:n].copy(), 'stamps_ns': t.stamps[:n].copy(),
-                    'poses': t.poses[:n].copy(), 'sessions': t.sessions[:n].copy(),
-                    'frame_ids': np.array(t.frame_ids, dtype=str).reshape(n),
-                    'descriptors': all_vectors(self._index, t.ids[:n], self._dim)}
-
     def descriptor(self, kid: int) -> np.ndarray:
         """Return the stored (normalised) descriptor of `kid`, e.g. to re-rank or re-index."""
         with self._lock:
@@ -371,7 +362,7 @@ class PlaceMap:
         return m
 
     @classmethod
-    def read_only(cls, directory: str, fingerprint: str, dim: int,
+    def read_only(cls, directory: str, fingerprint: Optional[str], dim: Optional[int],
                   verify: bool = True) -> 'PlaceMap':
         """
         Read a snapshot of the committed map of `directory`: no lock taken, nothing written.
@@ -380,8 +371,8 @@ class PlaceMap:
         checked as by `load`; its blobs stay readable after that process replaces it. The
         snapshot is in memory only (never call `save` on it with its own directory).
         """
-        m = cls._from_loaded(storage.read_snapshot(os.path.abspath(directory),
-                                                   str(fingerprint), dim, verify))
+        m = cls._from_loaded(storage.read_snapshot(os.path.abspath(directory), fingerprint, dim,
+                                                   verify))
         m._blobs.open_now()
         return m
 

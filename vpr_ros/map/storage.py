@@ -194,20 +194,22 @@ def read_committed(directory: str) -> tuple[str, dict]:
     return gen, read_manifest(os.path.join(gen, MANIFEST_FILE))
 
 
-def read_checked(directory: str, fingerprint: str, dim: int, verify: bool = True) -> Loaded:
+def read_checked(directory: str, fingerprint: Optional[str], dim: Optional[int],
+                 verify: bool = True) -> Loaded:
     """
     Read the committed generation of `directory` after every check (model, files, hashes).
 
     A map of another model or dimension raises MapMismatchError naming the directory (it is
-    left untouched); anything damaged or crafted a MapError naming the file. Writes nothing.
+    left untouched; None: any model, for tools that report or copy maps); anything damaged or
+    crafted a MapError naming the file. Writes nothing.
     """
     gen, man = read_committed(directory)
-    if man['fingerprint'] != fingerprint:
+    if fingerprint is not None and man['fingerprint'] != fingerprint:
         raise MapMismatchError(
             f'map {directory} was made with model fingerprint {man["fingerprint"]}, but the '
             f'encoder has fingerprint {fingerprint}; use the model it was built with, '
             f'another map directory, or start a new map (it is left untouched)')
-    if man['dim'] != int(dim):
+    if dim is not None and man['dim'] != int(dim):
         raise MapMismatchError(
             f'map {directory} holds descriptors of dimension {man["dim"]}, but the encoder '
             f'produces dimension {dim}; the map is left untouched')
@@ -215,8 +217,8 @@ def read_checked(directory: str, fingerprint: str, dim: int, verify: bool = True
     return load_generation(gen, man)
 
 
-def read_snapshot(directory: str, fingerprint: str, dim: int, verify: bool = True,
-                  tries: int = 3) -> Loaded:
+def read_snapshot(directory: str, fingerprint: Optional[str], dim: Optional[int],
+                  verify: bool = True, tries: int = 3) -> Loaded:
     """
     `read_checked` without the directory's lock, for maps another process may be saving.
 
