@@ -158,16 +158,18 @@ def unknown_parameters(names) -> list[str]:
     return out
 
 
-def launch_overrides(arguments: dict[str, str], declared) -> dict[str, Any]:
+def launch_overrides(arguments: dict[str, str],
+                     declared) -> tuple[dict[str, Any], list[str]]:
     """
-    Launch arguments that name a parameter, as validated values for the node; ParamError else.
+    Split launch arguments into validated parameter values and unknown names (with hints).
 
     `ros2 launch vpr_ros vpr.launch.py top_k:=5.5` used to be ignored without a word (launch
     drops arguments it does not declare) and the node ran with top_k 5. Given the launch
-    context's arguments and the names the launch file declares itself, this returns
-    {name: value} for those naming a parameter (values parsed as YAML, like -p NAME:=VALUE,
-    then validated: 5.5 for an integer is refused naming it), and refuses the rest, with close
-    matches suggested.
+    context's arguments and the names the launch file declares itself, arguments naming a
+    parameter become {name: value} (parsed as YAML, like -p NAME:=VALUE, then validated: 5.5
+    for an integer raises ParamError naming it), ROS's own (use_sim_time) pass through, and the
+    rest are returned as `unknown_parameters` strings for a warning (an including launch file
+    may have arguments of its own, so they are not refused).
     """
     import yaml
 
@@ -175,18 +177,15 @@ def launch_overrides(arguments: dict[str, str], declared) -> dict[str, Any]:
     for name, text in arguments.items():
         if name in declared:
             continue
-        if name not in BY_NAME:
+        if name not in BY_NAME and name not in ROS_PARAMETERS:
             unknown.append(name)
             continue
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        out[name] = validate(name, value)
-    if unknown:
-        raise ParamError('unknown launch argument(s) ' + ', '.join(unknown_parameters(unknown))
-                         + '; parameters go in params_file or as NAME:=VALUE of a parameter')
-    return out
+        out[name] = validate(name, value) if name in BY_NAME else value
+    return out, unknown_parameters(unknown)
 
 
 def cost_warnings(p: Params) -> list[str]:
