@@ -216,7 +216,8 @@ def prune(directory: str, sessions: Iterable[int] = (), older_than_s: Optional[f
         if dry_run or not drop.any():
             return report
         cols = {k: v[~drop] for k, v in columns(loaded).items()}
-        keep_blobs = [i for i in r.blob_ids if i in set(cols['ids'].tolist())]
+        kept = set(cols['ids'].tolist())
+        keep_blobs = [i for i in r.blob_ids if i in kept]
         blobs = BlobCopy()
         blobs.add(loaded.db_path, keep_blobs, keep_blobs)
         gen = _write(directory, cols, man, man['next_id'], man['session_count'],
