@@ -43,6 +43,7 @@ setup(
         'console_scripts': [
             'vpr_node = vpr_ros.ros.node:main',
             'vpr-play = vpr_ros.ros.bag_player:main',
+            'vpr-map = vpr_ros.tools.map_cli:main',
             'vpr-sim = vpr_ros.sim.cli:main',
             'vpr-extract-bag = vpr_ros.training.data.extract_bag:main',
             'vpr-labels = vpr_ros.training.data.labels:main',
