@@ -53,6 +53,9 @@ class Candidate:
     in_top_k: bool = True
     # Which rule accepted it: 'frame' (score and inliers) or 'sequence' (margin).
     accepted_by: str = ''
+    # Where the keyframe is: 0 the node's own map, k >= 1 its k-th prior map; and its session.
+    prior: int = 0
+    session: int = -1
 
 
 @dataclass(frozen=True)

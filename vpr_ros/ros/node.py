@@ -137,9 +137,20 @@ class VprNode(MapControl, Node):
                                       hnsw_ef_search=p.hnsw_ef_search)
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
+        priors = None
+        if p.prior_map_dirs:
+            from vpr_ros.map.prior_maps import PriorMaps
+            dirs = [d for d in p.prior_map_dirs.split(os.pathsep) if d]
+            try:
+                priors = PriorMaps(dirs, self._encoder.fingerprint, self._encoder.dim)
+            except MapError as err:
+                raise StartupError(f"parameter 'prior_map_dirs': {err}") from None
+            self._log.info('prior maps (read-only): ' + ', '.join(
+                f'{k + 1}: {n} ({len(m)} keyframes)'
+                for k, (n, m) in enumerate(zip(priors.names, priors.maps))))
         try:
             self._detector = LoopDetector(self._encoder, self._map,
-                                          self._running.detector_config())
+                                          self._running.detector_config(), priors)
         except VPRError as err:
             raise ParamError(str(err)) from None
         if getattr(self._map, 'moved_aside', None):
@@ -280,8 +291,9 @@ class VprNode(MapControl, Node):
         if out is not None:
             self._pub_matches.publish(out)
             self._counters.matches += 1
-            if self._pub_loop is not None:
-                self._pub_loop.publish(messages.loop_closure_message(result))
+            loop = messages.loop_closure_message(result) if self._pub_loop else None
+            if loop is not None:
+                self._pub_loop.publish(loop)
         relpose = messages.relative_pose_message(result)
         if relpose is not None:
             self._pub_relpose.publish(relpose)
