@@ -28,7 +28,7 @@ from vpr_ros.core.decision import (
     Candidate,
     decide,
     DecisionRule,
-    sequence_supported,
+    frame_worth,
     worth_verifying,
 )
 from vpr_ros.core.degenerate import DegenerateGate, reason_key
@@ -269,16 +269,16 @@ class LoopDetector:
         if feats is None:
             return cands, None
         framed = False
-        for i in sorted(worth, key=lambda i: sequence_supported(cands[i], rule)):
-            if (framed and not c.record_evidence and sequence_supported(cands[i], rule)
-                    and not accepts(cands[i], rule)):
+        # the single-frame rule's candidates first; the sequence rule's only if it is asked
+        for i in sorted(worth, key=lambda i: not frame_worth(cands[i], rule)):
+            if framed and not c.record_evidence and not frame_worth(cands[i], rule):
                 continue  # the single-frame rule accepted one: the sequence rule is not asked
             cands[i] = self._verify(feats, cands[i])
             if accepts(cands[i], rule):
                 framed = True
                 if c.gv_first_only and not c.record_evidence:
                     break
-            elif cands[i].verified is not None and not sequence_supported(cands[i], rule):
+            elif cands[i].verified is not None and frame_worth(cands[i], rule):
                 self.counters['rejected_geometric'] += 1
         return cands, feats
 
