@@ -23,7 +23,9 @@ inactive node then costs nothing per frame, DDS no longer delivers (or copies) t
 an unwritable map_dir, a failed save on cleanup) logs why and returns FAILURE: the node stays
 where it was and nothing is lost. Ctrl-C (SIGINT/SIGTERM) saves the map once, as the plain
 node's does (vpr_ros/ros/shutdown.py), whatever state the node is in. The outputs are plain
-publishers: while inactive only /diagnostics is published.
+publishers: while inactive only /diagnostics is published. Transitions, parameter changes,
+services and timers share one mutually exclusive callback group, so none of them sees a
+transition half-done; the inputs keep their own.
 
 It is the rclpy `LifecycleNode` made of `LifecycleNodeMixin` and a `Node`, as rclpy composes its
 own: here the Node is vpr_node.
@@ -48,6 +50,10 @@ class VprLifecycleNode(LifecycleNodeMixin, VprNode):
 
     def __init__(self, **kwargs) -> None:
         VprNode.__init__(self, managed=True, **kwargs)
+        # Transitions, parameter changes, ~/ services and timers in one mutually exclusive
+        # group (the node's default one, the lifecycle services' too): no diagnostics tick or
+        # ~/save_map ever runs half-way through a cleanup that closes the map.
+        self._service_group = self._timer_group = self.default_callback_group
         LifecycleNodeMixin.__init__(self)
         self._made: list = []    # publishers, services, timers of configure
         self._inputs: list = []  # subscriptions of activate

@@ -77,6 +77,9 @@ class VprNode(MapControl, Node):
         self._running = RunningConfig.start(params, overridden_names(self))
         # Live parameter changes: validated before they are set, applied after (ros2/demos).
         self._param_updates = ParamUpdates(self, lambda: self._running, self._apply_running)
+        self._sensor_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
         if not managed:  # a managed node waits for configure and activate (lifecycle_node.py)
             self._configure()
             self._activate()
@@ -99,10 +102,6 @@ class VprNode(MapControl, Node):
         self._last_save_wall = time.monotonic()
         self._save_error = ''
         self._saved_on_exit, self._exit_saved = False, True
-
-        self._sensor_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
         self._make_publishers(p)
         self._make_services_and_timers(p)
 
