@@ -19,7 +19,8 @@ once in its constructor, this one runs them on the transitions, so there is one 
 
 Deactivate unsubscribes rather than dropping frames in the callback (what `~/pause` does): an
 inactive node then costs nothing per frame, DDS no longer delivers (or copies) the images
-(bench/bench_lifecycle_pause.py measures both). A transition that fails (a map of another model,
+(bench/bench_lifecycle_pause.py, 640x480 at 30 Hz: paused 13.5 % of a core, inactive 0.2 %,
+no frames 0.3 %). A transition that fails (a map of another model,
 an unwritable map_dir, a failed save on cleanup) logs why and returns FAILURE: the node stays
 where it was and nothing is lost. Ctrl-C (SIGINT/SIGTERM) saves the map once, as the plain
 node's does (vpr_ros/ros/shutdown.py), whatever state the node is in. The outputs are plain
