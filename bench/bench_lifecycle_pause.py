@@ -14,7 +14,6 @@ printed and written to bench/results/bench_lifecycle_pause.json, not asserted.
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+from vpr_ros.tools.demo import ros_environment  # noqa: E402
+
 # DDS on loopback, a random domain, the 16 MB SHM profile: set before rclpy is imported.
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
-                      os.path.join(REPO, 'config', 'fastdds_shm16mb.xml'))
+os.environ.update(ros_environment())
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
@@ -50,7 +49,7 @@ def start(tmp: str) -> subprocess.Popen:
     log = open(os.path.join(tmp, 'node.log'), 'w')
     return subprocess.Popen([sys.executable, '-m', 'vpr_ros.ros.lifecycle_node', '--ros-args',
                              '--params-file', path, '-r', f'__node:={NAME}'],
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'}, cwd=REPO,
+                            env=os.environ.copy(), cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
 
 
