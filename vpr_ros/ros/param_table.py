@@ -117,7 +117,8 @@ SPECS: tuple[ParamSpec, ...] = (
               'the default fits any real camera (4096x4096 pixels, 64 MiB decoded: any 8-bit '
               'image that size, 16-bit colour up to 8 Mpixels).', 64 * 64, 1 << 30),
     ParamSpec('stamp_window_s', 10.0, 'An image stamp further than this from both the '
-              'previous frame (plus the wall time since) and the newest pose is refused '
+              "previous frame (plus the time since, on the node's ROS clock: /clock under "
+              'use_sim_time) and the newest pose is refused '
               '(image_stamp_implausible), as is a repeated stamp (image_stamp_duplicate); 3 '
               'consecutive frames agreeing on a new timeline are followed (0: no check).',
               0.0, 1e7),
@@ -217,10 +218,12 @@ SPECS: tuple[ParamSpec, ...] = (
           'Verification vetoes a sequence-supported candidate when it saw at least this many '
           'ratio-test matches and they do not fit one geometry.', 1, 100000, read_only=False),
     # ---- map
-    ParamSpec('map_dir', '~/.ros/vpr_ros/map', 'Map directory (~ and ~user expanded, a ~user '
-              'that does not exist refused; a relative path is taken from the working '
-              'directory at start-up, logged as absolute); empty: keep the map in memory only, '
-              'never save.'),
+    ParamSpec('map_dir', '~/.ros/vpr_ros/{namespace}/{name}/map', 'Map directory; the node '
+              'fills {namespace} and {name} with its own (the default: one directory per node, '
+              'so two robots at their defaults never share a map; /robot1/vpr_node: '
+              '~/.ros/vpr_ros/robot1/vpr_node/map). ~ and ~user expanded, a ~user that does '
+              'not exist refused; a relative path is taken from the working directory at '
+              'start-up, logged as absolute; empty: keep the map in memory only, never save.'),
     ParamSpec('load_map', True, 'Continue the map in map_dir (a new session); false: start a '
               'new map, moving the old one aside to map_dir/aside/<UTC time>_s<last session>/ '
               '(kept: the node never deletes a map).'),
