@@ -298,34 +298,45 @@ class SequenceEvidence:
 
     def _scores(self, kids: Sequence[int], descs: np.ndarray, offsets: np.ndarray,
                 metric: bool, allowed: Callable[[int], bool]) -> list[float | None]:
-        """Sequence score per candidate: mean centred similarity of the aligned frames."""
+        """
+        Sequence score per candidate: mean centred similarity of the aligned frames.
+
+        Vectorised: every (candidate, speed, history frame) alignment is one entry of an id
+        array; the map keyframes they name are read and centred once, compared with the
+        history in one product, and the means taken with a mask.
+        """
         c = self.config
         length = c.length_m if metric else c.length_s
         per = [self._aligned(int(k), offsets, metric) for k in kids]
-        need = sorted({int(a) for al in per for row in al for a in row
-                       if a >= 0 and allowed(int(a))})
-        if not need:
+        width = max((len(al) for al in per), default=0)
+        if not width:
             return [None] * len(kids)
-        col = {a: i for i, a in enumerate(need)}
-        by_session: dict[int, list[int]] = {}
-        for a in need:
-            by_session.setdefault(self.tracks.locate(a)[0], []).append(a)
-        mats = np.zeros((len(need), descs.shape[1]), np.float32)
-        for session, ks in by_session.items():
-            mats[[col[a] for a in ks]] = self._centred(
-                np.stack([self.descriptor(a) for a in ks]), session)
+        ids = np.full((len(kids), width, len(offsets)), -1, np.int64)
+        for i, al in enumerate(per):
+            for v, row in enumerate(al):
+                ids[i, v] = row
+        uniq = np.unique(ids[ids >= 0])
+        keep = np.array([allowed(int(a)) for a in uniq], bool)
+        uniq = uniq[keep]
+        if not len(uniq):
+            return [None] * len(kids)
+        mats = np.zeros((len(uniq), descs.shape[1]), np.float32)
+        sessions = np.array([self.tracks.locate(int(a))[0] for a in uniq])
+        for session in np.unique(sessions):
+            rows = np.flatnonzero(sessions == session)
+            mats[rows] = self._centred(np.stack([self.descriptor(int(uniq[r])) for r in rows]),
+                                       int(session))
         sims = descs @ mats.T  # (H, n)
-        out: list[float | None] = []
-        for al in per:
-            best = None
-            for row in al:
-                use = np.array([a >= 0 and int(a) in col for a in row])
-                if use.sum() < c.min_samples or offsets[use].max() < c.coverage * length:
-                    continue
-                s = float(sims[np.flatnonzero(use), [col[int(a)] for a in row[use]]].mean())
-                best = s if best is None else max(best, s)
-            out.append(best)
-        return out
+        col = np.searchsorted(uniq, np.maximum(ids, 0))
+        valid = (ids >= 0) & (uniq[np.minimum(col, len(uniq) - 1)] == ids)
+        h = np.broadcast_to(np.arange(len(offsets)), ids.shape)
+        vals = np.where(valid, sims[h, np.minimum(col, len(uniq) - 1)], 0.0)
+        count = valid.sum(-1)
+        reach = np.where(valid, offsets[None, None, :], -1.0).max(-1)
+        mean = vals.sum(-1) / np.maximum(count, 1)
+        ok = (count >= c.min_samples) & (reach >= c.coverage * length)
+        best = np.where(ok, mean, -np.inf).max(-1)
+        return [float(b) if np.isfinite(b) else None for b in best]
 
     def _centred_singles(self, kids: list[int], query: np.ndarray) -> dict[int, float]:
         """Centred cosine of the (centred) query with each keyframe, by id."""
