@@ -183,3 +183,44 @@ def test_calibrated_config_keeps_what_the_user_set():
     kept = calibrated_config(base, point, explicit=('score_threshold',))
     assert (kept.score_threshold, kept.gv_min_inliers) == (base.score_threshold, 14)
     assert calibrated_config(base, None) == base
+
+
+def test_each_alignment_of_the_sequence_rule_gets_its_own_margin():
+    """A look-alike at margin 0.26 without poses must not cost the loops poses vouch for."""
+    from vpr_ros.core.calibration import calibrate_candidates, calibrated_config
+    from vpr_ros.core.decision import Candidate, decide
+    from vpr_ros.core.loop_config import DetectorConfig
+
+    def seq(kid, margin, aligned_by, ok):  # too few inliers for the single-frame rule
+        return [(Candidate(kid, 0, 0.5, 2, None, verified=True, sequence=0.5, margin=margin,
+                           aligned_by=aligned_by), ok)]
+    frames = ([seq(1, 0.05, 'distance', False), seq(2, 0.10, 'distance', True),
+               seq(3, 0.15, 'distance', True)]
+              + [seq(4, 0.26, 'time', False), seq(5, 0.30, 'time', True)])
+    p = calibrate_candidates(frames, [1, 1, 1, 1, 1], sequence=True)
+    assert p.confidence_threshold == pytest.approx((0.05 + 0.10) / 2)
+    assert p.confidence_threshold_time == pytest.approx((0.26 + 0.30) / 2)
+    assert p.precision == 1.0 and p.recall == pytest.approx(3 / 5)
+    # (one margin for both would have been 0.28: the two distance-aligned loops lost)
+    assert [bool(decide([c for c, _ in f], p.rule())) for f in frames] == \
+        [False, True, True, False, True]
+    # data without time-aligned histories: that kind stays off, in the rule and in a config
+    only = calibrate_candidates(frames[:3], [1, 1, 1], sequence=True)
+    assert only.confidence_threshold_time is None
+    assert only.rule().margin_needed('time') is None
+    config = calibrated_config(DetectorConfig(), only)
+    assert config.sequence_evidence and config.rule().confidence_threshold_time is None
+    assert config.rule().confidence_threshold == pytest.approx(only.confidence_threshold)
+    # a point written when one margin served both reads back with it for both
+    d = {**p.to_dict(), 'confidence_threshold': 0.2}
+    del d['confidence_threshold_time']
+    old = OperatingPoint.from_dict(d)
+    assert old.confidence_threshold == old.confidence_threshold_time == 0.2
+    # a point without any margin turns the sequence rule off (an unfitted margin is a guess)
+    none = calibrated_config(DetectorConfig(), OperatingPoint(0.9, 14, 1.0, 1.0, 0.5, 10))
+    assert not none.sequence_evidence and not none.rule().sequence_on
+    # a replay gathering every margin (-inf) keeps both kinds on; +inf is off
+    import math
+    rule = DetectorConfig(confidence_threshold=-math.inf,
+                          confidence_threshold_time=math.inf).rule()
+    assert rule.confidence_threshold == -math.inf and rule.confidence_threshold_time is None

@@ -212,7 +212,8 @@ def _at_point(frames, can_close: np.ndarray, rule: DecisionRule, rep) -> dict:
     for c, _ in firsts:
         by[c.accepted_by] = by.get(c.accepted_by, 0) + 1
     return {'rule': {'score_threshold': rule.score_threshold, 'min_inliers': rule.min_inliers,
-                     'confidence_threshold': rule.confidence_threshold},
+                     'confidence_threshold': rule.confidence_threshold,
+                     'confidence_threshold_time': rule.confidence_threshold_time},
             'n_accepted': len(firsts), 'n_false': len(firsts) - n_true,
             'precision': n_true / len(firsts) if firsts else 1.0,
             'recall': n_true / max(1, int(can_close.sum())), 'by_rule': by,

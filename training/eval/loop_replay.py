@@ -45,7 +45,8 @@ def evidence_config(config: DetectorConfig) -> DetectorConfig:
         raise ValueError('temporal_consistency > 1 depends on earlier acceptances: a replay '
                          'cannot decide it at other thresholds')
     return replace(config, score_threshold=-1.0, gv_min_inliers=1, sequence_evidence=True,
-                   confidence_threshold=-math.inf, gv_first_only=False, record_evidence=True)
+                   confidence_threshold=-math.inf, confidence_threshold_time=-math.inf,
+                   gv_first_only=False, record_evidence=True)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def labelled(rep: Replay, positives: Sequence[np.ndarray]) -> list[list[tuple[Ca
 
 
 _KEYS = ('match_id', 'match_stamp_ns', 'score', 'inliers', 'verified', 'veto', 'sequence',
-         'margin', 'in_top_k')
+         'margin', 'in_top_k', 'aligned_by')
 
 
 def to_json(frames: Sequence[Sequence[tuple[Candidate, bool]]]) -> list:
@@ -143,11 +144,12 @@ def from_json(data: list) -> list[list[tuple[Candidate, bool]]]:
     for f in data:
         frame = []
         for row in f:
-            v = dict(zip(_KEYS, row[:-1]))
+            v = {'aligned_by': '', **dict(zip(_KEYS, row[:-1]))}  # older reports: no alignment
             frame.append((Candidate(int(v['match_id']), int(v['match_stamp_ns']),
                                     float(v['score']), int(v['inliers']), None,
                                     verified=v['verified'], veto=bool(v['veto']),
                                     sequence=v['sequence'], margin=v['margin'],
-                                    in_top_k=bool(v['in_top_k'])), bool(row[-1])))
+                                    in_top_k=bool(v['in_top_k']),
+                                    aligned_by=str(v['aligned_by'])), bool(row[-1])))
         frames.append(frame)
     return frames

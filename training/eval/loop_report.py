@@ -22,12 +22,13 @@ def format_loop_table(report: dict) -> str:
     for r in report['rows']:
         old, new, at = r['operating_point_single'], r['operating_point'], r['at_point']
         inl = '-' if new['min_inliers'] is None else str(new['min_inliers'])
-        conf = new.get('confidence_threshold')
+        conf, conf_t = new.get('confidence_threshold'), new.get('confidence_threshold_time')
         lines.append(f'{r["name"][:26]:<26} {r["n_revisit"]:>8} {r["recall_at_1"]:>6.3f} '
                      f'{r["recall_at_1_sequence"]:>6.3f} {old["recall"]:>11.3f} '
                      f'{new["recall"]:>11.3f} {at["precision"]:>10.3f} {at["recall"]:>6.3f}  '
                      f'score {new["score_threshold"]:.4f} inl {inl} conf '
-                     f'{"-" if conf is None else f"{conf:.4f}"}')
+                     f'{"-" if conf is None else f"{conf:.4f}"}/'
+                     f'{"-" if conf_t is None else f"{conf_t:.4f}"}')
     return '\n'.join(lines)
 
 

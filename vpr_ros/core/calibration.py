@@ -36,6 +36,8 @@ from vpr_ros.core.errors import VPRError
 DEFAULT_TARGET_PRECISION = 1.0
 _FIELDS = ('score_threshold', 'min_inliers', 'target_precision', 'precision', 'recall',
            'n_queries', 'data')
+_SEQUENCE_FIELDS = ('confidence_threshold', 'confidence_threshold_time')  # optional
+ALIGNMENTS = (('distance', 'confidence_threshold'), ('time', 'confidence_threshold_time'))
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,16 @@ class OperatingPoint:
     recall: float
     n_queries: int
     data: dict = field(default_factory=dict)
-    # The sequence rule's margin (vpr_ros/core/sequence.py); None: fitted without it (points
-    # written before the sequence rule existed read back with None).
+    # The sequence rule's margins (vpr_ros/core/sequence.py), for a history aligned by
+    # distance and by time; None: fitted without it (points written before the sequence rule
+    # existed read back with None), or no such sequences in the data (that kind stays off).
     confidence_threshold: float | None = None
+    confidence_threshold_time: float | None = None
 
     def rule(self) -> DecisionRule:
         """Return the decision rule this point stands for (vpr_ros/core/decision.py)."""
         return DecisionRule(float(self.score_threshold), self.min_inliers,
-                            self.confidence_threshold)
+                            self.confidence_threshold, self.confidence_threshold_time)
 
     @property
     def usable(self) -> bool:
@@ -81,30 +85,31 @@ class OperatingPoint:
         if not isinstance(d, dict):
             raise VPRError(f'operating point must be a dict, got {type(d).__name__}')
         missing = [k for k in _FIELDS if k not in d]
-        unknown = sorted(set(d) - set(_FIELDS) - {'confidence_threshold'})
+        unknown = sorted(set(d) - set(_FIELDS) - set(_SEQUENCE_FIELDS))
         if missing or unknown:
             raise VPRError(f'operating point: missing fields {missing}, unknown fields {unknown}')
         try:
-            conf = d.get('confidence_threshold')
+            conf = [None if d.get(k) is None else float(d[k]) for k in _SEQUENCE_FIELDS]
+            if 'confidence_threshold_time' not in d:  # written when one margin served both
+                conf[1] = conf[0]
             point = cls(float(d['score_threshold']),
                         None if d['min_inliers'] is None else int(d['min_inliers']),
                         float(d['target_precision']), float(d['precision']),
-                        float(d['recall']), int(d['n_queries']), dict(d['data']),
-                        None if conf is None else float(conf))
+                        float(d['recall']), int(d['n_queries']), dict(d['data']), *conf)
         except (TypeError, ValueError) as exc:
             raise VPRError(f'operating point has an ill-typed field: {exc}') from None
-        if not math.isfinite(point.score_threshold) or not math.isfinite(
-                point.confidence_threshold if point.confidence_threshold is not None else 0.0):
-            raise VPRError(f'operating point thresholds are {point.score_threshold}, '
-                           f'{point.confidence_threshold}')
+        values = [point.score_threshold] + [c for c in conf if c is not None]
+        if not all(math.isfinite(v) for v in values):
+            raise VPRError(f'operating point thresholds are {values}')
         return point
 
     def describe(self) -> str:
         """One line for a log: the thresholds, what they kept and on which data."""
         name = self.data.get('name', 'unnamed data')
         inl = '' if self.min_inliers is None else f', min_inliers {self.min_inliers}'
-        if self.confidence_threshold is not None:
-            inl += f', confidence_threshold {self.confidence_threshold:.4f}'
+        for field_name in _SEQUENCE_FIELDS:
+            if getattr(self, field_name) is not None:
+                inl += f', {field_name} {getattr(self, field_name):.4f}'
         return (f'score_threshold {self.score_threshold:.4f}{inl} (precision '
                 f'{self.precision:.3f}, recall {self.recall:.3f} at target precision '
                 f'{self.target_precision:g}, fitted on {name}, {self.n_queries} queries)')
@@ -185,8 +190,9 @@ def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
     match; a query counts as accepted when `decide` accepts a candidate, and as correct when
     the first accepted one is true (the best candidate, the one /vpr/loop_closure sends).
     `verification`: the rule requires verified inliers (min_inliers fitted) or not (None).
-    `sequence`: also fit the sequence rule's margin (`confidence_threshold`) for the frames
-    the single-frame rule leaves (candidates carry `margin`: a replay with the sequence rule on).
+    `sequence`: also fit the sequence rule's margins (`confidence_threshold` for histories
+    aligned by distance, `confidence_threshold_time` by time) for the frames the single-frame
+    rule leaves (candidates carry `margin`: a replay with the sequence rule on).
     """
     if not 0.0 < target_precision <= 1.0:
         raise VPRError(f'target_precision must be in (0, 1], got {target_precision}')
@@ -227,9 +233,11 @@ def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
             m = int(math.ceil(_midpoint(lowest, below)))
         s, _, _ = _bests(frames, DecisionRule(-np.inf, m))
         point_rule = DecisionRule(_midpoint(low, s), m)
-    if sequence:
-        conf, tp, n_acc = _fit_confidence(frames, point_rule, tp, n_acc, target_precision)
-        point_rule = replace(point_rule, confidence_threshold=conf)
+    if sequence:  # each alignment its own margin, the pooled precision at the target
+        for aligned_by, name in ALIGNMENTS:
+            conf, tp, n_acc = _fit_confidence(frames, point_rule, aligned_by, tp, n_acc,
+                                              target_precision)
+            point_rule = replace(point_rule, **{name: conf})
     s, y, _ = _bests(frames, point_rule)
     accepted = np.isfinite(s)
     assert int((accepted & y).sum()) == tp and int(accepted.sum()) == n_acc  # margins keep counts
@@ -237,24 +245,32 @@ def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
     recall = tp / int(pos.sum()) if pos.any() else 0.0
     return OperatingPoint(float(point_rule.score_threshold), point_rule.min_inliers,
                           float(target_precision), tp / n_acc if n_acc else 1.0, float(recall),
-                          n, info, point_rule.confidence_threshold)
+                          n, info, point_rule.confidence_threshold,
+                          point_rule.confidence_threshold_time)
 
 
-def _fit_confidence(frames: Sequence[Sequence[Labelled]], base: DecisionRule, tp: int,
-                    n_acc: int, target: float) -> tuple[float, int, int]:
+def _fit_confidence(frames: Sequence[Sequence[Labelled]], base: DecisionRule, aligned_by: str,
+                    tp: int, n_acc: int, target: float) -> tuple[float | None, int, int]:
     """
-    Fit the sequence rule's margin threshold on top of a fitted single-frame rule.
+    Fit the sequence rule's margin threshold for one alignment on top of the rule so far.
 
-    Frames the single-frame rule leaves are accepted by the sequence rule best margin first;
-    the threshold keeps the most true loops with the pooled precision at the target, midway to
-    the next margin below. Returns (threshold, tp, n_accepted) of both rules together.
+    Frames the rule so far leaves, whose best-supported candidate's history was aligned by
+    `aligned_by`, are accepted by the sequence rule best margin first; the threshold keeps the
+    most true loops with the pooled precision at the target, midway to the next margin below.
+    Returns (threshold, tp, n_accepted) of all rules together; the threshold is None (that
+    kind of sequence stays off) when the data has no such frame: an unseen kind is not fitted.
     """
+    name = dict(ALIGNMENTS)[aligned_by]
     found = []
     for frame in frames:
         truth = {c.match_id: ok for c, ok in frame}
-        acc = decide([c for c, _ in frame], replace(base, confidence_threshold=-np.inf))
-        if acc and acc[0].accepted_by == 'sequence':
+        if decide([c for c, _ in frame], base):
+            continue  # accepted already (the single-frame rule, or the other alignment)
+        acc = decide([c for c, _ in frame], replace(base, **{name: -np.inf}))
+        if acc and acc[0].accepted_by == 'sequence' and acc[0].aligned_by == aligned_by:
             found.append((float(acc[0].margin), bool(truth[acc[0].match_id])))
+    if not found:
+        return None, tp, n_acc
     m = np.array([f[0] for f in found], float)
     y = np.array([f[1] for f in found], bool)
     if m.size:
@@ -335,9 +351,10 @@ def calibrated_config(config, point: 'OperatingPoint | None', explicit: tuple[st
         config.score_threshold = float(point.score_threshold)
     if point.min_inliers is not None and 'gv_min_inliers' not in explicit:
         config.gv_min_inliers = max(1, int(point.min_inliers))
-    if 'confidence_threshold' not in explicit:
-        if point.confidence_threshold is None:
-            config.sequence_evidence = False
-        else:
-            config.confidence_threshold = float(point.confidence_threshold)
+    for name in _SEQUENCE_FIELDS:  # a kind the point has no margin for stays off (+inf)
+        if name not in explicit:
+            value = getattr(point, name)
+            setattr(config, name, math.inf if value is None else float(value))
+    if all(math.isinf(getattr(config, name)) for name in _SEQUENCE_FIELDS):
+        config.sequence_evidence = False
     return config

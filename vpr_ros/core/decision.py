@@ -44,9 +44,12 @@ class Candidate:
     verified: bool | None = None
     consistent: bool = True
     # Sequence evidence (vpr_ros/core/sequence.py): the candidate's sequence score, and for the
-    # best-supported candidate of the frame its margin over the best place elsewhere.
+    # best-supported candidate of the frame its margin over the best place elsewhere, and
+    # how the query's history was aligned with the map: 'distance' (driven, from poses) or
+    # 'time' (no poses). The two are different evidence with their own calibrated margin.
     sequence: float | None = None
     margin: float | None = None
+    aligned_by: str = ''
     # Verification saw enough matches to judge and found them inconsistent: a veto.
     veto: bool = False
     # One of the search's top_k (the single-frame rule looks at these only).
@@ -69,9 +72,24 @@ class DecisionRule:
 
     score_threshold: float
     min_inliers: int | None = None
-    # Margin of sequence support a candidate needs when the single-frame rule accepts none;
-    # None: no sequence rule.
+    # Margin of sequence support a candidate needs when the single-frame rule accepts none,
+    # for a history aligned by distance driven; None: no sequence rule.
     confidence_threshold: float | None = None
+    # ... for a history aligned by time (no poses): frames spaced by time are weaker evidence
+    # of the place than frames spaced by distance (the corridor: look-alike stretches at
+    # margins of 0.26 where poses take the simulated sessions' false margins below 0.1).
+    # None: no sequence rule without poses.
+    confidence_threshold_time: float | None = None
+
+    @property
+    def sequence_on(self) -> bool:
+        """Whether the sequence rule can accept anything (sequence evidence worth gathering)."""
+        return self.confidence_threshold is not None or self.confidence_threshold_time is not None
+
+    def margin_needed(self, aligned_by: str) -> float | None:
+        """Return the sequence rule's margin for a history aligned by `aligned_by` (None: off)."""
+        return (self.confidence_threshold_time if aligned_by == 'time'
+                else self.confidence_threshold)
 
 
 def frame_worth(c: Candidate, rule: DecisionRule) -> bool:
@@ -86,8 +104,8 @@ def worth_verifying(c: Candidate, rule: DecisionRule) -> bool:
 
 def sequence_supported(c: Candidate, rule: DecisionRule) -> bool:
     """Whether the sequence rule accepts `c` unless verification vetoes it."""
-    return (rule.confidence_threshold is not None and c.margin is not None
-            and c.margin >= rule.confidence_threshold)
+    need = rule.margin_needed(c.aligned_by)
+    return need is not None and c.margin is not None and c.margin >= need
 
 
 def accepts(c: Candidate, rule: DecisionRule) -> bool:

@@ -203,7 +203,7 @@ class LoopDetector:
         cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
                            _record_pose(m.record), session=int(m.record.session))
                  for m in matches[:c.top_k]] + self._prior_candidates(desc)
-        if rule.confidence_threshold is None or not len(self.place_map):
+        if not rule.sequence_on or not len(self.place_map):
             return cands
 
         def search(vector: np.ndarray, k: int) -> list[int]:
@@ -220,13 +220,14 @@ class LoopDetector:
             return cands
         for i, x in enumerate(cands):
             if x.match_id == best.kid:
-                cands[i] = replace(x, margin=best.margin)
+                cands[i] = replace(x, margin=best.margin, aligned_by=best.aligned_by)
                 return cands
         record = self.place_map.record(best.kid)
         score = float(np.dot(desc, self.sequence.descriptor(best.kid)))
         return cands + [Candidate(best.kid, int(record.stamp_ns), score, -1,
                                   _record_pose(record), sequence=best.sequence,
-                                  margin=best.margin, in_top_k=False,
+                                  margin=best.margin, aligned_by=best.aligned_by,
+                                  in_top_k=False,
                                   session=int(record.session))]
 
     def _prior_candidates(self, desc: np.ndarray) -> list[Candidate]:
@@ -318,7 +319,7 @@ class LoopDetector:
 
         # The temporal exclusion is the map's alone (one definition).
         rule = c.rule()
-        k = c.top_k if rule.confidence_threshold is None else max(c.top_k, c.sequence_candidates)
+        k = max(c.top_k, c.sequence_candidates) if rule.sequence_on else c.top_k
         matches = self.place_map.search(desc, k, query_stamp_ns=stamp_ns,
                                         exclusion_s=c.exclusion_s, exclusion_n=c.exclusion_n)
         cands = self._candidates(desc, stamp_ns, pose, matches, rule)

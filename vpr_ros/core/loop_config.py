@@ -6,6 +6,7 @@ can build and compare configurations without the detector's state. `rule()` is t
 rule (vpr_ros/core/decision.py) these fields describe, `make_verifier()` the verifier.
 """
 from dataclasses import dataclass
+import math
 
 import numpy as np
 
@@ -75,10 +76,13 @@ class DetectorConfig:
     gv_first_only: bool = False
     # Sequence evidence and distinctiveness (vpr_ros/core/sequence.py): when the single-frame
     # rule accepts nothing, the best-supported of `sequence_candidates` searched keyframes is
-    # accepted at a margin of at least `confidence_threshold` (calibrated), unless verification
-    # vetoes it: it saw `gv_veto_matches` ratio-test matches or more and they disagree.
+    # accepted at a margin of at least `confidence_threshold` (calibrated; its history aligned
+    # by distance driven) or `confidence_threshold_time` (aligned by time: no poses), unless
+    # verification vetoes it: it saw `gv_veto_matches` ratio-test matches or more and they
+    # disagree.
     sequence_evidence: bool = True
     confidence_threshold: float = 0.1
+    confidence_threshold_time: float = 0.3
     sequence_length_m: float = 10.0
     sequence_length_s: float = 15.0
     sequence_candidates: int = 20
@@ -118,10 +122,13 @@ class DetectorConfig:
 
     def rule(self) -> DecisionRule:
         """Return the decision rule these fields describe (vpr_ros/core/decision.py)."""
+        def margin(value: float) -> float | None:  # +inf: that kind of sequence is off
+            on = self.sequence_evidence and float(value) != math.inf
+            return float(value) if on else None
         return DecisionRule(float(self.score_threshold),
                             int(self.gv_min_inliers) if self.geometric_verification else None,
-                            float(self.confidence_threshold) if self.sequence_evidence
-                            else None)
+                            margin(self.confidence_threshold),
+                            margin(self.confidence_threshold_time))
 
     def make_verifier(self) -> GeometricVerifier:
         """

@@ -152,6 +152,7 @@ class Scored:
     kid: int
     sequence: float | None
     margin: float | None = None
+    aligned_by: str = ''  # 'distance' or 'time': how the history met the map (with the margin)
 
 
 class SequenceEvidence:
@@ -418,5 +419,6 @@ class SequenceEvidence:
         single = self._centred_singles([x.kid for x in others if x.sequence is None], descs[0])
         rivals = [x.sequence if x.sequence is not None else single[x.kid] for x in others]
         rival = max(rivals) if rivals else 0.0  # nothing else retrieved: beat "no place"
-        best = Scored(best.kid, best.sequence, float(best.sequence - max(rival, 0.0)))
+        best = Scored(best.kid, best.sequence, float(best.sequence - max(rival, 0.0)),
+                      'distance' if metric else 'time')
         return [best if x.kid == best.kid else x for x in scored], best

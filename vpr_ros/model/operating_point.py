@@ -10,9 +10,10 @@ fitted on), and the built-in default ships its own below. The node uses it unles
 `score_threshold` / `gv_min_inliers` (vpr_ros/ros/detector_config.py) and logs which one.
 
 The built-in point was fitted with ``vpr-eval --loop`` (training/eval/loop_mode.py,
-`calibrate_jointly`, a replay of the node's detector) on two loops at once, the simulated demo
-loop and the real corridor played as a loop, so the shipped thresholds keep precision 1.0 on
-both.
+`calibrate_jointly`, a replay of the node's detector) on six loops at once: the simulated demo
+loop, the real corridor played as a loop, and a day map with a dusk, night, fog and winter
+session in a calibration garden (not the benchmark's), so the shipped thresholds keep
+precision 1.0 on all of them.
 """
 import copy
 
@@ -21,32 +22,46 @@ from vpr_ros.core.errors import ModelFileError, VPRError
 
 PROVENANCE_KEY = 'operating_point'
 
-# Fitted 2026-12-06 by training.eval.loop_mode.calibrate_jointly on the two loop reports of the
+# Fitted 2026-12-06 by training.eval.loop_mode.calibrate_jointly on six loop reports of the
 # built-in model (MobileNetV2 + GeM, 224x224, ORB verification, top-5), each a replay of the
 # node's own detector (training/eval/loop_replay.py) decided by core.decision.decide:
 #   vpr-eval --loop <sim>/day_loop --loop-pose-topic /ground_truth/pose \
 #            --loop-odom-topic /odom --out demo_loop
 #   vpr-eval --loop-folder ../shared/data/corridor --rate-hz 1 --out corridor_loop
-# (node defaults: its keyframes (69 and 51), 30 s exclusion, the corridor at 1 frame/s).
-# Pooled: 535 frames, 165 could close a loop; 72 accepted, none false. The single-frame part
-# is what it was (0.9231, 14 inliers); the sequence rule's margin (0.2571) comes from the
-# corridor's look-alike stretches (a margin of 0.2557 there was 3 frames off the true place).
+#   vpr-eval --loop <cal>/day_map <cal>/SESSION --sessions --loop-pose-topic /ground_truth/pose \
+#            --loop-odom-topic /odom      (SESSION: dusk, night, fog, winter)
+# where <cal> is the cross-session set rendered in a second garden (seed 1,
+# cross_session_dataset(seed=1)): the benchmark's garden (seed 0) is never fitted on, so its
+# figures in the README are held out. Pooled: 2,519 frames, 1,137 could close a loop; 230
+# accepted, none false. The single-frame rule moved from (0.9231, 14) to (0.9282, 9): a winter
+# look-alike in the calibration garden reached 0.9231 with 14 inliers. The sequence rule's
+# margins: 0.2162 with a history aligned by distance (set by a fog stretch in a turn, where the
+# sequence matched the keyframe a metre before the turn), 0.2571 aligned by time (the
+# corridor's look-alike stretches, no poses).
 BUILTIN_OPERATING_POINT: dict = {
-    'score_threshold': 0.923051, 'min_inliers': 14, 'confidence_threshold': 0.2570635,
-    'target_precision': 1.0, 'precision': 1.0, 'recall': 0.4364, 'n_queries': 535,
+    'score_threshold': 0.928173, 'min_inliers': 9, 'confidence_threshold': 0.2162255,
+    'confidence_threshold_time': 0.2570635,
+    'target_precision': 1.0, 'precision': 1.0, 'recall': 0.2023, 'n_queries': 2519,
     'data': {
-        'name': 'simulated demo loop + real corridor as a loop',
+        'name': 'simulated demo loop + real corridor as a loop + calibration garden sessions',
         'model': 'built-in default', 'image_size': None,
         'verification': 'orb 500, frames enlarged/shrunk to 320 px, top-5',
         'fingerprint': 'builtin:mobilenet_v2-gem3-224x224:b0353104',
-        'n_possible': 165, 'n_accepted': 72, 'n_false': 0, 'map': 'node keyframes',
+        'n_possible': 1137, 'n_accepted': 230, 'n_false': 0, 'map': 'node keyframes',
         'sets': [
             {'name': 'simulated demo loop', 'source': 'vpr_ros.sim.dataset.default_dataset() '
              'day_loop (313 frames, 5 Hz)', 'ground_truth': 'psi > 0.5 (90 deg, 3.5 m)',
              'exclusion': '30 s', 'recall': 1.0, 'false_accepted': 0},
             {'name': 'real corridor as a loop', 'source': '../shared/data/corridor ref then '
              'query (222 frames, Milford 2013)', 'ground_truth': 'ground_truth.csv pairs',
-             'exclusion': '30 s at 1 frame/s', 'recall': 0.1622, 'false_accepted': 0},
+             'exclusion': '30 s at 1 frame/s', 'recall': 0.1532, 'false_accepted': 0},
+        ] + [
+            {'name': f'calibration garden: day map, then {session}',
+             'source': 'vpr_ros.sim.dataset.cross_session_dataset(seed=1) (248 + 248 frames, '
+             '5 Hz, two sessions)', 'ground_truth': 'psi > 0.5 (90 deg, 3.5 m)',
+             'exclusion': '30 s', 'recall': recall, 'false_accepted': 0}
+            for session, recall in (('dusk', 0.1096), ('night', 0.0), ('fog', 0.1855),
+                                    ('winter', 0.3548))
         ],
         'fitted': '2026-12-06, training.eval.loop_mode.calibrate_jointly (node replay)',
     },

@@ -23,7 +23,8 @@ from vpr_ros.core.detector import DetectorConfig
 from vpr_ros.core.errors import ModelFileError
 from vpr_ros.ros.params import ParamError, Params
 
-CALIBRATED = ('score_threshold', 'gv_min_inliers', 'confidence_threshold')  # a point's
+CALIBRATED = ('score_threshold', 'gv_min_inliers', 'confidence_threshold',  # a point's
+              'confidence_threshold_time')
 POLICY_PREFIX = 'kf_'  # DetectorConfig.kf_x is KeyframePolicy.x
 VERIFIER_PREFIX = 'gv_'  # DetectorConfig.gv_x builds the GeometricVerifier (make_verifier)
 READ_EACH_FRAME = ('gv_first_only', 'gv_min_inliers', 'gv_veto_matches')  # read per frame
@@ -79,8 +80,11 @@ class RunningConfig:
         config = self.detector_config()
         inl = (f', gv_min_inliers {config.gv_min_inliers}' if config.geometric_verification
                else '')
-        inl += (f', confidence_threshold {config.confidence_threshold:.4f}'
-                if config.sequence_evidence else ', sequence rule off')
+        rule = config.rule()
+        inl += ''.join(f', {n} {v:.4f}' for n, v in (
+            ('confidence_threshold', rule.confidence_threshold),
+            ('confidence_threshold_time', rule.confidence_threshold_time)) if v is not None)
+        inl += '' if rule.sequence_on else ', sequence rule off'
         in_use = f'score_threshold {config.score_threshold:.4f}{inl}'
         if self.point is None:
             return f'operating point: {in_use} from the parameters ({self.why_no_point})'

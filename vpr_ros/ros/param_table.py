@@ -204,7 +204,12 @@ SPECS: tuple[ParamSpec, ...] = (
           'blur).', read_only=False),
     _core('confidence_threshold', 'confidence_threshold',
           'Margin of sequence support over the best other place that the sequence rule '
-          "needs. Unset: the model's calibrated operating point.", -1.0, 2.0,
+          'needs, the history aligned by distance driven (poses or odometry). Unset: the '
+          "model's calibrated operating point.", -1.0, 2.0,
+          read_only=False, calibrated=True),
+    _core('confidence_threshold_time', 'confidence_threshold_time',
+          '... the history aligned by time (no poses: weaker evidence, a higher margin). '
+          "Unset: the model's calibrated operating point.", -1.0, 2.0,
           read_only=False, calibrated=True),
     _core('sequence_length_m', 'sequence_length_m',
           'History of frames the sequence compares, in metres driven (with poses).',

@@ -290,7 +290,12 @@ def cross_session_params(sessions: tuple[str, ...] = CROSS_SESSIONS,
 
 def cross_session_dataset(sessions: tuple[str, ...] = CROSS_SESSIONS,
                           max_frames: int | None = None, cache_dir: str | None = None,
-                          log=print) -> DatasetPaths:
-    """Return the cross-session set (248 frames a traverse at full length), rendered if missing."""
-    return cached_dataset(cross_session_params(tuple(sessions), max_frames), cache_dir=cache_dir,
-                          log=log)
+                          log=print, seed: int = 0) -> DatasetPaths:
+    """
+    Return the cross-session set (248 frames a traverse at full length), rendered if missing.
+
+    `seed` 0 is the benchmark's garden; another seed is another garden on the same route (to
+    calibrate on without touching the benchmark).
+    """
+    return cached_dataset(cross_session_params(tuple(sessions), max_frames, seed),
+                          cache_dir=cache_dir, log=log)
