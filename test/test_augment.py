@@ -127,7 +127,7 @@ def test_warp_features_shape_identity_and_seed():
     torch.testing.assert_close(warp_features(x, still), x, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_views_clean_first_each_view_seeded(garden):
+def test_cache_views_clean_first_each_view_seeded(garden, tmp_path):
     t = load_traverse(os.path.join(garden, 'train_map', 'index.json'))
     images = TraverseImages([t.image_paths[i] for i in range(6)], (64, 64))
     net = VPRNet(ModelSpec(image_size=(64, 64)), pretrained=True)
@@ -143,6 +143,18 @@ def test_cache_views_clean_first_each_view_seeded(garden):
     torch.testing.assert_close(cached.view_feats, again.view_feats)  # views are f(seed, image)
     for v in (1, 2):
         assert not torch.allclose(cached.view_feats[v], plain.feats)
+    # stored views are read back by a run on the same images; another seed's are not
+    store = str(tmp_path / 'store')
+    first = FrozenFeatures(net, cut, images, torch.device('cpu'), progress=False, views=views,
+                           store=store)
+    assert first.loaded == 0 and len(os.listdir(store)) == 3
+    again = FrozenFeatures(net, cut, images, torch.device('cpu'), progress=False,
+                           views=views[:2], store=store)
+    assert again.loaded == 2
+    torch.testing.assert_close(again.view_feats, cached.view_feats[:2])
+    other = FrozenFeatures(net, cut, images, torch.device('cpu'), progress=False,
+                           views=[None, ViewTransform(BOTH, 1, 1)], store=store)
+    assert other.loaded == 1 and len(os.listdir(store)) == 4
     # a step draws a view per image: every view is served, each image of a pair on its own
     pairs = PairFeatures(cached, cached)
     torch.manual_seed(0)

@@ -32,7 +32,13 @@ import time
 from typing import Sequence
 
 from vpr_ros.core.errors import VPRError
-from vpr_ros.training.demo.train_demo_report import format_table, plot_report, summarize, verdicts
+from vpr_ros.training.demo.train_demo_report import (
+    BASELINE,
+    format_table,
+    plot_report,
+    summarize,
+    verdicts,
+)
 from vpr_ros.training.demo.train_demo_sets import (
     Benchmark,
     BENCHMARKS,
@@ -40,11 +46,11 @@ from vpr_ros.training.demo.train_demo_sets import (
     simulate,
     simulate_benchmark,
 )
+from vpr_ros.training.fit.augment import AUGMENT_CHOICES, DEFAULT_AUGMENT, DEFAULT_VIEWS
 
 SUMMARY = 'train_demo_summary.json'
 REPORT = 'train_demo_report.png'
 LOSSES = {'gcl': ('gcl',), 'cl': ('cl',), 'both': ('gcl', 'cl')}
-BASELINE = 'imagenet'
 
 
 def _stage(name: str) -> float:
@@ -72,8 +78,13 @@ def extract_bags(bags: dict[str, str], data_root: str, progress: bool) -> dict[s
     return summaries
 
 
+def model_key(loss: str, augment: str) -> str:
+    """'gcl' or 'gcl+photo+geo': a recipe's name in tables (a model row is '<key> s<seed>')."""
+    return loss if augment == 'none' else f'{loss}+{augment}'
+
+
 def train_argv(args: argparse.Namespace, data_root: str, labels: str, out: str,
-               bench: Benchmark, loss: str, seed: int) -> list[str]:
+               bench: Benchmark, loss: str, seed: int, augment: str = 'none') -> list[str]:
     """Build the vpr-train command line (printed too, to copy for a robot's own data)."""
     split = bench.split
     argv = ['--data-root', data_root, '--train-map', *split.train_map,
@@ -84,9 +95,13 @@ def train_argv(args: argparse.Namespace, data_root: str, labels: str, out: str,
             '--epochs', str(args.epochs), '--lr-step', str(args.lr_step),
             '--batch-size', str(args.batch_size), '--pairs-per-epoch', str(args.pairs_per_epoch),
             '--workers', str(args.workers), '--seed', str(seed),
-            '--select-metric', args.select_metric]
+            '--select-metric', args.select_metric,
+            # views of the same images are shared by the runs (losses, seeds) of one OUT
+            '--cache-dir', os.path.join(os.path.dirname(out), 'feature_cache')]
     if args.lr is not None:
         argv += ['--lr', str(args.lr)]
+    if augment != 'none':
+        argv += ['--augment', augment, '--aug-views', str(args.aug_views)]
     return argv + (['--no-progress'] if args.no_progress else [])
 
 
@@ -120,26 +135,30 @@ def export_once(run_dir: str, model: str, whiten_dim: int, whiten_map: Sequence[
 
 def train_models(args: argparse.Namespace, out: str, data_root: str, labels: str,
                  bench: Benchmark) -> list[dict]:
-    """Train and export one model per loss and seed (each loss at its paper learning rate)."""
+    """Train and export one model per augmentation, loss and seed (each loss at its paper lr)."""
     from vpr_ros.training.fit.train_args import DEFAULT_LR
 
     split = bench.split
     models = []
-    for loss in LOSSES[args.loss]:
-        for seed in range(args.seed, args.seed + args.seeds):
-            name = f'{loss} s{seed}'
-            run_dir = os.path.join(out, f'run_{loss}_s{seed}')
-            t = time.monotonic()
-            summary = run_training(train_argv(args, data_root, labels, run_dir, bench, loss,
-                                              seed))
-            path = os.path.join(out, f'model_{loss}_s{seed}.pt')
-            fingerprint = export_once(run_dir, path, args.whiten_dim,
-                                      split.train_map + split.train_query, data_root)
-            models.append({'name': name, 'loss': loss, 'seed': seed, 'path': path,
-                           'lr': args.lr if args.lr is not None else DEFAULT_LR[loss],
-                           'fingerprint': fingerprint, 'best': summary.get('best'),
-                           'epochs': summary.get('epochs'),
-                           'seconds': round(time.monotonic() - t, 1)})
+    for augment in args.augment:
+        for loss in LOSSES[args.loss]:
+            for seed in range(args.seed, args.seed + args.seeds):
+                key = model_key(loss, augment)
+                tag = key.replace('+', '_')
+                run_dir = os.path.join(out, f'run_{tag}_s{seed}')
+                t = time.monotonic()
+                summary = run_training(train_argv(args, data_root, labels, run_dir, bench, loss,
+                                                  seed, augment))
+                path = os.path.join(out, f'model_{tag}_s{seed}.pt')
+                fingerprint = export_once(run_dir, path, args.whiten_dim,
+                                          split.train_map + split.train_query, data_root)
+                models.append({'name': f'{key} s{seed}', 'loss': loss, 'seed': seed,
+                               'augment': augment, 'path': path,
+                               'lr': args.lr if args.lr is not None else DEFAULT_LR[loss],
+                               'fingerprint': fingerprint, 'best': summary.get('best'),
+                               'epochs': summary.get('epochs'),
+                               'train_seconds': summary.get('seconds'),
+                               'seconds': round(time.monotonic() - t, 1)})
     return models
 
 
@@ -221,7 +240,7 @@ def run(args: argparse.Namespace) -> dict:
     data_root, extracted, labels_path, label_summary = _prepare(args, out, bench, seconds)
 
     t = _stage(f'4-5/7 train and export: {" and ".join(LOSSES[args.loss]).upper()}, '
-               f'{args.seeds} seed(s) each')
+               f'augment {" and ".join(args.augment)}, {args.seeds} seed(s) each')
     models = train_models(args, out, data_root, labels_path, bench)
     seconds['train_export'] = time.monotonic() - t
 
@@ -282,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training and inference input size (default: the built-in model's)")
     p.add_argument('--loss', choices=tuple(LOSSES), default='gcl',
                    help='train with GCL (graded ψ), the binary contrastive loss, or both')
+    p.add_argument('--augment', nargs='+', choices=AUGMENT_CHOICES, default=[DEFAULT_AUGMENT],
+                   help="vpr-train's --augment; several: one model per value (each loss and "
+                        'seed), compared in one table')
+    p.add_argument('--aug-views', type=int, default=DEFAULT_VIEWS,
+                   help="vpr-train's --aug-views: augmented views cached per image")
     p.add_argument('--seeds', type=int, default=1,
                    help='models per loss, seeds SEED..SEED+N-1 (seed noise next to the CIs)')
     p.add_argument('--epochs', type=int, default=8)

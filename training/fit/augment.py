@@ -40,6 +40,8 @@ AUGMENT_PARTS = ('photo', 'geo', 'featgeo')
 AUGMENT_CHOICES = ('none', 'photo', 'geo', 'photo+geo', 'photo+featgeo', 'photo+geo+featgeo')
 DEFAULT_AUGMENT = 'none'
 DEFAULT_VIEWS = 4
+#: Bumped whenever `augment_image` changes what it makes for a given generator (stored views).
+AUGMENT_VERSION = 1
 _GAMMA_LINEAR = 2.2
 
 
@@ -224,6 +226,12 @@ class ViewTransform:
 
     def __call__(self, img: np.ndarray, index: int) -> np.ndarray:
         return augment_image(img, view_rng(self.seed, index, self.view), self.parts, self.params)
+
+    def key(self) -> dict:
+        """Return what this view's images depend on (the feature cache's store key)."""
+        return {'view': self.view, 'seed': self.seed, 'parts': sorted(self.parts),
+                'params': dataclasses.asdict(self.params or AugmentParams()),
+                'version': AUGMENT_VERSION}
 
 
 class OnlineAugment:

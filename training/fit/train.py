@@ -209,14 +209,15 @@ def _pair_loader(run: _Run, val) -> tuple[DataLoader, int]:
         bars = dist.main and not args.no_progress
         views = [None] + ([ViewTransform(image_parts, args.seed, v)
                            for v in range(1, args.aug_views + 1)] if image_parts else [])
-        q_feats = FrozenFeatures(net, cut, run.q_images, dist.device, workers=args.workers,
-                                 desc='cache train query', progress=bars, views=views)
+        kw = {'workers': args.workers, 'progress': bars, 'views': views,
+              'store': args.cache_dir}
+        q_feats = FrozenFeatures(net, cut, run.q_images, dist.device, desc='cache train query',
+                                 **kw)
         m_feats = q_feats if run.within else FrozenFeatures(
-            net, cut, run.m_images, dist.device, workers=args.workers, desc='cache train map',
-            progress=bars, views=views)
+            net, cut, run.m_images, dist.device, desc='cache train map', **kw)
         pair_data = PairFeatures(q_feats, m_feats)
         if val is not None:
-            val.use_cache(net, cut, dist.device, args.workers, bars)
+            val.use_cache(net, cut, dist.device, args.workers, bars, args.cache_dir)
     else:
         online = (OnlineAugment(image_parts, 1.0 / (args.aug_views + 1)) if image_parts
                   else None)

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'it fits --cache-budget-gb')
     d.add_argument('--cache-budget-gb', type=float, default=4.0,
                    help='memory the feature cache may take (auto mode)')
+    d.add_argument('--cache-dir', default='',
+                   help='also keep the cached features (each augmented view) in this folder, '
+                        'keyed by weights, images and view, for other runs on the same images')
     add_augment_arguments(d)
     m = ap.add_argument_group('model')
     m.add_argument('--backbone', default='mobilenet_v2')

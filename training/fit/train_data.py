@@ -62,11 +62,12 @@ class ValSet:
     def n_images(self) -> int:
         return len(self.map_images.paths) + len(self.query_images.paths)
 
-    def use_cache(self, net, cut: int, device, workers: int, progress: bool = True) -> None:
+    def use_cache(self, net, cut: int, device, workers: int, progress: bool = True,
+                  store: str = '') -> None:
         """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
         from vpr_ros.training.fit.feature_cache import FrozenFeatures
         self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc,
-                                           progress=progress)
+                                           progress=progress, store=store)
                             for images, desc in ((self.map_images, 'cache val map'),
                                                  (self.query_images, 'cache val query')))
 
