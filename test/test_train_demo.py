@@ -209,3 +209,11 @@ def test_labels_of_two_gardens_are_block_diagonal(tmp_path) -> None:
     generate_labels(select_traverses(root, ['val_query']), select_traverses(root, ['train_map']),
                     naive)
     assert load_labels(naive).nnz > 0
+
+
+def test_default_corridor_is_the_shared_set_beside_the_checkout(repo_root) -> None:
+    """The corridor default names ../shared/data/corridor (it named training/../shared once)."""
+    from vpr_ros.training.demo.train_demo import build_parser
+
+    want = os.path.join(os.path.dirname(repo_root), 'shared', 'data', 'corridor')
+    assert build_parser().get_default('corridor') == want

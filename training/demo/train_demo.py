@@ -281,9 +281,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _default_corridor() -> str:
-    """../shared/data/corridor beside a source checkout (this file is <repo>/training/)."""
+    """../shared/data/corridor beside a source checkout (this file is <repo>/training/demo/)."""
     # realpath: imported as vpr_ros/training/ (a link to ../training) it would name vpr_ros/
-    repo = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     return os.path.join(os.path.dirname(repo), 'shared', 'data', 'corridor')
 
 
