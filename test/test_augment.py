@@ -148,6 +148,9 @@ def test_cache_views_clean_first_each_view_seeded(garden, tmp_path):
     first = FrozenFeatures(net, cut, images, torch.device('cpu'), progress=False, views=views,
                            store=store)
     assert first.loaded == 0 and len(os.listdir(store)) == 3
+    one_view = first.nbytes() / 3
+    for name in os.listdir(store):   # each file holds its own view only
+        assert os.path.getsize(os.path.join(store, name)) < 1.2 * one_view + 4096
     again = FrozenFeatures(net, cut, images, torch.device('cpu'), progress=False,
                            views=views[:2], store=store)
     assert again.loaded == 2

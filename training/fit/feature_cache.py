@@ -93,7 +93,8 @@ class FrozenFeatures:
                 label = desc if len(views) == 1 else f'{desc} view {v + 1}/{len(views)}'
                 self._fill(net, loader, self.view_feats[v], device, label, progress, v == 0)
                 if path:
-                    atomic_save({'format': STORE_FORMAT, 'feats': self.view_feats[v],
+                    # clone: a slice would save the storage of every view with it
+                    atomic_save({'format': STORE_FORMAT, 'feats': self.view_feats[v].clone(),
                                  'ok': self.ok.clone()}, path)
         finally:
             net.train(was)
