@@ -52,7 +52,7 @@ $(ROS2_TOOLS_STAMP): | $(STAMP)
 # requirements-ros.txt: the ROS 2 wheels (this venv has no ROS 2 install); requirements.txt: what
 # a ROS 2 user installs with pip; requirements-dev.txt: tests and lint.
 $(STAMP): requirements.txt requirements-nokey.txt requirements-ros.txt requirements-dev.txt \
-          requirements-post.txt setup.py
+          requirements-slam.txt requirements-post.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-ros.txt \
 	  -r requirements.txt -r requirements-dev.txt

@@ -37,11 +37,13 @@ setup(
     maintainer_email='vpr_ros@example.org',
     description='Visual place recognition and loop-closure candidates for ROS 2 (GCL-trained).',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},
+    # the reference SLAM back-end (vpr-slam-backend) only: requirements-slam.txt pins them
+    extras_require={'test': ['pytest'], 'slam': ['gtsam', 'evo']},
     entry_points={
         'console_scripts': [
             'vpr_node = vpr_ros.ros.node:main',
             'vpr-play = vpr_ros.ros.bag_player:main',
+            'vpr-map = vpr_ros.tools.map_cli:main',
             'vpr-sim = vpr_ros.sim.cli:main',
             'vpr-extract-bag = vpr_ros.training.data.extract_bag:main',
             'vpr-labels = vpr_ros.training.data.labels:main',
@@ -49,6 +51,8 @@ setup(
             'vpr-eval = vpr_ros.training.eval.evaluate:main',
             'vpr-export = vpr_ros.training.ship.export:main',
             'vpr-train-demo = vpr_ros.training.demo.train_demo:main',
+            'vpr-cross-session = vpr_ros.tools.cross_session:main',
+            'vpr-slam-backend = vpr_ros.tools.slam_backend:main',
         ],
     },
 )

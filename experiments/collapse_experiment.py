@@ -89,7 +89,7 @@ def r1_sets(models: list[tuple[str, str]], data_root: str, sets: Sequence[str], 
 
 def loops(models: list[tuple[str, str]], corridor: str, demo_loop: str, cache: str,
           out: str) -> dict[str, dict[str, dict]]:
-    """Loop R@1 and recall at precision 1.0, without and with verification, per loop."""
+    """Loop R@1 and recall at precision 1.0 (single-frame rule; with sequences), per loop."""
     from vpr_ros.training.eval.loop_mode import evaluate_loop
 
     jobs = []
@@ -105,13 +105,14 @@ def loops(models: list[tuple[str, str]], corridor: str, demo_loop: str, cache: s
                             out_dir=os.path.join(out, label.replace(' ', '_')), **kw)
         res[label] = {}
         for (name, _), row in zip(models, rep['rows']):
-            op, vop = row['operating_point'], row['operating_point_verified']
+            op, sop = row['operating_point_single'], row['operating_point']
             res[label][name] = {
                 'r1': round(row['recall_at_1'], 4), 'recall_p100': round(op['recall'], 4),
                 'precision': round(op['precision'], 4),
-                'r1_verified': round(row['recall_at_1_verified'], 4),
-                'recall_p100_verified': round(vop['recall'], 4),
-                'precision_verified': round(vop['precision'], 4), 'n_revisit': row['n_revisit']}
+                'r1_sequence': round(row['recall_at_1_sequence'], 4),
+                'recall_p100_sequence': round(sop['recall'], 4),
+                'precision_sequence': round(sop['precision'], 4),
+                'n_revisit': row['n_revisit']}
     return res
 
 
@@ -122,7 +123,7 @@ def format_table(summary: dict) -> str:
     head = ['model', 'blank cos'] + (['low-tex cos (test)'] if low else [])
     head += [f'R@1 {s}' for s in summary['r1']]
     for lp in summary['loops']:
-        head += [f'{lp} R@1', f'{lp} rec@P1', f'{lp} +GV R@1', f'{lp} +GV rec@P1']
+        head += [f'{lp} R@1', f'{lp} rec@P1', f'{lp} +seq R@1', f'{lp} +seq rec@P1']
     lines = [' | '.join(head), ' | '.join(['---'] * len(head))]
     for n in names:
         cells = [n, f'{summary["blank_wall_cosine"][n]:.3f}'] + ([f'{low[n]:.3f}'] if low else [])
@@ -130,8 +131,8 @@ def format_table(summary: dict) -> str:
                   (summary['r1'][s][n] for s in summary['r1'])]
         for lp in summary['loops'].values():
             r = lp[n]
-            cells += [f'{r["r1"]:.3f}', f'{r["recall_p100"]:.3f}', f'{r["r1_verified"]:.3f}',
-                      f'{r["recall_p100_verified"]:.3f}']
+            cells += [f'{r["r1"]:.3f}', f'{r["recall_p100"]:.3f}', f'{r["r1_sequence"]:.3f}',
+                      f'{r["recall_p100_sequence"]:.3f}']
         lines.append(' | '.join(cells))
     return '\n'.join('| ' + ln + ' |' for ln in lines)
 
@@ -155,7 +156,7 @@ def plot(summary: dict, path: str) -> str:
     rec = {}
     for lp, v in summary['loops'].items():
         rec[lp] = [v[n]['recall_p100'] for n in names]
-        rec[lp + ' +GV'] = [v[n]['recall_p100_verified'] for n in names]
+        rec[lp + ' +seq'] = [v[n]['recall_p100_sequence'] for n in names]
     panels.append(('loop recall at 100 % precision', rec, None))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (title, groups, err) in zip(axes, panels):

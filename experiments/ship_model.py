@@ -37,13 +37,12 @@ def loop_rows(reports: Sequence[dict], names: Sequence[str]) -> list[dict]:
     out = []
     for rep, name in zip(reports, names):
         for row in rep['rows']:
-            op, opv = row['operating_point'], row.get('operating_point_verified') or {}
             model = os.path.basename(row['model']) if row.get('model') else 'built-in'
             out.append({'loop': name, 'model': model,
                         'revisits': row['n_revisit'], 'r1': row['recall_at_1'],
-                        'recall_at_p1': op['recall'],
-                        'r1_verified': row.get('recall_at_1_verified'),
-                        'recall_at_p1_verified': opv.get('recall')})
+                        'r1_sequence': row['recall_at_1_sequence'],
+                        'recall_at_p1_single_frame': row['operating_point_single']['recall'],
+                        'recall_at_p1': row['operating_point']['recall']})
     return out
 
 
@@ -53,8 +52,7 @@ def fit_point(model_path: str, reports: Sequence[dict], names: Sequence[str],
     row = _row_index(reports[0], model_path)
     if any(_row_index(r, model_path) != row for r in reports):
         raise ValueError('the model is not the same row in every loop report')
-    point = calibrate_jointly(reports, verified=True, row=row,
-                              name=' + '.join(names)).to_dict()
+    point = calibrate_jointly(reports, row=row, name=' + '.join(names)).to_dict()
     for s, name, source in zip(point['data']['sets'], names, sources):
         s['name'], s['source'] = name, source  # no absolute paths of this machine
         if 'csv' in s['ground_truth']:

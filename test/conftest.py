@@ -32,6 +32,22 @@ def corridor_dir() -> str:
     return path
 
 
+SIM_SIZE = (96, 72)   # width, height of the simulator tests' renders
+
+
+@pytest.fixture(scope='module')
+def renderer():
+    """One OSMesa renderer of SIM_SIZE per module (skips where headless rendering is missing)."""
+    pytest.importorskip('pyrender')
+    from vpr_ros.sim.render_backend import RenderBackendError, Renderer
+    try:
+        r = Renderer(*SIM_SIZE)
+    except RenderBackendError as exc:
+        pytest.skip(f'no headless rendering here: {exc}')
+    yield r
+    r.close()
+
+
 @pytest.fixture(scope='module')
 def encoder():
     """Build the built-in model on the CPU once per test module (a test may whiten it)."""

@@ -32,6 +32,15 @@ def test_demo_publishes_correct_loop_closures(tmp_path) -> None:
     assert summary['precision_best'] >= PRECISION_FLOOR, summary
     assert summary['recall'] >= RECALL_FLOOR, summary
     assert (out / 'demo_report.png').stat().st_size > 10_000
+    # the SLAM section (issue 19): the node's loops in the reference pose graph, on the
+    # simulated multi-revisit traverse with drifting odometry, at the node's defaults
+    slam = summary['slam']
+    assert slam['not_settled'] == [] and set(slam['exit_codes'].values()) == {0}, slam
+    assert slam['n_loop_factors'] > 0 and slam['ate_odometry_m'] > 2.0, slam
+    assert slam['ate_with_loops_m'] <= 0.3 * slam['ate_odometry_m'], slam
+    assert slam['ate_with_false_loops_m'] <= 0.4 * slam['ate_odometry_m'], slam
+    assert (out / 'demo_slam.png').stat().st_size > 10_000
+    assert 'SLAM (revisits' in proc.stdout
 
 
 def test_param_overrides_come_last() -> None:

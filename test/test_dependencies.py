@@ -52,6 +52,13 @@ IMPORTS = {
 ROS_PACKAGES = {'rclpy', 'rcl_interfaces', 'ament_index_python', 'launch', 'launch_ros',
                 'sensor_msgs', 'geometry_msgs', 'nav_msgs', 'std_msgs', 'std_srvs',
                 'visualization_msgs', 'diagnostic_msgs'}
+# Optional dependencies of one tool each (the SLAM back-end and its trajectory error): pinned in
+# requirements-slam.txt, not in package.xml or requirements.txt (a user who never runs the
+# back-end never installs them), imported only inside functions of the modules named here.
+OPTIONAL = {
+    'gtsam': ('gtsam', {'vpr_ros/tools/pose_graph.py'}),
+    'evo': ('evo', {'vpr_ros/tools/trajectory_error.py'}),
+}
 # Declared although no module imports them, and why.
 NOT_IMPORTED = {
     'libosmesa6-dev': 'the OSMesa library PyOpenGL loads for headless rendering (sim)',
@@ -148,6 +155,8 @@ def _undeclared(imports: dict[str, str], declared: set[str]) -> list[str]:
     nokey = requirements('requirements-nokey.txt')
     missing = []
     for mod, where in sorted(imports.items()):
+        if mod in OPTIONAL:
+            continue  # test_optional_dependencies_stay_in_their_tool
         if mod in ROS_PACKAGES:
             ok = mod in declared
         elif mod in IMPORTS:
@@ -197,7 +206,9 @@ def test_requirements_split_ros_wheels_from_pip_dependencies() -> None:
     assert not wheels_in_user, f'requirements.txt would install a second ROS 2: {wheels_in_user}'
     # Every Python dependency the runtime imports is pinned for the pip route.
     for mod in third_party_imports(RUNTIME_DIRS):
-        if mod in ROS_PACKAGES:
+        if mod in OPTIONAL:
+            assert OPTIONAL[mod][0] not in user, f'{mod} is optional: requirements-slam.txt'
+        elif mod in ROS_PACKAGES:
             assert 'ros-' + mod.replace('_', '-') in ros or mod in {'launch', 'launch_ros'}, mod
         else:
             assert IMPORTS[mod][1].lower() in user, f'{mod}: {IMPORTS[mod][1]} not pinned'
@@ -212,3 +223,29 @@ def test_nokey_requirements_really_have_no_rosdep_key(rosdep_keys) -> None:
         base = name.replace('_', '-')
         found = {f'python3-{base}', f'python3-{base}-pip'} & lower
         assert not found, f'{name} has rosdep key {found}: declare it in package.xml'
+
+
+def test_optional_dependencies_stay_in_their_tool() -> None:
+    """The SLAM tool's gtsam and evo: pinned apart, imported only inside its functions."""
+    slam = requirements('requirements-slam.txt')
+    assert {pip for pip, _ in OPTIONAL.values()} <= set(slam), sorted(slam)
+    assert 'requirements-slam.txt' in open(os.path.join(REPO, 'requirements-dev.txt')).read()
+    bad = []
+    for top in RUNTIME_DIRS + TEST_DIRS:
+        for dirpath, _, names in os.walk(os.path.join(REPO, top)):
+            for name in sorted(n for n in names if n.endswith('.py')):
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, REPO)
+                with open(path) as f:
+                    tree = ast.parse(f.read(), path)
+                module_level = set(map(id, tree.body))
+                for node in ast.walk(tree):
+                    mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                            [node.module] if isinstance(node, ast.ImportFrom) else [])
+                    for mod in mods:
+                        top_name = (mod or '').split('.')[0]
+                        if top_name not in OPTIONAL:
+                            continue
+                        if rel not in OPTIONAL[top_name][1] or id(node) in module_level:
+                            bad.append(f'{rel}:{node.lineno}: {mod}')
+    assert not bad, f'optional dependencies imported outside the functions of their tool: {bad}'

@@ -2,8 +2,8 @@
 training.eval.embedding: one descriptor cache and one model list for vpr-eval and its loop mode.
 
 Issue 18: the loop mode borrowed evaluate's private `_load`, `_resolve_models` and `_cache_*`;
-both now go through this public module, so a folder evaluated once is not embedded again when
-it is played as a loop.
+both now go through this public module (the loop mode reads images and resolves models here,
+and embeds each frame by itself, as the node does).
 """
 import os
 
@@ -104,8 +104,14 @@ def test_model_rows_are_unique_and_objects_are_not_cached():
     assert DEFAULT_MODEL_NAME == 'imagenet-mobilenetv2-gem'
 
 
-def test_vpr_eval_and_its_loop_mode_share_the_cache(tmp_path):
-    """A folder pair evaluated once is played as a loop without embedding anything again."""
+def test_the_loop_mode_embeds_each_frame_as_the_node_does(tmp_path):
+    """
+    vpr-eval caches batched descriptors; its loop mode replays the node, one forward a frame.
+
+    The loop mode decides what the node decides, so it never takes a descriptor from the
+    batch cache (a batched forward may differ in the last bits): each frame is embedded once,
+    by itself.
+    """
     from vpr_ros.training.eval.evaluate import evaluate
     from vpr_ros.training.eval.loop_mode import evaluate_loop
 
@@ -126,4 +132,4 @@ def test_vpr_eval_and_its_loop_mode_share_the_cache(tmp_path):
     report = evaluate_loop(folder=str(folder), models=[('shared', enc)], include_default=False,
                            exclusion_frames=2, gate=False, cache_dir=cache_dir,
                            progress=False, verbose=False)
-    assert enc.embedded == 12 and report['rows'][0]['n_queries'] > 0
+    assert enc.embedded == 24 and report['rows'][0]['n_queries'] > 0

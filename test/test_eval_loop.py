@@ -15,7 +15,6 @@ from image_sequences import make_sequence  # noqa: E402
 from vpr_ros.core.calibration import OperatingPoint  # noqa: E402
 from vpr_ros.core.tbplaces import write_index  # noqa: E402
 from vpr_ros.training.eval.loop_mode import (  # noqa: E402
-    best_candidates,
     best_operating_point,
     earlier_allowed,
     evaluate_loop,
@@ -46,28 +45,18 @@ def _line_poses(xs, yaw=0.0):
 
 
 def test_exclusion_window_and_ground_truth_by_hand():
-    # 0..4 drive +x, 5..7 somewhere else, 8..9 come back to x = 0 and 1
+    # 0..4 drive +x, 5..7 somewhere else, 8..9 come back to x = 0 and 1; 1 s per frame
     poses = _line_poses([0, 1, 2, 3, 4, 20, 30, 40, 0.1, 1.1])
-    seq = LoopSequence([f'{i}.png' for i in range(10)], poses, None, None, 'hand')
-    allowed = earlier_allowed(seq, 3, None)
-    assert allowed.tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    seq = LoopSequence([f'{i}.png' for i in range(10)], poses, None, np.arange(10.0), 'hand')
+    allowed = earlier_allowed(seq, 2.5)  # frames older than i - 2.5 s
+    assert allowed.tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     pos = loop_positives(seq, allowed, 'distance', max_dist=0.5)
     assert [p.tolist() for p in pos] == [[], [], [], [], [], [], [], [], [0], [1]]
-    # in seconds: 1 s per frame, 2.5 s window -> frames older than i - 2.5 s
-    seq.stamps_s = np.arange(10.0)
-    assert earlier_allowed(seq, 99, 2.5).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     # a pair list (folder pair) is taken as given, then cut by the window
-    seq = LoopSequence(['a'] * 6, None, [set(), set(), set(), {0}, {1, 4}, {0}], None, 'pairs')
-    pos = loop_positives(seq, earlier_allowed(seq, 2, None))
+    seq = LoopSequence(['a'] * 6, None, [set(), set(), set(), {0}, {1, 4}, {0}],
+                       np.arange(6.0), 'pairs')
+    pos = loop_positives(seq, earlier_allowed(seq, 1.5))
     assert [p.tolist() for p in pos] == [[], [], [], [0], [1], [0]]
-
-
-def test_best_candidate_is_searched_only_in_the_allowed_past():
-    desc = np.eye(4)[[0, 1, 0, 1, 0]].astype(np.float32)
-    usable = np.array([True, True, True, True, False])
-    best, score, inl = best_candidates(desc, usable, np.array([0, 0, 1, 2, 3]))
-    assert best.tolist() == [-1, -1, 0, 1, -1]  # frame 4 is gated: no query
-    assert score[2] == pytest.approx(1.0) and np.isnan(score[0]) and (inl == -1).all()
 
 
 @pytest.fixture(scope='module')
@@ -85,21 +74,23 @@ def revisit_index(tmp_path_factory):
 def test_loop_report_on_a_revisiting_sequence(revisit_index, tmp_path):
     index, seq = revisit_index
     report = evaluate_loop([index], models=[('rawpix', RawPixels())], include_default=False,
-                           hit='distance', max_dist=0.3, exclusion_frames=20, verify=True,
+                           hit='distance', max_dist=0.3, exclusion_frames=20, keyframes=False,
                            out_dir=str(tmp_path), progress=False, verbose=False)
     row = report['rows'][0]
     n_rev = sum(1 for i in seq.revisits if i >= 20)
     assert row['n_revisit'] >= n_rev - 2 and row['n_revisit'] > 5
     assert report['dataset']['gated'] == 0
-    assert row['n_queries'] == len(seq) - 21  # frame 20 has no frame outside its window yet
+    # every frame is in the map; frame 21 is the first with one outside the 20 s window
+    assert row['n_map'] == len(seq) and row['n_queries'] == len(seq) - 21
     assert row['recall_at_1'] > 0.5
     op = OperatingPoint.from_dict(row['operating_point'])
     assert op.precision == 1.0 and op.data['n_false'] == 0
     assert op.data['fingerprint'] == 'rawpix-24x32' and op.data['ground_truth']['rule'] == \
         'distance'
-    vop = best_operating_point(report)
-    assert vop.min_inliers is not None and vop.precision == 1.0
-    assert vop.recall >= op.recall  # verification removes false candidates, never true ones
+    single = best_operating_point(report, sequence=False)
+    assert single.min_inliers is not None and single.precision == 1.0
+    assert single.confidence_threshold is None and op.confidence_threshold is not None
+    assert op.recall >= single.recall  # the sequence rule only adds to the single-frame rule
     saved = json.load(open(report['files']['json']))
     assert saved['rows'][0]['operating_point'] == row['operating_point']
     assert os.path.getsize(report['files']['pr_png']) > 1000
@@ -153,19 +144,30 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
     assert model_operating_point(path, (32, 32))[0] is None  # fitted at another input size
 
 
-def test_node_keyframes_follow_the_node_policy():
+def test_the_replay_keeps_the_node_keyframes(tmp_path):
     """With poses: every 1 m (0.25 m per frame -> every 4th); without: 5 s or novelty."""
-    from vpr_ros.training.eval.loop_mode import node_keyframes
-    poses = _line_poses(np.arange(20) * 0.25)
-    desc = np.tile(np.eye(4, dtype=np.float32)[0], (20, 1))
-    seq = LoopSequence(['x'] * 20, poses, None, np.arange(20) * 0.5, 'line')
-    usable = np.ones(20, bool)
-    assert np.flatnonzero(node_keyframes(desc, usable, seq)).tolist() == [0, 4, 8, 12, 16]
-    # no poses, identical descriptors: the 5 s interval only (1 s per frame without stamps)
-    seq = LoopSequence(['x'] * 20, None, None, None, 'still')
-    assert np.flatnonzero(node_keyframes(desc, usable, seq)).tolist() == [0, 5, 10, 15]
-    desc[7] = np.eye(4, dtype=np.float32)[1]  # a novel view becomes a keyframe at once
-    assert 7 in np.flatnonzero(node_keyframes(desc, usable, seq)).tolist()
+    from vpr_ros.core.detector import DetectorConfig
+    from vpr_ros.training.eval.loop_replay import evidence_config, replay
+    img = make_sequence().frames[0]
+    paths = []
+    for i in range(20):
+        paths.append(str(tmp_path / f'{i:02d}.png'))
+        cv2.imwrite(paths[-1], cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    config = evidence_config(DetectorConfig())
+    stamps = (np.arange(20) * 0.5e9).astype(np.int64)
+    rep = replay(paths, stamps, _line_poses(np.arange(20) * 0.25), RawPixels(), config,
+                 progress=False)
+    assert np.flatnonzero(rep.keyframes).tolist() == [0, 4, 8, 12, 16]
+    # no poses, one image again and again: the 5 s interval only (1 s per frame)
+    rep = replay(paths, (np.arange(20) * 1e9).astype(np.int64), None, RawPixels(), config,
+                 progress=False)
+    assert np.flatnonzero(rep.keyframes).tolist() == [0, 5, 10, 15]
+    other = make_sequence().frames[-1]  # a novel view becomes a keyframe at once
+    cv2.imwrite(paths[7], cv2.cvtColor(other, cv2.COLOR_RGB2BGR))
+    rep = replay(paths, (np.arange(20) * 1e9).astype(np.int64), None, RawPixels(), config,
+                 progress=False)
+    assert 7 in np.flatnonzero(rep.keyframes).tolist()
+    assert rep.frame_of == {r.query_id: i for i, r in enumerate(rep.results) if r.is_keyframe}
 
 
 def test_loop_mode_reads_a_rosbag_with_its_stamps(tmp_path):

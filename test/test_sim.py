@@ -7,28 +7,19 @@ import pytest
 
 pytest.importorskip('pyrender')
 
+from conftest import SIM_SIZE  # noqa: E402
+
 from vpr_ros.sim import cli  # noqa: E402
 from vpr_ros.sim.conditions import parse_condition  # noqa: E402
 from vpr_ros.sim.dataset import cached_dataset, generate, SimParams, TraverseConfig  # noqa: E402
-from vpr_ros.sim.render_backend import RenderBackendError, Renderer  # noqa: E402
 from vpr_ros.sim.scene import GardenScene, Intrinsics  # noqa: E402
 from vpr_ros.sim.world import generate_world  # noqa: E402
 from vpr_ros.sim.writers import IMAGE_TOPIC, INFO_TOPIC, ODOM_TOPIC, read_bag_poses  # noqa: E402
 
-W, H = 96, 72
+W, H = SIM_SIZE   # the conftest renderer's
 # Looking east along the southern path from its west end, and north up the central path.
 POSES = [[-13.0, -14.0, 1.0, 0.0, 0.0, 0.0, 1.0],
          [0.0, -10.0, 1.0, 0.0, 0.0, np.sqrt(0.5), np.sqrt(0.5)]]
-
-
-@pytest.fixture(scope='module')
-def renderer():
-    try:
-        r = Renderer(W, H)
-    except RenderBackendError as exc:
-        pytest.skip(f'no headless rendering here: {exc}')
-    yield r
-    r.close()
 
 
 def _render(seed, condition, renderer, poses=POSES):

@@ -4,7 +4,8 @@ Descriptors of image files for evaluation: reading, batching, the per-model cach
 One home for what `vpr-eval`, its loop mode, `vpr-export --calibrate-loop` and the benchmarks
 share, so every evaluation reads images the same way (unreadable files skipped and counted,
 never fatal), keys its cache the same way (a changed file is embedded again) and names its
-models the same way (the ImageNet default first, unique row names).
+models the same way (the ImageNet default first, unique row names). The loop mode replays the
+node and embeds each frame by itself, so it reads images and models here but not the cache.
 """
 import io
 import os

@@ -1,47 +1,47 @@
 """
-``vpr-eval --loop``: loop-closure evaluation of one sequence, and the calibrated operating point.
+``vpr-eval --loop``: the node's loop decisions on one sequence, and the calibrated point.
 
-A robot does not query one traverse against another: it queries every frame against the frames
-it saw *before*, outside a short exclusion window (its recent past always looks alike). This
-mode plays a sequence (TB-Places indexes in order, a rosbag via ``vpr-extract-bag``'s reader,
-or a reference/query folder pair played reference first: "the corridor as a loop") through that
-rule and reports, per model:
+A robot does not query one traverse against another: it queries every frame against the
+keyframes it stored *before*, outside a short exclusion window (its recent past always looks
+alike). This mode plays a sequence (TB-Places indexes in order, rosbags, or a reference/query
+folder pair played reference first: "the corridor as a loop") through the node's own detector
+(training/eval/loop_replay.py: the map, keyframe policy, degenerate gate, verification and
+sequence evidence of `vpr_ros.core.detector`), with the node's configuration, and reports per
+model:
 
-* R@1 on revisiting frames: frames that can close a loop (at least one earlier frame outside
-  the window is a true match: ψ > threshold, within ``--max-dist`` metres, or listed in the
-  folder pair's CSV) whose best candidate is a true match;
-* recall at the target precision (default 1.0) and the score threshold that reaches it
-  (`vpr_ros.core.calibration`), from the best candidate of every frame, the way the node
-  accepts its best candidate; with ``--verify`` also the (score, inlier) operating point, where
-  the best candidate is the first of the top-k that passes geometric verification, as in the
-  node;
-* the precision-recall curve of best candidates (PNG) with the operating point marked.
+* R@1 on revisiting frames (frames with a true match among the keyframes stored outside the
+  window: ψ > threshold, within ``--max-dist`` metres, or listed in the folder pair's CSV):
+  the best single-frame candidate (``recall_at_1``) and the best-supported sequence candidate
+  (``recall_at_1_sequence``);
+* the operating point fitted at the target precision (default 1.0) by
+  `vpr_ros.core.calibration.calibrate_candidates`, which decides every frame with the node's
+  `decide`: the full rule (single frame, then sequence and distinctiveness) and, for
+  comparison, the single-frame rule alone (``operating_point_single``, the previous rule);
+* what the node decides at the point it would run (``at_point``: the model's calibrated point
+  unless thresholds are given): precision, recall, the accepted pairs, by rule;
+* the precision-recall curve of single-frame best candidates (PNG) with the points marked.
 
-With ``--node-keyframes`` the map holds only the frames the node's keyframe policy would store
-(1 m / 15 deg / 5 s, or novelty without poses), as in the node: the setting to calibrate the
-point a model ships with (a best candidate a few frames off the true place, where the true
-frames are no keyframes, then counts as false, as it would in the node).
-
-Frames the degenerate-frame gate rejects (`vpr_ros.core.degenerate`, as the node does) are
-neither queries nor map entries (``--no-gate`` keeps them). The map holds every earlier frame,
-not only the node's keyframes, so recall here is an upper bound of the node's at the same
-threshold, while precision is the same rule.
+Bags give stamps and two pose streams: the ground truth (``--loop-pose-topic``) for the ground
+truth and the odometry (``--loop-odom-topic``, default the same) that the node's keyframe policy
+and sequence alignment use. Indexes and folders get stamps ``--rate-hz`` apart (default 1 Hz).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.core.calibration import calibrate, OperatingPoint, precision_recall
-from vpr_ros.core.degenerate import DegenerateGate, reason_key
+from vpr_ros.core.calibration import calibrate_candidates, OperatingPoint, precision_recall
+from vpr_ros.core.decision import decide, DecisionRule
+from vpr_ros.core.detector import DetectorConfig
 from vpr_ros.core.metrics import positives_from_distance
 from vpr_ros.core.psi import POSITIVE_PSI
 from vpr_ros.core.psi import positives as psi_positives
 from vpr_ros.core.tbplaces import image_root, read_index
+from vpr_ros.training.eval.embedding import IN_MEMORY, resolve_models
+from vpr_ros.training.eval.loop_replay import DEFAULT_RATE_HZ
 
-DEFAULT_EXCLUSION_FRAMES = 50
-DEFAULT_TOP_K = 5
+DEFAULT_TOP_K = DetectorConfig().top_k
 
 
 @dataclass
@@ -51,8 +51,10 @@ class LoopSequence:
     paths: list[str]
     poses: Optional[np.ndarray]           # (N, 7) or None
     pairs: Optional[list[set]]            # per frame, the true earlier frames (pair list)
-    stamps_s: Optional[np.ndarray]        # (N,) or None (then exclusion counts frames)
+    stamps_s: Optional[np.ndarray]        # (N,) or None: --rate-hz apart
     source: str
+    odom: Optional[np.ndarray] = None     # (N, 7) the node's pose input; None: `poses`
+    starts: tuple = ()                    # first frame of each input after the first
 
 
 def _is_bag(path: str) -> bool:
@@ -60,17 +62,37 @@ def _is_bag(path: str) -> bool:
         path.endswith(('.bag', '.mcap', '.db3'))
 
 
+def _odometry(bag: str, topic: str, stamps_ns: np.ndarray) -> np.ndarray:
+    """Interpolate a bag's pose topic at the image stamps: the node's pose input (NaN: none)."""
+    from vpr_ros.core.pose_buffer import PoseBuffer
+    from vpr_ros.sim.writers import read_bag_poses
+    t, poses = read_bag_poses(bag, topic)
+    if not len(t):
+        raise ValueError(f'{bag}: no poses on {topic}')
+    buf = PoseBuffer(max_gap_s=0.5, capacity=len(t) + 1)
+    for k in np.argsort(t, kind='stable'):
+        buf.add(int(t[k]), poses[k, :3], poses[k, 3:])
+    out = np.full((len(stamps_ns), 7), np.nan)
+    for i, s in enumerate(stamps_ns):
+        p = buf.pose_at(int(s))
+        if p is not None:
+            out[i] = p.vector()
+    return out
+
+
 def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   gt_csv: Optional[str] = None, work_dir: Optional[str] = None,
                   rate_hz: Optional[float] = None, image_topic: Optional[str] = None,
-                  pose_topic: Optional[str] = None) -> LoopSequence:
+                  pose_topic: Optional[str] = None,
+                  odom_topic: Optional[str] = None) -> LoopSequence:
     """
     One sequence from TB-Places indexes and bags (concatenated in order) or a folder pair.
 
-    Bags are extracted (all frames, poses of `pose_topic` interpolated: give the ground-truth
-    topic when the bag has odometry too) into ``work_dir``. ``rate_hz`` gives
-    stamps to indexes and folders, which carry none, so the exclusion can be in seconds.
+    Bags are extracted (all frames, poses of `pose_topic` interpolated: the ground truth) into
+    ``work_dir``; `odom_topic` is what the node would subscribe to (default: `pose_topic`).
+    Indexes and folders carry no stamps: they are ``rate_hz`` apart (default 1 Hz).
     """
+    rate = float(rate_hz or DEFAULT_RATE_HZ)
     if folder:
         if inputs:
             raise ValueError('give either --loop sequences or --loop-folder, not both')
@@ -82,53 +104,58 @@ def read_sequence(inputs: Sequence[str] = (), folder: Optional[str] = None,
             pairs.append({where[os.path.normpath(r)] for r in q_refs
                           if os.path.normpath(r) in where})
         paths = refs + queries
-        stamps = None if not rate_hz else np.arange(len(paths)) / float(rate_hz)
-        return LoopSequence(paths, None, pairs, stamps, f'folder {folder} (ref, then query)')
+        return LoopSequence(paths, None, pairs, np.arange(len(paths)) / rate,
+                            f'folder {folder} (ref, then query)')
     if not inputs:
         raise ValueError('loop mode needs --loop SEQUENCE... or --loop-folder DIR')
-    paths, poses, stamps = [], [], []
+    paths, poses, odom, stamps, offset, starts = [], [], [], [], 0.0, []
     for k, src in enumerate(inputs):
-        if _is_bag(src):
-            from vpr_ros.training.data.extract_bag import extract
-            if work_dir is None:  # never write into the current directory
-                import tempfile
-                work_dir = tempfile.mkdtemp(prefix='vpr_loop_')
-            out = os.path.join(work_dir, f'loop_bag_{k}')
-            try:
-                summary = extract(src, out, image_topic, pose_topic, all_frames=True,
-                                  progress=False)
-            except SystemExit as err:  # the extractor's command-line refusals
-                raise ValueError(f'{src}: {err}') from None
-            index_path, bag_stamps = summary['index'], np.asarray(summary['stamps_ns']) / 1e9
-        else:
-            index_path, bag_stamps = src, None
-        idx = read_index(index_path)
-        root = image_root(index_path, idx.im_prefix)
+        starts.append(len(paths))
+        idx_path, st, od = _one_input(src, k, work_dir, rate, image_topic, pose_topic,
+                                      odom_topic)
+        idx = read_index(idx_path)
+        root = image_root(idx_path, idx.im_prefix)
         paths += [os.path.join(root, p) for p in idx.im_paths]
         poses.append(idx.poses)
-        stamps.append(bag_stamps if bag_stamps is not None else
-                      np.arange(len(idx.im_paths)) / float(rate_hz) if rate_hz else None)
-    known = all(s is not None for s in stamps)
-    st = None
-    if known:  # later inputs follow the earlier ones in time
-        st, offset = [], 0.0
-        for s in stamps:
-            s = np.asarray(s, np.float64)
-            st.append(s - (s[0] if len(s) else 0.0) + offset)
-            offset = st[-1][-1] + 1e6 if len(s) else offset
-        st = np.concatenate(st) if st else np.zeros(0)
-    return LoopSequence(paths, np.concatenate(poses).reshape(-1, 7), None, st,
-                        ', '.join(inputs))
+        odom.append(idx.poses if od is None else od)
+        st = np.asarray(st, np.float64)  # later inputs follow the earlier ones in time
+        stamps.append(st - (st[0] if len(st) else 0.0) + offset)
+        offset = stamps[-1][-1] + 1e6 if len(st) else offset
+    poses_all = np.concatenate(poses).reshape(-1, 7)
+    odom_all = np.concatenate(odom).reshape(-1, 7)
+    return LoopSequence(paths, poses_all, None, np.concatenate(stamps) if stamps else
+                        np.zeros(0), ', '.join(inputs),
+                        None if np.array_equal(odom_all, poses_all) else odom_all,
+                        tuple(starts[1:]))
 
 
-def earlier_allowed(seq: LoopSequence, exclusion_frames: int,
-                    exclusion_s: Optional[float]) -> np.ndarray:
-    """Per frame, how many of the frames before it are outside the exclusion window."""
-    n = len(seq.paths)
-    if exclusion_s is not None and seq.stamps_s is not None:
-        # frames j < i with stamp_j < stamp_i - exclusion_s; stamps increase along the sequence
-        return np.searchsorted(seq.stamps_s, seq.stamps_s - exclusion_s, side='left')
-    return np.clip(np.arange(n) - exclusion_frames, 0, None)
+def _one_input(src: str, k: int, work_dir: Optional[str], rate: float,
+               image_topic: Optional[str], pose_topic: Optional[str],
+               odom_topic: Optional[str]) -> tuple[str, np.ndarray, Optional[np.ndarray]]:
+    """(index path, stamps in s, odometry poses or None) of an index or a bag."""
+    if not _is_bag(src):
+        return src, np.arange(len(read_index(src).im_paths)) / rate, None
+    from vpr_ros.training.data.extract_bag import extract
+    if work_dir is None:  # never write into the current directory
+        import tempfile
+        work_dir = tempfile.mkdtemp(prefix='vpr_loop_')
+    out = os.path.join(work_dir, f'loop_bag_{k}')
+    try:
+        summary = extract(src, out, image_topic, pose_topic, all_frames=True, progress=False)
+    except SystemExit as err:  # the extractor's command-line refusals
+        raise ValueError(f'{src}: {err}') from None
+    stamps_ns = np.asarray(summary['stamps_ns'], np.int64)
+    odom = None
+    if odom_topic and odom_topic != summary['pose']:
+        odom = _odometry(src, odom_topic, stamps_ns)
+    return summary['index'], stamps_ns / 1e9, odom
+
+
+def earlier_allowed(seq: LoopSequence, exclusion_s: float) -> np.ndarray:
+    """Per frame, how many frames before it are outside the exclusion window (in seconds)."""
+    # frames j < i with stamp_j < stamp_i - exclusion_s (the map's rule, records.py, is
+    # inclusive: |dt| <= exclusion_s is excluded); stamps increase along the sequence
+    return np.searchsorted(seq.stamps_s, seq.stamps_s - exclusion_s, side='left')
 
 
 def loop_positives(seq: LoopSequence, allowed: np.ndarray, hit: str = 'psi',
@@ -147,130 +174,98 @@ def loop_positives(seq: LoopSequence, allowed: np.ndarray, hit: str = 'psi',
             for i, p in enumerate(pos)]
 
 
-def _frame_pass(seq: LoopSequence, gate: Optional[DegenerateGate], verifier) -> dict:
-    """Read every frame once: gate reason and (with verification) local features."""
-    from vpr_ros.training.eval.embedding import read_rgb
-    gated = np.zeros(len(seq.paths), bool)
-    reasons: dict[str, int] = {}
-    feats: list[Any] = [None] * len(seq.paths)
-    unreadable = 0
-    if gate is None and verifier is None:
-        return {'gated': gated, 'reasons': reasons, 'features': feats, 'unreadable': 0}
-    for i, p in enumerate(seq.paths):
-        try:
-            img = read_rgb(p)
-        except (OSError, ValueError):
-            unreadable += 1
-            continue  # embed_paths skips it too
-        reason = gate(img, 'rgb8') if gate is not None else None
-        if reason:
-            gated[i] = True
-            reasons[reason_key(reason)] = reasons.get(reason_key(reason), 0) + 1
-        elif verifier is not None:
-            feats[i] = verifier.extract(img, 'rgb8')
-    return {'gated': gated, 'reasons': reasons, 'features': feats, 'unreadable': unreadable}
-
-
-def node_keyframes(desc: np.ndarray, usable: np.ndarray, seq: LoopSequence) -> np.ndarray:
+def node_config(verify: bool = True, top_k: int = DEFAULT_TOP_K, gate: bool = True,
+                keyframes: bool = True, exclusion_s: Optional[float] = None) -> DetectorConfig:
     """
-    Which frames the node would store as keyframes (its KeyframePolicy and defaults).
+    Build the node's detector config with the evaluation's options applied.
 
-    The node searches keyframes only (every 1 m / 15 deg / 5 s, or by novelty without poses),
-    so a threshold fitted against every earlier frame would meet, in the node, best
-    candidates a few frames off the true place. Without stamps, frames are 1 s apart.
+    `keyframes` False puts every frame into the map (an upper bound of the node's recall).
     """
-    from vpr_ros.core.detector import DetectorConfig
-    from vpr_ros.core.keyframe import KeyframePolicy
-    from vpr_ros.core.pose_buffer import Pose
     c = DetectorConfig()
-    policy = KeyframePolicy(c.kf_min_distance_m, c.kf_min_angle_deg, c.kf_max_interval_s,
-                            c.kf_novelty_threshold, reset_back_s=c.reset_back_s)
-    stamps = seq.stamps_s if seq.stamps_s is not None else np.arange(len(desc), dtype=float)
-    is_kf = np.zeros(len(desc), bool)
-    last = None
-    for i in np.flatnonzero(usable):
-        t = int(round(stamps[i] * 1e9))
-        pose = None if seq.poses is None else Pose.from_vector(t, seq.poses[i])
-        sim = float(desc[i] @ desc[last]) if pose is None and last is not None else None
-        if policy.decide(t, pose, sim).is_keyframe:
-            policy.accept(t, pose)
-            is_kf[i], last = True, i
-    return is_kf
+    c = replace(c, geometric_verification=verify, top_k=top_k, degenerate_gate=gate,
+                exclusion_s=c.exclusion_s if exclusion_s is None else float(exclusion_s))
+    if not keyframes:
+        c = replace(c, kf_max_interval_s=1e-9)  # every frame passes the time criterion
+    return c
 
 
-def best_candidates(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
-                    top_k: int = 1, verifier=None, features=None,
-                    map_mask: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decided(frames, rule: DecisionRule) -> list:
+    """Per frame: the accepted candidates with whether each is true ([] when none)."""
+    out = []
+    for f in frames:
+        truth = {c.match_id: ok for c, ok in f}
+        out.append([(c, truth[c.match_id]) for c in decide([c for c, _ in f], rule)])
+    return out
+
+
+def _at_point(frames, can_close: np.ndarray, rule: DecisionRule, rep) -> dict:
     """
-    Per frame: index, score and inliers of its best candidate among the allowed earlier frames.
+    Decide every frame as the node at `rule` would.
 
-    Without a verifier the best is the top-scoring one (inliers -1); with one, the first of the
-    top-k (score order) that passes verification, as the node picks it (inliers 0 if none does,
-    then the top-scoring one stands as the rejected candidate). Index -1 / score NaN: none.
-    `map_mask`: the frames that are in the map (the node's keyframes), None: all.
+    Precision and recall of each frame's first accepted candidate, and every accepted (frame,
+    map frame) pair, in the node's row order.
     """
-    n = len(desc)
-    best = np.full(n, -1, np.int64)
-    score = np.full(n, np.nan)
-    inliers = np.full(n, -1 if verifier is None else 0, np.int64)
-    ids = np.flatnonzero(usable if map_mask is None else usable & map_mask)
-    for i in np.flatnonzero(usable):
-        cand = ids[ids < allowed[i]]
-        if len(cand) == 0:
-            continue
-        s = desc[cand] @ desc[i]
-        order = np.argsort(-s, kind='stable')[:max(1, top_k)]
-        best[i], score[i] = cand[order[0]], float(s[order[0]])
-        if verifier is None:
-            continue
-        for o in order:
-            res = verifier.verify(features[i], features[cand[o]])
-            if res.ok:
-                best[i], score[i], inliers[i] = cand[o], float(s[o]), res.inliers
-                break
-    return best, score, inliers
+    dec = _decided(frames, rule)
+    firsts = [d[0] for d in dec if d]
+    n_true = sum(1 for _, ok in firsts if ok)
+    by: dict[str, int] = {}
+    for c, _ in firsts:
+        by[c.accepted_by] = by.get(c.accepted_by, 0) + 1
+    return {'rule': {'score_threshold': rule.score_threshold, 'min_inliers': rule.min_inliers,
+                     'confidence_threshold': rule.confidence_threshold},
+            'n_accepted': len(firsts), 'n_false': len(firsts) - n_true,
+            'precision': n_true / len(firsts) if firsts else 1.0,
+            'recall': n_true / max(1, int(can_close.sum())), 'by_rule': by,
+            'pairs': [[i, rep.frame_of.get(c.match_id, -1)] for i, d in enumerate(dec)
+                      for c, _ in d]}
 
 
-def score_model(desc: np.ndarray, usable: np.ndarray, allowed: np.ndarray,
-                positives: list[np.ndarray], target_precision: float, data: dict,
-                top_k: int = DEFAULT_TOP_K, verifier=None, features=None,
-                map_mask: Optional[np.ndarray] = None) -> dict:
-    """R@1 on revisiting frames, the operating point(s) and the PR curve of one model."""
-    in_map = usable if map_mask is None else usable & map_mask
-    can_close = np.array([usable[i] and any(in_map[j] for j in positives[i])
-                          for i in range(len(desc))])
-    best, score, inl = best_candidates(desc, usable, allowed, 1, map_mask=map_mask)
-    correct = np.array([b >= 0 and b in set(positives[i].tolist()) for i, b in enumerate(best)])
-    queried = usable & (best >= 0)
-    point = calibrate(score[queried], correct[queried], can_close[queried],
-                      target_precision=target_precision, data=data)
-    n_revisit = int(can_close.sum())
-    prec, rec, thr = precision_recall(score[queried], correct[queried], can_close[queried])
-    # per query (the frames with a candidate), so several sets can be calibrated jointly
-    row_queries = {'score': score[queried].round(6).tolist(),
-                   'correct': correct[queried].astype(int).tolist(),
-                   'can_close': can_close[queried].astype(int).tolist()}
-    row = {'n_queries': int(queried.sum()), 'n_revisit': n_revisit, 'queries': row_queries,
-           'recall_at_1': float(correct[can_close].mean()) if n_revisit else float('nan'),
-           'operating_point': point.to_dict(),
-           'pr_curve': {'precision': prec.tolist(), 'recall': rec.tolist(),
-                        'threshold': thr.tolist()}}
-    if verifier is not None:
-        vbest, vscore, vinl = best_candidates(desc, usable, allowed, top_k, verifier, features,
-                                              map_mask)
-        vcorrect = np.array([b >= 0 and b in set(positives[i].tolist())
-                             for i, b in enumerate(vbest)])
-        vpoint = calibrate(vscore[queried], vcorrect[queried], can_close[queried],
-                           inliers=vinl[queried], target_precision=target_precision,
-                           data={**data, 'verification': 'orb', 'top_k': top_k})
-        row['operating_point_verified'] = vpoint.to_dict()
-        row['queries'].update(score_verified=vscore[queried].round(6).tolist(),
-                              correct_verified=vcorrect[queried].astype(int).tolist(),
-                              inliers=vinl[queried].tolist())
-        row['recall_at_1_verified'] = (float(vcorrect[can_close].mean()) if n_revisit
-                                       else float('nan'))
-    return row
+def score_replay(rep, positives: list[np.ndarray], target_precision: float, data: dict,
+                 node_rule: DecisionRule, verification: bool) -> dict:
+    """R@1 (single frame, sequence), fitted points, the node's decisions, PR curve."""
+    from vpr_ros.training.eval.loop_replay import labelled, to_json
+    frames = labelled(rep, positives)
+    kf = rep.keyframes
+    can_close = np.array([r is not None and not rep.gated[i]
+                          and any(kf[j] for j in positives[i])
+                          for i, r in enumerate(rep.results)], bool)
+    single = [max((x for x in f if x[0].in_top_k), key=lambda x: x[0].score, default=None)
+              for f in frames]
+    seq = [next((x for x in f if x[0].margin is not None), None) for f in frames]
+    n_rev = int(can_close.sum())
+    r1 = [s is not None and s[1] for s, c in zip(single, can_close) if c]
+    r1_seq = [s is not None and s[1] for s, c in zip(seq, can_close) if c]
+    point = calibrate_candidates(frames, can_close, target_precision, data, verification,
+                                 sequence=True)
+    single_point = calibrate_candidates(frames, can_close, target_precision, data,
+                                        verification, sequence=False)
+    queried = np.array([s is not None for s in single])
+    sc = np.array([s[0].score if s is not None else np.nan for s in single])
+    ok = np.array([bool(s is not None and s[1]) for s in single])
+    prec, rec, thr = precision_recall(sc[queried], ok[queried], can_close[queried])
+    return {'n_queries': int(queried.sum()), 'n_revisit': n_rev,
+            'n_map': int(kf.sum()), 'gated': int(rep.gated.sum()),
+            'recall_at_1': float(np.mean(r1)) if n_rev else float('nan'),
+            'recall_at_1_sequence': float(np.mean(r1_seq)) if n_rev else float('nan'),
+            'operating_point': point.to_dict(), 'operating_point_single': single_point.to_dict(),
+            'at_point': _at_point(frames, can_close, node_rule, rep),
+            'pr_curve': {'precision': prec.tolist(), 'recall': rec.tolist(),
+                         'threshold': thr.tolist()},
+            'frames': to_json(frames), 'can_close': can_close.astype(int).tolist(),
+            'replay_seconds': round(rep.seconds, 2)}
+
+
+def _node_rule(src: str, enc, base: DetectorConfig, image_size,
+               point: Optional[OperatingPoint]) -> DecisionRule:
+    """Return the rule the node runs for a model: `point`, the model's own point, or the base."""
+    from vpr_ros.core.calibration import calibrated_config
+    if point is None and src != IN_MEMORY and not src.startswith('<'):
+        from vpr_ros.model.operating_point import model_operating_point
+        point, _ = model_operating_point(src, tuple(image_size) if image_size else None)
+    cfg = calibrated_config(base, point)
+    if point is not None and point.confidence_threshold is None:
+        cfg = replace(cfg, sequence_evidence=False)  # a point fitted without the sequence rule
+    return cfg.rule()
 
 
 def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
@@ -278,62 +273,63 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   include_default: bool = True, hit: str = 'psi',
                   psi_threshold: float = POSITIVE_PSI, fov_deg: float = 90.0,
                   radius: float = 3.5, max_dist: float = 2.0,
-                  exclusion_frames: int = DEFAULT_EXCLUSION_FRAMES,
+                  exclusion_frames: Optional[int] = None,
                   exclusion_s: Optional[float] = None, rate_hz: Optional[float] = None,
-                  target_precision: float = 1.0, verify: bool = False,
-                  top_k: int = DEFAULT_TOP_K, gate: bool = True, keyframes: bool = False,
+                  target_precision: float = 1.0, verify: bool = True,
+                  top_k: int = DEFAULT_TOP_K, gate: bool = True, keyframes: bool = True,
                   image_size: Optional[Sequence[int]] = None, out_dir: Optional[str] = None,
                   device: str = 'auto', batch_size: int = 32, progress: bool = True,
                   cache_dir: Optional[str] = None, verbose: bool = True,
-                  topics: Optional[tuple] = None) -> dict:
+                  topics: Optional[tuple] = None, point: Optional[OperatingPoint] = None,
+                  sessions: bool = False) -> dict:
     """
-    Run the loop evaluation for every model; returns (with ``out_dir`` writes) the report.
+    Replay the sequence through the node's detector for every model; return the report.
 
-    `topics`: (image topic, pose topic) of bags, None where the bag has one of the kind.
+    `topics`: (image, ground-truth pose, odometry) topics of bags, None where the bag has one
+    of the kind. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
+    else the node's). `point`: decide `at_point` there instead of each model's own point.
+    `sessions`: each input is a session of its own (the node restarted with `load_map`
+    between them: yesterday's map, today's traverse), else one session.
+    `batch_size` and `cache_dir` are accepted for the other modes and unused: each frame gets
+    its own forward, as in the node.
     """
     import time
 
-    from vpr_ros.training.eval.embedding import DescriptorCache, embed_paths, resolve_models
+    from vpr_ros.training.eval.loop_replay import evidence_config, replay
     t0 = time.monotonic()
-    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None, None)))
-    allowed = earlier_allowed(seq, exclusion_frames, exclusion_s)
+    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None,) * 3))
+    if exclusion_s is None and exclusion_frames is not None:
+        exclusion_s = exclusion_frames / float(rate_hz or DEFAULT_RATE_HZ)
+    base = node_config(verify, top_k, gate, keyframes, exclusion_s)
+    allowed = earlier_allowed(seq, base.exclusion_s)
     positives = loop_positives(seq, allowed, hit, psi_threshold, fov_deg, radius, max_dist)
-    verifier = None
-    if verify:
-        from vpr_ros.core.detector import DetectorConfig
-        # the node's verifier, accepting from 1 inlier: the threshold is what calibration finds
-        verifier = DetectorConfig(gv_min_inliers=1).make_verifier()
-    frames = _frame_pass(seq, DegenerateGate() if gate else None, verifier)
-    encoders = resolve_models(models, include_default, device, image_size)
     gt = ({'rule': 'pairs', 'csv': gt_csv or os.path.join(folder, 'ground_truth.csv')}
           if folder else {'rule': hit, **({'threshold': psi_threshold, 'fov_deg': fov_deg,
                                            'radius_m': radius} if hit == 'psi'
                                           else {'max_dist_m': max_dist})})
-    excl = ({'seconds': exclusion_s} if exclusion_s is not None and seq.stamps_s is not None
-            else {'frames': exclusion_frames})
     data = {'name': os.path.basename(os.path.normpath(folder)) + ' as a loop' if folder
             else ', '.join(os.path.relpath(p, os.path.dirname(os.path.dirname(
                 os.path.abspath(p)))) for p in inputs),
             'source': seq.source, 'n_frames': len(seq.paths), 'ground_truth': gt,
-            'exclusion': excl, 'gate': gate,
-            'map': 'node keyframes (KeyframePolicy defaults)' if keyframes else 'every frame'}
-    rows = []
-    for name, src, enc in encoders:
+            'exclusion': {'seconds': base.exclusion_s}, 'gate': gate,
+            'map': 'node keyframes (KeyframePolicy defaults)' if keyframes else 'every frame',
+            'sessions': 'one per input (load_map between)' if sessions else 'one',
+            'replay': 'vpr_ros.core.detector.LoopDetector (training/eval/loop_replay.py)'}
+    stamps_ns = np.round(seq.stamps_s * 1e9).astype(np.int64)
+    odom = seq.odom if seq.odom is not None else seq.poses
+    rows, reps = [], []
+    for name, src, enc in resolve_models(models, include_default, device, image_size):
         fp = str(getattr(enc, 'fingerprint', '') or '')
-        cache = DescriptorCache.for_model(cache_dir, enc, src)
-        desc, ok, _ = embed_paths(enc, seq.paths, batch_size, f'{name} loop', progress,
-                                  cache.entries)
-        cache.save()
-        usable = ok & ~frames['gated']
-        kf = node_keyframes(desc, usable, seq) if keyframes else None
-        row = score_model(desc, usable, allowed, positives, target_precision,
-                          {**data, 'model': src or 'built-in default', 'fingerprint': fp},
-                          top_k, verifier, frames['features'], kf)
-        row['n_map'] = int(usable.sum() if kf is None else (usable & kf).sum())
+        rep = replay(seq.paths, stamps_ns, odom, enc, evidence_config(base), f'{name} loop',
+                     progress, seq.starts if sessions else ())
+        reps.append(rep)
+        row = score_replay(rep, positives, target_precision,
+                           {**data, 'model': src or 'built-in default', 'fingerprint': fp},
+                           _node_rule(src, enc, base, image_size, point), verify)
         rows.append({'name': name, 'model': src, 'fingerprint': fp, **row})
-    report = {'mode': 'loop', 'dataset': {**data, 'gated': int(frames['gated'].sum()),
-                                          'gate_reasons': frames['reasons'],
-                                          'unreadable': frames['unreadable']},
+    report = {'mode': 'loop', 'dataset': {**data, 'gated': int(reps[0].gated.sum()) if reps
+                                          else 0, 'gate_reasons': {},
+                                          'unreadable': reps[0].unreadable if reps else 0},
               'target_precision': target_precision,
               'image_size': list(image_size) if image_size else None,
               'rows': rows, 'seconds': round(time.monotonic() - t0, 2)}
@@ -345,47 +341,41 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     return report
 
 
-def best_operating_point(report: dict, row: int = 0, verified: bool = True) -> OperatingPoint:
-    """Return one report row's operating point (the verified one when present and asked for)."""
+def best_operating_point(report: dict, row: int = 0, sequence: bool = True) -> OperatingPoint:
+    """Return one report row's fitted point (full rule, or the single-frame rule alone)."""
     r = report['rows'][row]
-    key = 'operating_point_verified' if verified and 'operating_point_verified' in r \
-        else 'operating_point'
-    return OperatingPoint.from_dict(r[key])
+    return OperatingPoint.from_dict(r['operating_point' if sequence
+                                      else 'operating_point_single'])
 
 
-def calibrate_jointly(reports: Sequence[dict], verified: bool = True, row: int = 0,
-                      target_precision: float = 1.0, name: str = '') -> OperatingPoint:
+def calibrate_jointly(reports: Sequence[dict], row: int = 0, target_precision: float = 1.0,
+                      name: str = '', sequence: bool = True) -> OperatingPoint:
     """
     One operating point over several loop reports (e.g. the demo loop and the corridor).
 
-    The point must hold on every set at once, so their queries are pooled; `data` names each
-    set with the recall the joint point keeps there.
+    The point must hold on every set at once, so their replayed frames are pooled and decided
+    together by `calibrate_candidates`; `data` names each set with the recall and the false
+    acceptances the joint point has there.
     """
-    parts = []
-    for rep in reports:
-        q = rep['rows'][row]['queries']
-        v = verified and 'inliers' in q
-        parts.append((np.asarray(q['score_verified' if v else 'score'], float),
-                      np.asarray(q['correct_verified' if v else 'correct'], bool),
-                      np.asarray(q['can_close'], bool),
-                      np.asarray(q['inliers']) if v else None))
-    use_inl = all(p[3] is not None for p in parts)
-    cat = [np.concatenate([p[k] for p in parts]) for k in range(3)]
-    inl = np.concatenate([p[3] for p in parts]) if use_inl else None
+    from vpr_ros.training.eval.loop_replay import from_json
+    parts = [(from_json(rep['rows'][row]['frames']),
+              np.asarray(rep['rows'][row]['can_close'], bool)) for rep in reports]
     sets = [{k: rep['dataset'][k] for k in ('name', 'source', 'n_frames', 'ground_truth',
                                             'exclusion')} for rep in reports]
-    point = calibrate(*cat, inliers=inl, target_precision=target_precision,
-                      data={'name': name or ' + '.join(s['name'] for s in sets), 'sets': sets,
-                            'verification': 'orb' if use_inl else None,
-                            'model': reports[0]['rows'][row].get('model') or 'built-in default',
-                            'fingerprint': reports[0]['rows'][row].get('fingerprint', ''),
-                            'image_size': reports[0].get('image_size')})
-    for s, (sc, corr, can, ii) in zip(sets, parts):
-        acc = np.nan_to_num(sc, nan=-np.inf) >= point.score_threshold
-        if ii is not None and point.min_inliers is not None:
-            acc &= ii >= point.min_inliers
-        s['recall'] = float((acc & corr).sum() / max(1, can.sum()))
-        s['false_accepted'] = int((acc & ~corr).sum())
+    first = reports[0]['rows'][row]
+    verification = OperatingPoint.from_dict(first['operating_point']).min_inliers is not None
+    point = calibrate_candidates(
+        [f for p in parts for f in p[0]], np.concatenate([p[1] for p in parts]),
+        target_precision, {'name': name or ' + '.join(s['name'] for s in sets), 'sets': sets,
+                           'verification': 'orb' if verification else None,
+                           'model': first.get('model') or 'built-in default',
+                           'fingerprint': first.get('fingerprint', ''),
+                           'image_size': reports[0].get('image_size')},
+        verification, sequence)
+    for s, (frames, can) in zip(sets, parts):
+        firsts = [d[0] for d in _decided(frames, point.rule()) if d]
+        s['recall'] = sum(1 for _, ok in firsts if ok) / max(1, int(can.sum()))
+        s['false_accepted'] = sum(1 for _, ok in firsts if not ok)
     return point
 
 
@@ -398,22 +388,32 @@ def add_loop_arguments(parser) -> None:
                    help='ref/ then query/ of a folder pair, ground truth from its CSV')
     g.add_argument('--loop-image-topic', help='image topic of --loop bags')
     g.add_argument('--loop-pose-topic', help='ground-truth pose topic of --loop bags')
-    g.add_argument('--exclusion-frames', type=int, default=DEFAULT_EXCLUSION_FRAMES,
-                   help=f'recent frames never matched (default {DEFAULT_EXCLUSION_FRAMES})')
+    g.add_argument('--loop-odom-topic', help="the node's pose topic in --loop bags "
+                   '(keyframes, sequence alignment; default: --loop-pose-topic)')
+    g.add_argument('--exclusion-frames', type=int, default=None,
+                   help="recent frames never matched, at --rate-hz (default: the node's "
+                        'exclusion_window_s)')
     g.add_argument('--exclusion-s', type=float, default=None,
-                   help='exclusion window in seconds (bags, or with --rate-hz)')
+                   help="exclusion window in seconds (default: the node's, "
+                        f'{DetectorConfig().exclusion_s:g})')
     g.add_argument('--rate-hz', type=float, default=None,
-                   help='frame rate of indexes/folders, for --exclusion-s')
+                   help=f'frame rate of indexes/folders (default {DEFAULT_RATE_HZ:g})')
     g.add_argument('--target-precision', type=float, default=1.0)
     g.add_argument('--verify', action='store_true',
-                   help='also calibrate (score, inliers) with ORB geometric verification')
+                   help='ORB geometric verification (the default, as in the node)')
+    g.add_argument('--no-verify', action='store_true',
+                   help='decide without verification (geometric_verification false)')
     g.add_argument('--top-k', type=int, default=DEFAULT_TOP_K,
-                   help='candidates verified per frame with --verify')
+                   help="candidates per frame (the node's top_k)")
     g.add_argument('--no-gate', action='store_true',
                    help='keep frames the degenerate-frame gate rejects')
     g.add_argument('--node-keyframes', action='store_true',
-                   help='match against the frames the node would keep as keyframes only '
-                        '(its keyframe policy), as the node does: the calibration to ship')
+                   help="the map holds the node's keyframes (the default)")
+    g.add_argument('--sessions', action='store_true',
+                   help='each --loop input is a session of its own: the node is restarted '
+                        'with load_map between them (a day map, then a night traverse)')
+    g.add_argument('--all-frames', action='store_true',
+                   help='put every frame into the map (an upper bound of the node)')
 
 
 def run_from_args(args) -> dict:
@@ -423,9 +423,11 @@ def run_from_args(args) -> dict:
         include_default=not args.no_default, hit=args.hit, psi_threshold=args.psi_threshold,
         fov_deg=args.fov_deg, radius=args.radius, max_dist=args.max_dist,
         exclusion_frames=args.exclusion_frames, exclusion_s=args.exclusion_s,
-        rate_hz=args.rate_hz, target_precision=args.target_precision, verify=args.verify,
-        top_k=args.top_k, gate=not args.no_gate, keyframes=args.node_keyframes,
+        rate_hz=args.rate_hz, target_precision=args.target_precision,
+        verify=not args.no_verify, top_k=args.top_k, gate=not args.no_gate,
+        keyframes=not args.all_frames,
         image_size=args.image_size,
         out_dir=args.out, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache,
-        topics=(args.loop_image_topic, args.loop_pose_topic))
+        topics=(args.loop_image_topic, args.loop_pose_topic, args.loop_odom_topic),
+        sessions=args.sessions)

@@ -7,23 +7,27 @@ import os
 
 
 def format_loop_table(report: dict) -> str:
-    """Console table: per model R@1 on revisits, recall at the target precision, thresholds."""
+    """
+    Format the console table of a loop report, one row per model.
+
+    R@1 (single frame, sequence), recall at the target precision of the previous rule (single
+    frame) and of the new one (both fitted), and what the node's own point does.
+    """
     ds = report['dataset']
-    recall_head = f'recall@P{report["target_precision"]:g}'
-    lines = [f'loop: {ds["source"]}: {ds["n_frames"]} frames, {ds["gated"]} gated '
-             f'{ds["gate_reasons"] or ""}, exclusion {ds["exclusion"]}, '
-             f'ground truth {ds["ground_truth"]["rule"]}',
-             f'{"model":<28} {"revisits":>8} {"R@1":>6} {recall_head:>10} '
-             f'{"threshold":>9} {"min_inl":>7}']
+    p = f'P{report["target_precision"]:g}'
+    lines = [f'loop: {ds["source"]}: {ds["n_frames"]} frames, {ds["gated"]} gated, '
+             f'exclusion {ds["exclusion"]}, ground truth {ds["ground_truth"]["rule"]}',
+             f'{"model":<26} {"revisits":>8} {"R@1":>6} {"R@1seq":>6} {"rec@" + p + " old":>11} '
+             f'{"rec@" + p + " new":>11} {"node: prec":>10} {"recall":>6}  point (new)']
     for r in report['rows']:
-        for key, tag in (('operating_point', ''), ('operating_point_verified', ' +verify')):
-            if key not in r:
-                continue
-            op = r[key]
-            r1 = r['recall_at_1_verified' if tag else 'recall_at_1']
-            inl = '-' if op['min_inliers'] is None else str(op['min_inliers'])
-            lines.append(f'{(r["name"] + tag)[:28]:<28} {r["n_revisit"]:>8} {r1:>6.3f} '
-                         f'{op["recall"]:>10.3f} {op["score_threshold"]:>9.4f} {inl:>7}')
+        old, new, at = r['operating_point_single'], r['operating_point'], r['at_point']
+        inl = '-' if new['min_inliers'] is None else str(new['min_inliers'])
+        conf = new.get('confidence_threshold')
+        lines.append(f'{r["name"][:26]:<26} {r["n_revisit"]:>8} {r["recall_at_1"]:>6.3f} '
+                     f'{r["recall_at_1_sequence"]:>6.3f} {old["recall"]:>11.3f} '
+                     f'{new["recall"]:>11.3f} {at["precision"]:>10.3f} {at["recall"]:>6.3f}  '
+                     f'score {new["score_threshold"]:.4f} inl {inl} conf '
+                     f'{"-" if conf is None else f"{conf:.4f}"}')
     return '\n'.join(lines)
 
 
@@ -41,14 +45,14 @@ def write_loop_report(report: dict, out_dir: str) -> dict:
              'pr_png': os.path.join(out_dir, 'loop_precision_recall.png')}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in report['rows']:
-        c, op = r['pr_curve'], r['operating_point']
+        c, op = r['pr_curve'], r['operating_point_single']
         line, = ax.plot(c['recall'], c['precision'], label=f'{r["name"]} (R@1 '
                         f'{r["recall_at_1"]:.2f})')
         ax.plot([op['recall']], [op['precision']], marker='o', color=line.get_color())
         ax.annotate(f'{op["score_threshold"]:.3f}', (op['recall'], op['precision']),
                     fontsize=7, xytext=(3, -10), textcoords='offset points')
     ax.set_xlabel('recall (frames that can close a loop)')
-    ax.set_ylabel('precision (best candidate)')
+    ax.set_ylabel('precision (best single-frame candidate)')
     ax.set_xlim(0, 1.0)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

@@ -1,9 +1,10 @@
 """
 `vpr-export --calibrate-loop`: fit the operating point of the network being exported.
 
-The exported network is run through the loop evaluation (training/eval/loop_mode.py) on one or more
-validation loops, the (score[, inlier]) threshold that reaches the target precision on all of
-them at once is fitted (`calibrate_jointly`), and it goes into the model file's provenance
+The exported network is replayed through the node's own detector by the loop evaluation
+(training/eval/loop_mode.py) on one or more validation loops; the rule's thresholds (score,
+inliers, sequence confidence) that reach the target precision on all of them at once are fitted
+by the node's `decide` (`calibrate_jointly`), and go into the model file's provenance
 (`vpr_ros.model.operating_point.PROVENANCE_KEY`) with the data it was fitted on. The node then
 runs the model at that point unless `score_threshold` is set (vpr_ros/ros/detector_config.py).
 """
@@ -11,12 +12,7 @@ import copy
 from typing import Optional, Sequence
 
 from vpr_ros.core.calibration import OperatingPoint
-from vpr_ros.training.eval.loop_mode import (
-    calibrate_jointly,
-    DEFAULT_EXCLUSION_FRAMES,
-    DEFAULT_TOP_K,
-    evaluate_loop,
-)
+from vpr_ros.training.eval.loop_mode import calibrate_jointly, DEFAULT_TOP_K, evaluate_loop
 
 
 def add_calibration_arguments(parser) -> None:
@@ -28,8 +24,13 @@ def add_calibration_arguments(parser) -> None:
     g.add_argument('--calibrate-loop-folder', action='append', default=[], metavar='DIR',
                    help='a folder pair played ref then query as a loop (repeatable)')
     g.add_argument('--calibrate-verify', action='store_true',
-                   help='fit (score, inliers) with ORB verification, as the node runs it')
-    g.add_argument('--calibrate-exclusion-frames', type=int, default=DEFAULT_EXCLUSION_FRAMES)
+                   help='fit (score, inliers) with ORB verification, as the node runs it '
+                        '(the default)')
+    g.add_argument('--calibrate-no-verify', action='store_true',
+                   help='fit without verification (a node with geometric_verification false)')
+    g.add_argument('--calibrate-no-sequence', action='store_true',
+                   help='fit the single-frame rule only (no confidence_threshold)')
+    g.add_argument('--calibrate-exclusion-frames', type=int, default=None)
     g.add_argument('--calibrate-exclusion-s', type=float, default=None)
     g.add_argument('--calibrate-rate-hz', type=float, default=None)
     g.add_argument('--target-precision', type=float, default=1.0)
@@ -40,17 +41,18 @@ def calibration_from_args(args) -> Optional[dict]:
     if not args.calibrate_loop and not args.calibrate_loop_folder:
         return None
     return {'loops': [list(x) for x in args.calibrate_loop],
-            'folders': list(args.calibrate_loop_folder), 'verify': args.calibrate_verify,
+            'folders': list(args.calibrate_loop_folder), 'verify': not args.calibrate_no_verify,
+            'sequence': not args.calibrate_no_sequence,
             'exclusion_frames': args.calibrate_exclusion_frames,
             'exclusion_s': args.calibrate_exclusion_s, 'rate_hz': args.calibrate_rate_hz,
             'target_precision': args.target_precision}
 
 
 def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[str] = (),
-                  verify: bool = False, exclusion_frames: int = DEFAULT_EXCLUSION_FRAMES,
+                  verify: bool = True, exclusion_frames: Optional[int] = None,
                   exclusion_s: Optional[float] = None, rate_hz: Optional[float] = None,
                   target_precision: float = 1.0, device: str = 'cpu',
-                  work_dir: Optional[str] = None) -> OperatingPoint:
+                  work_dir: Optional[str] = None, sequence: bool = True) -> OperatingPoint:
     """Run `net` (a copy: the export keeps its own) on every loop; return the joint point."""
     from vpr_ros.model.encoder import Encoder
 
@@ -66,4 +68,4 @@ def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[st
             verify=verify, top_k=DEFAULT_TOP_K, keyframes=True, out_dir=work_dir,
             device=device,
             progress=False, verbose=False, **run))
-    return calibrate_jointly(reports, verified=verify, target_precision=target_precision)
+    return calibrate_jointly(reports, target_precision=target_precision, sequence=sequence)

@@ -24,7 +24,7 @@ When no threshold reaches the target with any correct query (no possible loop, o
 high-scoring candidate wrong) the point accepts nothing: threshold just above the highest score,
 recall 0, precision 1.0 (vacuously: no false positive), and `usable` is False.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 import math
 from typing import Sequence
 
@@ -55,10 +55,14 @@ class OperatingPoint:
     recall: float
     n_queries: int
     data: dict = field(default_factory=dict)
+    # The sequence rule's margin (vpr_ros/core/sequence.py); None: fitted without it (points
+    # written before the sequence rule existed read back with None).
+    confidence_threshold: float | None = None
 
     def rule(self) -> DecisionRule:
         """Return the decision rule this point stands for (vpr_ros/core/decision.py)."""
-        return DecisionRule(float(self.score_threshold), self.min_inliers)
+        return DecisionRule(float(self.score_threshold), self.min_inliers,
+                            self.confidence_threshold)
 
     @property
     def usable(self) -> bool:
@@ -77,24 +81,30 @@ class OperatingPoint:
         if not isinstance(d, dict):
             raise VPRError(f'operating point must be a dict, got {type(d).__name__}')
         missing = [k for k in _FIELDS if k not in d]
-        unknown = sorted(set(d) - set(_FIELDS))
+        unknown = sorted(set(d) - set(_FIELDS) - {'confidence_threshold'})
         if missing or unknown:
             raise VPRError(f'operating point: missing fields {missing}, unknown fields {unknown}')
         try:
+            conf = d.get('confidence_threshold')
             point = cls(float(d['score_threshold']),
                         None if d['min_inliers'] is None else int(d['min_inliers']),
                         float(d['target_precision']), float(d['precision']),
-                        float(d['recall']), int(d['n_queries']), dict(d['data']))
+                        float(d['recall']), int(d['n_queries']), dict(d['data']),
+                        None if conf is None else float(conf))
         except (TypeError, ValueError) as exc:
             raise VPRError(f'operating point has an ill-typed field: {exc}') from None
-        if not math.isfinite(point.score_threshold):
-            raise VPRError(f'operating point score_threshold is {point.score_threshold}')
+        if not math.isfinite(point.score_threshold) or not math.isfinite(
+                point.confidence_threshold if point.confidence_threshold is not None else 0.0):
+            raise VPRError(f'operating point thresholds are {point.score_threshold}, '
+                           f'{point.confidence_threshold}')
         return point
 
     def describe(self) -> str:
         """One line for a log: the thresholds, what they kept and on which data."""
         name = self.data.get('name', 'unnamed data')
         inl = '' if self.min_inliers is None else f', min_inliers {self.min_inliers}'
+        if self.confidence_threshold is not None:
+            inl += f', confidence_threshold {self.confidence_threshold:.4f}'
         return (f'score_threshold {self.score_threshold:.4f}{inl} (precision '
                 f'{self.precision:.3f}, recall {self.recall:.3f} at target precision '
                 f'{self.target_precision:g}, fitted on {name}, {self.n_queries} queries)')
@@ -165,7 +175,8 @@ def _bests(frames: Sequence[Sequence[Labelled]], rule: DecisionRule):
 
 def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
                          target_precision: float = DEFAULT_TARGET_PRECISION,
-                         data: dict | None = None, verification: bool = True) -> OperatingPoint:
+                         data: dict | None = None, verification: bool = True,
+                         sequence: bool = False) -> OperatingPoint:
     """
     Fit the operating point on replayed frames, deciding with `decide` as the node does.
 
@@ -174,6 +185,8 @@ def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
     match; a query counts as accepted when `decide` accepts a candidate, and as correct when
     the first accepted one is true (the best candidate, the one /vpr/loop_closure sends).
     `verification`: the rule requires verified inliers (min_inliers fitted) or not (None).
+    `sequence`: also fit the sequence rule's margin (`confidence_threshold`) for the frames
+    the single-frame rule leaves (candidates carry `margin`: a replay with the sequence rule on).
     """
     if not 0.0 < target_precision <= 1.0:
         raise VPRError(f'target_precision must be in (0, 1], got {target_precision}')
@@ -198,29 +211,63 @@ def calibrate_candidates(frames: Sequence[Sequence[Labelled]], can_close=None,
                 best = key + (n_acc, low, m)
     info = {'n_possible': int(pos.sum())}
     info.update(data or {})
-    if best is None:
+    if best is None:  # the single-frame rule accepts nothing
         top = max((c.score for f in frames for c, _ in f if np.isfinite(c.score)), default=None)
-        thr = 1.0 if top is None else float(np.nextafter(top, np.inf))
         most = max((c.inliers for f in frames for c, _ in f), default=0)
-        info.update(n_accepted=0, n_false=0)
-        return OperatingPoint(thr, int(most) + 1 if verification else None,
-                              float(target_precision), 1.0, 0.0, n, info)
-    tp, precision, _, n_acc, low, m = best
-    if verification:  # as far from the rejected inlier counts as from the accepted ones
-        s, _, inl = _bests(frames, DecisionRule(-np.inf, m))
-        lowest = float(inl[s >= low].min())
-        below = np.array([c.inliers for f in frames for c, _ in f
-                          if c.verified and c.score >= low and c.inliers < lowest], float)
-        m = int(math.ceil(_midpoint(lowest, below)))
-    s, y, _ = _bests(frames, DecisionRule(-np.inf, m))
-    point_rule = DecisionRule(_midpoint(low, s), m)
+        point_rule = DecisionRule(1.0 if top is None else float(np.nextafter(top, np.inf)),
+                                  int(most) + 1 if verification else None)
+        tp = n_acc = 0
+    else:
+        tp, _, _, n_acc, low, m = best
+        if verification:  # as far from the rejected inlier counts as from the accepted ones
+            s, _, inl = _bests(frames, DecisionRule(-np.inf, m))
+            lowest = float(inl[s >= low].min())
+            below = np.array([c.inliers for f in frames for c, _ in f
+                              if c.verified and c.score >= low and c.inliers < lowest], float)
+            m = int(math.ceil(_midpoint(lowest, below)))
+        s, _, _ = _bests(frames, DecisionRule(-np.inf, m))
+        point_rule = DecisionRule(_midpoint(low, s), m)
+    if sequence:
+        conf, tp, n_acc = _fit_confidence(frames, point_rule, tp, n_acc, target_precision)
+        point_rule = replace(point_rule, confidence_threshold=conf)
     s, y, _ = _bests(frames, point_rule)
     accepted = np.isfinite(s)
     assert int((accepted & y).sum()) == tp and int(accepted.sum()) == n_acc  # margins keep counts
     info.update(n_accepted=n_acc, n_false=n_acc - tp)
     recall = tp / int(pos.sum()) if pos.any() else 0.0
-    return OperatingPoint(float(point_rule.score_threshold), m, float(target_precision),
-                          float(precision), float(recall), n, info)
+    return OperatingPoint(float(point_rule.score_threshold), point_rule.min_inliers,
+                          float(target_precision), tp / n_acc if n_acc else 1.0, float(recall),
+                          n, info, point_rule.confidence_threshold)
+
+
+def _fit_confidence(frames: Sequence[Sequence[Labelled]], base: DecisionRule, tp: int,
+                    n_acc: int, target: float) -> tuple[float, int, int]:
+    """
+    Fit the sequence rule's margin threshold on top of a fitted single-frame rule.
+
+    Frames the single-frame rule leaves are accepted by the sequence rule best margin first;
+    the threshold keeps the most true loops with the pooled precision at the target, midway to
+    the next margin below. Returns (threshold, tp, n_accepted) of both rules together.
+    """
+    found = []
+    for frame in frames:
+        truth = {c.match_id: ok for c, ok in frame}
+        acc = decide([c for c, _ in frame], replace(base, confidence_threshold=-np.inf))
+        if acc and acc[0].accepted_by == 'sequence':
+            found.append((float(acc[0].margin), bool(truth[acc[0].match_id])))
+    m = np.array([f[0] for f in found], float)
+    y = np.array([f[1] for f in found], bool)
+    if m.size:
+        order = np.argsort(-m, kind='mergesort')
+        ms, ys = m[order], np.cumsum(y[order])
+        last = np.r_[np.flatnonzero(np.diff(ms) != 0), ms.size - 1]  # end of each tie group
+        ok = (ys[last] > 0) & (ys[last] + tp >= target * (last + 1 + n_acc) - 1e-9)
+        if ok.any():
+            k = int(np.argmax(np.where(ok, ys[last], -1)))  # first max: the fewest accepted
+            return (_midpoint(float(ms[last[k]]), m), tp + int(ys[last[k]]),
+                    n_acc + int(last[k] + 1))
+    top = float(m.max()) if m.size else 0.0
+    return float(np.nextafter(top, np.inf)), tp, n_acc
 
 
 def calibrate(scores, correct, can_close=None, inliers=None,

@@ -40,7 +40,7 @@ from vpr_ros.core.keyframe import (
 )
 from vpr_ros.core.pose_buffer import Pose
 from vpr_ros.core.relative_pose import Intrinsics
-from vpr_ros.core.sequence import SequenceEvidence
+from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence
 from vpr_ros.core.verification import Features, GeometricVerifier
 
 _LOG = logging.getLogger(__name__)
@@ -109,9 +109,13 @@ class DetectorConfig:
     # vetoes it: it saw `gv_veto_matches` ratio-test matches or more and they disagree.
     sequence_evidence: bool = False
     confidence_threshold: float = 0.1
-    sequence_length: int = 10
+    sequence_length_m: float = 10.0
+    sequence_length_s: float = 15.0
     sequence_candidates: int = 20
     gv_veto_matches: int = 20
+    # Verify every candidate any rule could use, whatever was accepted already: the evidence a
+    # replay needs to be decided later at other thresholds (training/eval/loop_replay.py).
+    record_evidence: bool = False
     kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
     kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
@@ -137,8 +141,10 @@ class DetectorConfig:
             raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
         if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
             raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
-        if self.sequence_length < 1 or self.sequence_candidates < 1:
-            raise VPRError('sequence_length and sequence_candidates must be >= 1')
+        if (self.sequence_length_m <= 0 or self.sequence_length_s <= 0
+                or self.sequence_candidates < 1):
+            raise VPRError('sequence_length_m, sequence_length_s must be > 0 and '
+                           'sequence_candidates >= 1')
 
     def rule(self) -> DecisionRule:
         """Return the decision rule these fields describe (vpr_ros/core/decision.py)."""
@@ -227,7 +233,9 @@ class LoopDetector:
         self._history: deque = deque(maxlen=max(c.temporal_consistency - 1, 1))
         self._last_stamp_ns: int | None = None
         self._last_kf_desc: np.ndarray | None = None
-        self.sequence = SequenceEvidence(place_map)
+        self.sequence = SequenceEvidence(place_map, SequenceConfig(
+            length_m=c.sequence_length_m, length_s=c.sequence_length_s,
+            candidates=c.sequence_candidates))
 
     def set_intrinsics(self, intrinsics: Intrinsics | None) -> None:
         """Camera intrinsics for verification (essential matrix, relative pose); None: off."""
@@ -305,23 +313,38 @@ class LoopDetector:
         """
         Make the top_k matches candidates, with sequence evidence when the rule uses it.
 
-        The sequence rule looks at all matches searched: the best-supported one joins the
-        candidates (outside the top_k it is `in_top_k` False: only the sequence rule sees it).
+        The sequence evidence looks further (vpr_ros/core/sequence.py): its best-supported
+        keyframe joins the candidates, outside the top_k as `in_top_k` False (only the sequence
+        rule sees it).
         """
         c = self.config
         cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
-                           _record_pose(m.record), in_top_k=k < c.top_k)
-                 for k, m in enumerate(matches)]
-        if rule.confidence_threshold is None or not cands:
-            return cands[:c.top_k]
-        seq, best, margin = self.sequence.evaluate(
+                           _record_pose(m.record)) for m in matches[:c.top_k]]
+        if rule.confidence_threshold is None or not len(self.place_map):
+            return cands
+
+        def search(vector: np.ndarray, k: int) -> list[int]:
+            return [int(m.id) for m in self.place_map.search(
+                vector, k, query_stamp_ns=stamp_ns, exclusion_s=c.exclusion_s,
+                exclusion_n=c.exclusion_n)]
+        scored, best = self.sequence.evaluate(
             desc, stamp_ns, None if pose is None else pose.position,
-            [x.match_id for x in cands], [x.score for x in cands], c.exclusion_s,
-            c.sequence_length)
-        cands = [replace(x, sequence=s) for x, s in zip(cands, seq)]
-        if best is not None:
-            cands[best] = replace(cands[best], margin=margin)
-        return [x for k, x in enumerate(cands) if k < c.top_k or k == best]
+            [int(m.id) for m in matches], [float(m.score) for m in matches], c.exclusion_s,
+            search)
+        by_id = {x.kid: x for x in scored}
+        cands = [replace(x, sequence=by_id[x.match_id].sequence if x.match_id in by_id
+                         else None) for x in cands]
+        if best is None:
+            return cands
+        for i, x in enumerate(cands):
+            if x.match_id == best.kid:
+                cands[i] = replace(x, margin=best.margin)
+                return cands
+        record = self.place_map.record(best.kid)
+        score = float(np.dot(desc, self.sequence.descriptor(best.kid)))
+        return cands + [Candidate(best.kid, int(record.stamp_ns), score, -1,
+                                  _record_pose(record), sequence=best.sequence,
+                                  margin=best.margin, in_top_k=False)]
 
     def _gather(self, image: np.ndarray, encoding: str, cands: list[Candidate],
                 is_keyframe: bool) -> tuple[list[Candidate], Features | None]:
@@ -351,12 +374,13 @@ class LoopDetector:
             return cands, None
         framed = False
         for i in sorted(worth, key=lambda i: sequence_supported(cands[i], rule)):
-            if framed and sequence_supported(cands[i], rule) and not accepts(cands[i], rule):
+            if (framed and not c.record_evidence and sequence_supported(cands[i], rule)
+                    and not accepts(cands[i], rule)):
                 continue  # the single-frame rule accepted one: the sequence rule is not asked
             cands[i] = self._verify(feats, cands[i])
             if accepts(cands[i], rule):
                 framed = True
-                if c.gv_first_only:
+                if c.gv_first_only and not c.record_evidence:
                     break
             elif cands[i].verified is not None and not sequence_supported(cands[i], rule):
                 self.counters['rejected_geometric'] += 1
@@ -392,6 +416,7 @@ class LoopDetector:
             self._count('time_reset', f'stamp jumped back to {stamp_ns} from '
                         f'{self._last_stamp_ns}: new sequence')
             self._history.clear()
+            self.sequence.new_sequence()
         self._last_stamp_ns = stamp_ns
         self.counters['frames'] += 1
 
@@ -418,11 +443,11 @@ class LoopDetector:
                                         else pose.vector(), frame_id=frame_id,
                                         blob=None if feats is None else feats.to_bytes())
             query_id = int(record.id)
-            self.sequence.on_keyframe(query_id, stamp_ns, None if pose is None
-                                      else pose.position, desc)
             self.policy.accept(stamp_ns, pose)
             self._last_kf_desc = desc
             self.counters['keyframes'] += 1
+        self.sequence.observe(desc, stamp_ns, None if pose is None else pose.position,
+                              query_id if decision.is_keyframe else None)
         t4 = time.perf_counter()
         return FrameResult(stamp_ns, query_id, decision.is_keyframe, decision.reason,
                            candidates, pose, t1 - t0, t4 - t0, t2 - t1, t3 - t2, t4 - t3,

@@ -28,6 +28,12 @@ _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 #: Largest image accepted by default: 4096x4096, above any camera a robot runs VPR on; the
 #: node passes its max_image_pixels parameter.
 DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Decoded bytes allowed per pixel of the limit: 4 (an 8-bit RGBA image at the pixel limit),
+#: so the default bounds a decoded frame at 64 MiB. A 4096x4096 16-bit RGBA PNG declares
+#: 128 MiB and used to cost +706 MB decoded (issue 20 #6); 16-bit colour fits up to 8 Mpixels.
+BYTES_PER_PIXEL_BUDGET = 4
+# PNG colour type -> channels OpenCV decodes it to (IMREAD_ANYCOLOR: gray, BGR, BGRA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
 
 
 class StampedPose(NamedTuple):
@@ -60,13 +66,24 @@ def _buffer(data) -> memoryview:
         return memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast('B')
 
 
-def _check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
-    """Refuse a declared size before any buffer of that size exists (decompression bombs)."""
+def _check_pixels(w: int, h: int, max_pixels: int, what: str,
+                  bytes_per_pixel: int = 1) -> None:
+    """
+    Refuse a declared size before any buffer of that size exists (decompression bombs).
+
+    Pixels against `max_pixels`, and decoded bytes (`bytes_per_pixel`: channels x bytes per
+    sample, as the header declares them) against BYTES_PER_PIXEL_BUDGET x `max_pixels`.
+    """
     if w <= 0 or h <= 0:
         raise ImageError(f'{what} has zero size ({w}x{h})')
     if max_pixels and w * h > max_pixels:
         raise ImageError(f'{what} of {w}x{h} = {w * h} pixels is over the limit of '
                          f'{max_pixels} (max_image_pixels)')
+    limit = BYTES_PER_PIXEL_BUDGET * max_pixels
+    if max_pixels and w * h * bytes_per_pixel > limit:
+        raise ImageError(f'{what} of {w}x{h} at {bytes_per_pixel} bytes a pixel decodes to '
+                         f'{w * h * bytes_per_pixel} bytes, over the limit of {limit} '
+                         f'({BYTES_PER_PIXEL_BUDGET} bytes x max_image_pixels)')
 
 
 def image_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
@@ -86,6 +103,7 @@ def image_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarra
         _, _, typestr, nchan = to_cvtype(enc)
     except RosbagsImageError:
         raise ImageError(f'unsupported image encoding {enc!r}') from None
+    _check_pixels(w, h, max_pixels, f'{enc} image', nchan * np.dtype(typestr).itemsize)
     if enc.startswith(('8', '16', '32', '64')):  # OpenCV type strings like 32FC1: not a camera
         raise ImageError(f'unsupported image encoding {enc!r} (not a camera image)')
     dtype = np.dtype(typestr)
@@ -129,6 +147,13 @@ def png_size(data: bytes) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def png_bytes_per_pixel(data: bytes) -> int:
+    """Bytes a pixel of a PNG decodes to (OpenCV, any depth), from its IHDR bit depth and type."""
+    if len(data) < 26 or data[25] not in _PNG_CHANNELS:
+        raise ImageError('PNG header declares no known colour type')
+    return _PNG_CHANNELS[data[25]] * (2 if data[24] == 16 else 1)
+
+
 def _decode_jpeg(buf: memoryview, max_pixels: int) -> tuple[np.ndarray, str]:
     """
     JPEG → (bgr8 | mono8) with its size checked first and libjpeg's warnings as errors.
@@ -142,10 +167,10 @@ def _decode_jpeg(buf: memoryview, max_pixels: int) -> tuple[np.ndarray, str]:
         h, w, colour, _ = simplejpeg.decode_jpeg_header(buf)
     except ValueError as err:
         raise ImageError(f'JPEG header unreadable ({len(buf)} bytes): {err}') from None
-    _check_pixels(int(w), int(h), max_pixels, 'JPEG image')
     if colour not in ('Gray', 'YCbCr', 'RGB'):
         raise ImageError(f'JPEG colour space {colour!r} is not a camera image')
     gray = colour == 'Gray'
+    _check_pixels(int(w), int(h), max_pixels, 'JPEG image', 1 if gray else 3)
     try:
         img = simplejpeg.decode_jpeg(buf, colorspace='GRAY' if gray else 'BGR', strict=True)
     except ValueError as err:
@@ -172,8 +197,9 @@ def compressed_from_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
     if not head.startswith(_PNG_MAGIC):
         fmt = str(getattr(msg, 'format', ''))
         raise ImageError(f'compressed image is neither JPEG nor PNG (format {fmt!r})')
-    w, h = png_size(bytes(buf[:24]))
-    _check_pixels(w, h, max_pixels, 'PNG image')
+    head = bytes(buf[:26])
+    w, h = png_size(head)
+    _check_pixels(w, h, max_pixels, 'PNG image', png_bytes_per_pixel(head))
     img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     if img is None or img.size == 0:
         raise ImageError(f'compressed image could not be decoded ({len(buf)} bytes)')

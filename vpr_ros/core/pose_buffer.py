@@ -8,6 +8,18 @@ the first or after the last pose (beyond a small tolerance) and stamps inside a 
 `max_gap_s`, because a made-up pose would poison the map and the training labels. Bad input
 (NaN/inf, zero quaternion, stamps not increasing) is dropped and counted, never raised, because
 one bad message must not stop a robot's node.
+
+A lone pose stamped ahead (a driver glitch) used to become the newest pose, and every correct
+pose after it was refused as out of order, so the following images lost their pose (issue 20
+#7). A pose that jumps ahead of the stream by more than a few of its usual intervals is now
+provisional until the next pose: a newer one confirms the jump (`jump_confirmed`), one that
+continues where the stream was drops it (`outlier_dropped`) and is stored in its place. A jump
+of more than `trust_jump_s` (a clock gone wrong by hours, years, or to the epoch; bags and
+simulations skip by seconds or minutes) is not even stored until confirmed (`held_ahead`), so
+it is never `latest()`, the reference the stamp gate judges image stamps by, and a lone pose a
+year ahead cannot vouch for an image stamped like it. A provisional pose within `trust_jump_s`
+is stored and used at once: a stream that really skipped ahead with one pose is indistinguishable
+from a glitch until its next pose, and refusing it would refuse every replay that skips.
 """
 import bisect
 from dataclasses import dataclass, field
@@ -22,7 +34,13 @@ from vpr_ros.core.errors import PoseError
 _LOG = logging.getLogger(__name__)
 
 COUNTER_KEYS = ('nan_pose', 'zero_quaternion', 'out_of_order', 'duplicate', 'dropped_capacity',
-                'outside_range', 'gap')
+                'outside_range', 'gap', 'held_ahead', 'outlier_dropped', 'jump_confirmed')
+# A pose further ahead of the newest than HOLD_FACTOR x the stream's median interval (and at
+# least HOLD_MIN_S) is provisional until the next pose says whether the stream jumped with it.
+HOLD_FACTOR = 4
+HOLD_MIN_S = 0.1
+TRUST_JUMP_S = 600.0
+_INTERVALS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +98,7 @@ class PoseBuffer:
     """
 
     def __init__(self, max_gap_s: float | None = 0.5, capacity: int = 10000,
-                 tolerance_s: float = 0.01) -> None:
+                 tolerance_s: float = 0.01, trust_jump_s: float = TRUST_JUMP_S) -> None:
         if capacity < 2:
             raise PoseError(f'capacity must be >= 2, got {capacity}')
         if tolerance_s < 0:
@@ -91,6 +109,9 @@ class PoseBuffer:
         self._stamps: list[int] = []
         self._pos: list[np.ndarray] = []
         self._quat: list[np.ndarray] = []
+        self._held: tuple[int, np.ndarray, np.ndarray] | None = None   # beyond trust_jump_s
+        self._provisional = False   # the newest stored pose jumped ahead, not yet confirmed
+        self.trust_jump_ns = int(trust_jump_s * 1e9)
         self.counters: dict[str, int] = {k: 0 for k in COUNTER_KEYS}
 
     def __len__(self) -> int:
@@ -101,6 +122,8 @@ class PoseBuffer:
         self._stamps.clear()
         self._pos.clear()
         self._quat.clear()
+        self._held = None
+        self._provisional = False
 
     def _count(self, key: str, detail: str) -> None:
         self.counters[key] += 1
@@ -113,7 +136,9 @@ class PoseBuffer:
         Append a pose; False (and counted) when it is NaN/inf, has a zero quaternion or is old.
 
         A stamp equal to or older than the newest stored one is refused rather than inserted, so
-        the buffer never reorders history that interpolation may already have used.
+        the buffer never reorders history that interpolation may already have used. A pose far
+        ahead of the stream is provisional, or held (True: accepted, not yet stored) beyond
+        `trust_jump_s`, until the next one (see the module docstring).
         """
         p = np.asarray(position, dtype=np.float64).reshape(3)
         q = np.asarray(quaternion, dtype=np.float64).reshape(4)
@@ -125,6 +150,10 @@ class PoseBuffer:
             self._count('zero_quaternion', 'pose with zero-norm quaternion ignored')
             return False
         stamp_ns = int(stamp_ns)
+        if self._held is not None and not self._resolve_held(stamp_ns):
+            return False
+        if self._provisional:
+            self._settle_provisional(stamp_ns)
         if self._stamps:
             last = self._stamps[-1]
             if stamp_ns == last:
@@ -134,19 +163,72 @@ class PoseBuffer:
                 self._count('out_of_order',
                             f'pose stamp {stamp_ns} older than newest {last} ignored')
                 return False
+            if stamp_ns - last > self.trust_jump_ns:
+                self._held = (stamp_ns, p, q / n)
+                self.counters['held_ahead'] += 1
+                return True
+            self._provisional = stamp_ns - last > self._hold_ns()
+        self._append(stamp_ns, p, q / n)
+        return True
+
+    def _settle_provisional(self, stamp_ns: int) -> None:
+        """Settle a provisional pose: a newer pose confirms it, one in between drops it."""
+        st = self._stamps
+        if stamp_ns > st[-1]:
+            self._provisional = False
+            self.counters['jump_confirmed'] += 1
+        elif len(st) >= 2 and st[-2] < stamp_ns < st[-1]:
+            self._provisional = False
+            self._count('outlier_dropped', f'pose stamped {st[-1]} ahead of the stream dropped')
+            del st[-1], self._pos[-1], self._quat[-1]
+
+    def _hold_ns(self) -> float:
+        """How far ahead of the newest a pose may be before it is held (inf: too few poses)."""
+        st = self._stamps
+        if len(st) < 3:
+            return float('inf')
+        interval = float(np.median(np.diff(st[-_INTERVALS - 1:])))
+        return max(HOLD_MIN_S * 1e9, HOLD_FACTOR * interval)
+
+    def _resolve_held(self, stamp_ns: int) -> bool:
+        """Settle a held pose by the next one: confirm or drop it; False: refuse this pose."""
+        held, hp, hq = self._held
+        if stamp_ns == held:
+            self._count('duplicate', f'pose with duplicate stamp {stamp_ns} ignored')
+            return False
+        if self._stamps and stamp_ns <= self._stamps[-1]:
+            return True       # a straggler says nothing about the held pose (refused below)
+        self._held = None
+        if stamp_ns > held:   # the stream went on past it: it really jumped
+            self.counters['jump_confirmed'] += 1
+            self._append(held, hp, hq)
+        else:                 # the stream goes on where it was: the held pose was a glitch
+            self._count('outlier_dropped', f'pose stamped {held} ahead of the stream dropped')
+        return True
+
+    def _append(self, stamp_ns: int, p: np.ndarray, q: np.ndarray) -> None:
         self._stamps.append(stamp_ns)
         self._pos.append(p)
-        self._quat.append(q / n)
+        self._quat.append(q)
         if len(self._stamps) > self.capacity:
             del self._stamps[0], self._pos[0], self._quat[0]
             self.counters['dropped_capacity'] += 1
-        return True
 
     def latest(self) -> Pose | None:
-        """Return the newest pose (None when empty), for callers that want the current one."""
+        """Return the newest stored pose (None when empty): never a held one."""
         if not self._stamps:
             return None
         return Pose(self._stamps[-1], self._pos[-1], self._quat[-1])
+
+    def latest_confirmed(self) -> Pose | None:
+        """
+        Return the newest pose that is not provisional (None when none).
+
+        What a caller compares a new pose with to tell a restarted stream (far behind it) from
+        the stream going on after a provisional glitch (a reset there would drop the history).
+        """
+        k = len(self._stamps) - (2 if self._provisional else 1)
+        return None if k < 0 else Pose(self._stamps[k], self._pos[k], self._quat[k])
 
     def oldest(self) -> Pose | None:
         """Return the oldest pose still held (None when empty), to report the covered span."""

@@ -69,6 +69,16 @@ class BlobStore:
         self.db = db_path
         self.ids = set(ids)
 
+    def open_now(self) -> None:
+        """Open the saved file now (a read-only snapshot): it stays readable once replaced."""
+        if self.db is not None and self._conn is None:
+            try:
+                self._conn = sqlite3.connect(sqlite_uri(self.db, 'ro'), uri=True,
+                                             check_same_thread=False)
+                self._conn.execute('SELECT COUNT(*) FROM blobs').fetchone()
+            except sqlite3.Error as exc:
+                raise MapError(f'cannot open {self.db}: {exc}') from exc
+
     def get(self, kid: int) -> Optional[bytes]:
         """Return the blob of `kid`, None when it had none; MapError when the saved file fails."""
         if kid not in self.ids:
@@ -97,3 +107,31 @@ class BlobStore:
             conn.commit()
             conn.execute('DETACH DATABASE src')
         conn.executemany('INSERT INTO blobs VALUES (?, ?)', self.pending.items())
+
+
+class BlobCopy:
+    """
+    Blobs of saved generations copied into a new database by SQLite, ids mapped (merge, prune).
+
+    Stands in for a BlobStore in a save (`copy_into`): features of large maps never pass
+    through Python, and only the listed keyframes' blobs are copied, under their new ids.
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, list[int], list[int]]] = []
+
+    def add(self, db_path: str, old_ids: Iterable[int], new_ids: Iterable[int]) -> None:
+        """Copy the blobs of `old_ids` in `db_path` as `new_ids` (same order)."""
+        self.sources.append((db_path, [int(i) for i in old_ids], [int(i) for i in new_ids]))
+
+    def copy_into(self, conn: sqlite3.Connection) -> None:
+        """Fill the `blobs` table of a new database from every source."""
+        for db, old, new in self.sources:
+            conn.execute('ATTACH DATABASE ? AS src', (sqlite_uri(db, 'ro'),))
+            conn.execute('CREATE TEMP TABLE idmap (old INTEGER PRIMARY KEY, new INTEGER)')
+            conn.executemany('INSERT INTO idmap VALUES (?, ?)', zip(old, new))
+            conn.execute('INSERT INTO blobs SELECT m.new, s.data FROM src.blobs s '
+                         'JOIN idmap m ON s.id = m.old')
+            conn.commit()
+            conn.execute('DROP TABLE idmap')
+            conn.execute('DETACH DATABASE src')

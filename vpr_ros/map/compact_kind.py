@@ -9,7 +9,7 @@ proposing candidates, and the exact inner product over the full vectors ordering
 `MIN_COUNT` keyframes there is no graph and search is the flat one (a projection fitted on a
 handful of vectors would be noise, and exact search is cheap there).
 
-The graph and projection are saved next to the index (manifest.COMPACT_FILE) and loaded without a
+The graph and projection are saved next to the index (COMPACT_FILE) and loaded without a
 refit or rebuild; the file is checked before FAISS reads any of it (index_file.py).
 """
 import logging
@@ -27,10 +27,11 @@ from vpr_ros.map.index_file import (
     METRIC_L2,
     open_nofollow,
 )
-from vpr_ros.map.index_kinds import check_hnsw_body, IndexParams
+from vpr_ros.map.kind_base import check_hnsw_body, IndexParams, KindState, Proposer
 from vpr_ros.map.search import flat_arrays
 
 _LOG = logging.getLogger(__name__)
+COMPACT_FILE = 'compact.bin'
 MIN_COUNT = 2000
 # 128, not 64: fitted on the first MIN_COUNT keyframes (as the kind does), the exact top-200 of
 # the 64-d space held 0.990 (100k) / 0.922 (1M) of the exact top-5, the 128-d space 1.000 /
@@ -50,33 +51,17 @@ def out_dim_for(dim: int) -> int:
     return max(1, min(MAX_OUT_DIM, dim // 2))
 
 
-class CompactState:
-    """The compact structure of one map (None graph: below MIN_COUNT, or another kind)."""
+class CompactState(KindState):
+    """The compact structure of one map (graph None: below MIN_COUNT, or a failed build)."""
 
-    def __init__(self, active: bool, params: IndexParams, min_count: Optional[int] = None,
+    FILES = (COMPACT_FILE,)
+
+    def __init__(self, params: IndexParams, min_count: Optional[int] = None,
                  search: Optional[CompactSearch] = None) -> None:
-        self.active = active
-        self.params = params
+        super().__init__(params)
         self.min_count = MIN_COUNT if min_count is None else int(min_count)
         self.cs = search
         self.fits = 0   # projections fitted by this object (a load must not add any)
-
-    @classmethod
-    def for_kind(cls, kind: str, params: IndexParams) -> 'CompactState':
-        """Make a fresh (empty) state; inactive for every kind but 'compact'."""
-        return cls(kind == 'compact', params)
-
-    @classmethod
-    def built(cls, kind: str, params: IndexParams, index: faiss.Index) -> 'CompactState':
-        """Make a state for `kind` over `index`'s vectors (fitted when there are enough)."""
-        state = cls.for_kind(kind, params)
-        state.sync(index)
-        return state
-
-    def attach(self, index: faiss.Index, params: IndexParams) -> None:
-        """After a load: take the map's search parameters, build only what the file lacked."""
-        self.tune(params)
-        self.sync(index)
 
     def tune(self, params: IndexParams) -> None:
         """Take a new efSearch live (M/efConstruction apply at the next build)."""
@@ -90,8 +75,6 @@ class CompactState:
 
     def sync(self, index: faiss.Index) -> None:
         """After adds: fit + build at MIN_COUNT, else append the new rows to the graph."""
-        if not self.active:
-            return
         arrays = flat_arrays(index)
         if arrays is None:
             return
@@ -114,19 +97,29 @@ class CompactState:
         """Whether the graph covers all `count` stored vectors (else search exactly)."""
         return self.cs is not None and len(self.cs) == count
 
-    def candidates(self, xb: np.ndarray, q: np.ndarray, f: int,
-                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    def proposer(self, index: faiss.Index, count: int) -> Optional[Proposer]:
         """
-        (positions, exact scores) of the best `f` rows the graph proposes, best first.
+        Propose the graph's candidates, scored exactly over the full vectors (zero-copy views).
 
-        `f - k` of them may be excluded (the robot's recent keyframes, usually the closest
-        ones), so the graph is asked for those plus the k x k_factor a plain top-k re-ranks.
+        `f - k` of the `f` asked for may be excluded (the robot's recent keyframes, usually the
+        closest ones), so the graph is asked for those plus the k x k_factor a plain top-k
+        re-ranks.
         """
-        return self.cs.search(xb, q, f, n_candidates=k * self.cs.k_factor + f - k)
+        arrays = flat_arrays(index) if self.ready(count) else None
+        if arrays is None:
+            return None
+        xb, ids = arrays
+        cs = self.cs
+
+        def propose(q: np.ndarray, f: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+            pos, scores = cs.search(xb, q, f, n_candidates=k * cs.k_factor + f - k)
+            return ids[pos], scores
+        return propose
 
     # ------------------------------------------------------------------ file
-    def write(self, path: str, dim: int, count: int) -> None:
-        """Write the projection and graph (O_EXCL, fsynced) next to the index."""
+    def write(self, gen: str, dim: int, count: int) -> None:
+        """Write the projection and graph (O_EXCL, fsynced) into the generation `gen`."""
+        path = os.path.join(gen, COMPACT_FILE)
         cs = self.cs if self.cs is not None and len(self.cs) == count else None
         out = 0 if cs is None else cs.basis.shape[0]
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -145,8 +138,9 @@ class CompactState:
             os.fsync(f.fileno())
 
     @classmethod
-    def read(cls, path: str, dim: int, count: int, params: IndexParams) -> 'CompactState':
+    def read(cls, gen: str, dim: int, count: int, params: IndexParams) -> 'CompactState':
         """Check, then read a compact file; MapError naming it for anything out of place."""
+        path = os.path.join(gen, COMPACT_FILE)
         with os.fdopen(open_nofollow(path, os.O_RDONLY), 'rb') as f:
             w = IndexFileWalker(f, path, dim, count)
             magic, version, d, out, n, k_factor = w.ints(_HEAD.format)
@@ -158,7 +152,7 @@ class CompactState:
             if out == 0:
                 if w.pos != w.size:
                     raise w.fail(f'{w.size - w.pos} trailing bytes')
-                return cls(True, params)
+                return cls(params)
             basis = np.frombuffer(w.read(4 * out * d), '<f4').reshape(out, d)
             if not np.all(np.isfinite(basis)):
                 raise w.fail('projection has NaN or inf values')
@@ -182,4 +176,4 @@ class CompactState:
             raise MapError(f'map index {path} does not hold an HNSW graph of {n} x {out}')
         cs = CompactSearch(basis, params.m, params.ef_construction, params.ef_search, k_factor)
         cs.graph = graph
-        return cls(True, params, search=cs)
+        return cls(params, search=cs)

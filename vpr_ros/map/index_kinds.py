@@ -3,104 +3,84 @@ Index kinds: one table entry per kind (how to build it, recognise it, tune it, c
 
 Every kind sits inside an `IndexIDMap2` (inner product on L2-normalised descriptors), so
 keyframe ids survive reloads and `reconstruct(id)` reads a vector back. A new kind (IVF, ...) is
-one `IndexKind` entry in `INDEX_KINDS`. 'compact' stores like flat; its extra structure
-(PCA projection + HNSW graph, compact_kind.py) is saved in its own file.
+one `IndexKind` entry in `INDEX_KINDS` (kind_base.py says what an entry holds): the map, its
+storage, manifest and search call the entry's hooks and never name a kind. 'compact' stores
+like flat; its extra structure (PCA projection + HNSW graph) is its `CompactState`
+(compact_kind.py), saved in the file that state names.
 """
-from dataclasses import dataclass
-from typing import Callable
-
 import faiss
 import numpy as np
 
+from vpr_ros.core.errors import MapError
+from vpr_ros.map.compact_kind import CompactState, MIN_COUNT
 from vpr_ros.map.index_file import FLAT_TAG, IndexFileWalker
+from vpr_ros.map.kind_base import (
+    build_hnsw,
+    check_hnsw_body,
+    IndexKind,
+    IndexParams,
+    inner_index,
+    KindState,
+    tune_hnsw,
+)
+
+__all__ = ['INDEX_KINDS', 'IndexKind', 'IndexParams', 'KindState', 'all_vectors', 'get_kind',
+           'inner_index', 'kind_names', 'kind_of', 'new_index', 'new_state', 'tune']
 
 
-@dataclass(frozen=True)
-class IndexParams:
-    """HNSW graph parameters (unused by flat): M, efConstruction, efSearch."""
-
-    m: int = 32
-    ef_construction: int = 64
-    ef_search: int = 256
+def _flat(dim: int, p: IndexParams) -> faiss.Index:
+    return faiss.IndexFlatIP(dim)
 
 
-@dataclass(frozen=True)
-class IndexKind:
-    """One index kind: build, recognise, set efSearch, check the body of its file."""
-
-    name: str
-    tag: bytes
-    build: Callable[[int, IndexParams], faiss.Index]
-    is_kind: Callable[[faiss.Index], bool]
-    tune: Callable[[faiss.Index, IndexParams], None]
-    check_body: Callable[[IndexFileWalker], None]
+def _is_flat(inner: faiss.Index) -> bool:
+    return isinstance(inner, faiss.IndexFlatIP)
 
 
-def _build_hnsw(dim: int, p: IndexParams) -> faiss.Index:
-    inner = faiss.IndexHNSWFlat(dim, p.m, faiss.METRIC_INNER_PRODUCT)
-    _tune_hnsw(inner, p)
-    return inner
+def _no_tune(inner: faiss.Index, p: IndexParams) -> None:
+    return None
 
 
-def _tune_hnsw(inner: faiss.Index, p: IndexParams) -> None:
-    inner.hnsw.efConstruction = p.ef_construction
-    inner.hnsw.efSearch = p.ef_search
+INDEX_KINDS: dict[str, IndexKind] = {k.name: k for k in (
+    IndexKind('flat', FLAT_TAG, _flat, _is_flat, _no_tune, IndexFileWalker.flat_body,
+              'exact'),
+    IndexKind('hnsw', b'IHNf', build_hnsw, lambda inner: isinstance(inner, faiss.IndexHNSWFlat),
+              tune_hnsw, check_hnsw_body, 'approximate, for large maps',
+              keeps_build_params=True),
+    # Flat storage of the full vectors (exact scores); its PCA-HNSW graph is the state's.
+    IndexKind('compact', FLAT_TAG, _flat, _is_flat, _no_tune, IndexFileWalker.flat_body,
+              f'exact scores of candidates from a PCA-reduced HNSW graph, fitted from '
+              f'{MIN_COUNT} keyframes and saved with the map', state=CompactState),
+)}
 
 
-def check_hnsw_body(w: IndexFileWalker, storage_tag: bytes = FLAT_TAG) -> None:
-    """HNSW graph: level probabilities, per-node levels and neighbour lists, all in range."""
-    n = w.count
-    probas = w.array('<f8')
-    cum = w.array('<i4')
-    if not (0 < len(probas) <= 64 and len(cum) == len(probas) + 1 and cum[0] == 0
-            and np.all(np.diff(cum) >= 0) and np.all(np.isfinite(probas))):
-        raise w.fail('HNSW level tables are malformed')
-    levels = w.array('<i4', n)
-    if n and (levels.min() < 1 or levels.max() > len(probas)):
-        raise w.fail('HNSW node levels out of range')
-    offsets = w.array('<u8', n + 1)
-    off, n_nb = w.vector(4)
-    if offsets[0] != 0 or offsets[-1] != n_nb or not np.array_equal(
-            np.diff(offsets.astype(np.int64)), cum[levels].astype(np.int64)):
-        raise w.fail('HNSW neighbour offsets disagree with the node levels')
-    w.check_range(off, n_nb, '<i4', -1, n)
-    entry, max_level, ef_c, ef_s, _ = w.ints('<5i')
-    if n and not (0 <= entry < n and max_level == levels[entry] - 1
-                  and max_level == levels.max() - 1):
-        raise w.fail(f'HNSW entry point {entry} / max level {max_level} are inconsistent')
-    if n == 0 and entry != -1:
-        raise w.fail('HNSW entry point in an empty graph')
-    w.header(storage_tag)
-    w.flat_body()
+def kind_names() -> tuple[str, ...]:
+    """Names of the kinds in the table, in table order (the `map_index` choices)."""
+    return tuple(INDEX_KINDS)
 
 
-INDEX_KINDS: dict[str, IndexKind] = {
-    'flat': IndexKind('flat', FLAT_TAG, lambda dim, p: faiss.IndexFlatIP(dim),
-                      lambda inner: isinstance(inner, faiss.IndexFlatIP),
-                      lambda inner, p: None, IndexFileWalker.flat_body),
-    'hnsw': IndexKind('hnsw', b'IHNf', _build_hnsw,
-                      lambda inner: isinstance(inner, faiss.IndexHNSWFlat),
-                      _tune_hnsw, check_hnsw_body),
-    # Flat storage of the full vectors; its PCA-HNSW graph lives in compact_kind.py.
-    'compact': IndexKind('compact', FLAT_TAG, lambda dim, p: faiss.IndexFlatIP(dim),
-                         lambda inner: isinstance(inner, faiss.IndexFlatIP),
-                         lambda inner, p: None, IndexFileWalker.flat_body),
-}
-INDEX_TYPES = tuple(INDEX_KINDS)
-
-
-def inner_index(index: faiss.Index) -> faiss.Index:
-    """Return the index inside the IndexIDMap2."""
-    return faiss.downcast_index(index.index)
+def get_kind(name: str) -> IndexKind:
+    """Look `name` up in the table; MapError listing the kinds otherwise."""
+    try:
+        return INDEX_KINDS[name]
+    except (KeyError, TypeError):
+        raise MapError(f'index must be one of {kind_names()}, got {name!r}') from None
 
 
 def new_index(dim: int, kind: str, params: IndexParams) -> faiss.IndexIDMap2:
     """Build an empty index of `kind` inside an IndexIDMap2."""
-    return faiss.IndexIDMap2(INDEX_KINDS[kind].build(dim, params))
+    return faiss.IndexIDMap2(get_kind(kind).build(dim, params))
+
+
+def new_state(kind: str, params: IndexParams, index: faiss.Index = None) -> KindState:
+    """Make a fresh state of `kind` (synced to `index`'s vectors when given)."""
+    state = get_kind(kind).state(params)
+    if index is not None:
+        state.sync(index)
+    return state
 
 
 def kind_of(index: faiss.Index) -> str | None:
-    """Name of the kind an IndexIDMap2 holds, None when it is none of the table's."""
+    """Name of the first kind whose FAISS index an IndexIDMap2 holds, None when none."""
     inner = inner_index(index)
     for kind in INDEX_KINDS.values():
         if kind.is_kind(inner):
@@ -110,7 +90,7 @@ def kind_of(index: faiss.Index) -> str | None:
 
 def tune(index: faiss.Index, kind: str, params: IndexParams) -> None:
     """Apply search/build parameters to a loaded or live index."""
-    INDEX_KINDS[kind].tune(inner_index(index), params)
+    get_kind(kind).tune(inner_index(index), params)
 
 
 def all_vectors(index: faiss.Index, ids: np.ndarray, dim: int) -> np.ndarray:

@@ -12,13 +12,12 @@ import time
 from vpr_ros.core.errors import MapError
 from vpr_ros.map.id_pool import MAX_ID, MAX_SESSIONS
 from vpr_ros.map.index_file import open_nofollow
-from vpr_ros.map.index_kinds import INDEX_TYPES
+from vpr_ros.map.index_kinds import INDEX_KINDS
 
 FORMAT_VERSION = 1
 INDEX_FILE = 'index.faiss'
 DB_FILE = 'keyframes.sqlite'
 MANIFEST_FILE = 'manifest.json'
-COMPACT_FILE = 'compact.bin'
 DATA_FILES = (INDEX_FILE, DB_FILE)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
@@ -34,17 +33,20 @@ _INDEX_FIELDS = {'hnsw_m': (2, 4096), 'hnsw_ef_construction': (1, 1 << 20),
 
 
 def build_manifest(fingerprint: str, dim: int, count: int, next_id: int, session_count: int,
-                   index: dict, generation: str, files: dict) -> dict:
-    """Build the manifest of a generation being written."""
-    return {'format_version': FORMAT_VERSION, 'fingerprint': fingerprint, 'dim': dim,
-            'count': count, 'next_id': next_id, 'session_count': session_count,
-            'index': index, 'generation': generation, 'saved_unix_s': time.time(),
-            'files': files}
+                   index: dict, generation: str, files: dict, sessions: dict) -> dict:
+    """Build the manifest of a generation being written (`sessions`: see check_sessions)."""
+    man = {'format_version': FORMAT_VERSION, 'fingerprint': fingerprint, 'dim': dim,
+           'count': count, 'next_id': next_id, 'session_count': session_count,
+           'index': index, 'generation': generation, 'saved_unix_s': time.time(),
+           'files': files}
+    if sessions:
+        man['sessions'] = sessions
+    return man
 
 
 def data_files(kind: str) -> tuple[str, ...]:
-    """Name the data files of a generation with an index of `kind` (compact: + its graph)."""
-    return DATA_FILES + (COMPACT_FILE,) if kind == 'compact' else DATA_FILES
+    """Name the data files of a generation with an index of `kind` (plus its state's files)."""
+    return DATA_FILES + INDEX_KINDS[kind].files
 
 
 def _int_in(value, lo: int, hi: int) -> bool:
@@ -86,10 +88,29 @@ def check_manifest(man, path: str) -> None:
     if man['count'] > man['next_id']:
         raise MapError(f'map manifest {path}: count {man["count"]} > next_id {man["next_id"]}')
     idx = man.get('index')
-    if not isinstance(idx, dict) or idx.get('type') not in INDEX_TYPES or not all(
+    if not isinstance(idx, dict) or idx.get('type') not in tuple(INDEX_KINDS) or not all(
             _int_in(idx.get(k), lo, hi) for k, (lo, hi) in _INDEX_FIELDS.items()):
         raise MapError(f"map manifest {path}: field 'index' is malformed")
     _check_files(man.get('files'), path, data_files(idx['type']))
+    check_sessions(man.get('sessions', {}), man['session_count'], path)
+
+
+def check_sessions(sessions, session_count: int, path: str) -> None:
+    """
+    Check the optional field 'sessions': where a merged map's sessions came from (vpr-map).
+
+    `{"3": {"source": "robot2", "session": 0}}`: session 3 of this map was session 0 of the map
+    named robot2. Absent in maps that were never merged.
+    """
+    if not isinstance(sessions, dict) or len(sessions) > session_count:
+        raise MapError(f"map manifest {path}: field 'sessions' is malformed")
+    for key, info in sessions.items():
+        if not (key.isdigit() and len(key) < 12 and int(key) < session_count
+                and isinstance(info, dict) and sorted(info) == ['session', 'source']
+                and isinstance(info['source'], str) and len(info['source']) <= 256
+                and _int_in(info['session'], 0, MAX_SESSIONS)):
+            raise MapError(f"map manifest {path}: field 'sessions' has a malformed entry "
+                           f'{str(key)[:20]!r}')
 
 
 def _check_files(files, path: str, expected: tuple[str, ...]) -> None:

@@ -21,21 +21,20 @@ import weakref
 
 import numpy as np
 
-from vpr_ros.core.errors import MapError, MapMismatchError
+from vpr_ros.core.errors import MapError
 from vpr_ros.map import dir_lock, storage
+from vpr_ros.map import search as map_search
+from vpr_ros.map.aside import move_aside
 from vpr_ros.map.blobs import BlobStore
-from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.id_pool import MAX_ID
-from vpr_ros.map.index_kinds import all_vectors, INDEX_TYPES, IndexParams, new_index, tune
+from vpr_ros.map.index_kinds import all_vectors, get_kind, new_index, new_state, tune
+from vpr_ros.map.kind_base import bounded, IndexParams
 from vpr_ros.map.manifest import DB_FILE
 from vpr_ros.map.records import KeyframeRecord, KeyframeTable, Match
-from vpr_ros.map.search import check_desc, check_search_args, pose_rows, search_rows
 from vpr_ros.map.storage import map_exists
 
-__all__ = ['INDEX_TYPES', 'KeyframeRecord', 'Match', 'PlaceMap', 'map_exists']
+__all__ = ['KeyframeRecord', 'Match', 'PlaceMap', 'map_exists']
 _LOG = logging.getLogger(__name__)
-_LIMITS = {'hnsw_m': (2, 4096), 'hnsw_ef_construction': (1, 1 << 20),
-           'hnsw_ef_search': (1, 1 << 20), 'hnsw_threshold': (0, MAX_ID)}
 
 # Called with a stage name between the steps of a save. Tests set it (in a child process) to
 # pause a save at a known point and SIGKILL it there; nothing in the package sets it.
@@ -45,17 +44,6 @@ _SAVE_HOOK: Optional[Callable[[str], None]] = None
 def _hook(stage: str) -> None:
     if _SAVE_HOOK is not None:
         _SAVE_HOOK(stage)
-
-
-def _bounded(name: str, value) -> int:
-    lo, hi = _LIMITS[name]
-    try:
-        v = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise MapError(f'{name} must be an integer, got {value!r}') from None
-    if not lo <= v <= hi:
-        raise MapError(f'{name} must be in [{lo}, {hi}], got {value}')
-    return v
 
 
 class PlaceMap:
@@ -79,25 +67,24 @@ class PlaceMap:
             ok = False
         if not ok:
             raise MapError(f'descriptor dimension must be in [1, 65536], got {dim!r}')
-        if index not in INDEX_TYPES:
-            raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
+        get_kind(index)   # MapError naming the kinds
         self._dim = int(dim)
         self._fingerprint = str(fingerprint)
         self._kind = index
-        self._params = IndexParams(_bounded('hnsw_m', hnsw_m),
-                                   _bounded('hnsw_ef_construction', hnsw_ef_construction),
-                                   _bounded('hnsw_ef_search', hnsw_ef_search))
-        self._hnsw_threshold = _bounded('hnsw_threshold', hnsw_threshold)
+        self._params = IndexParams.checked(hnsw_m, hnsw_ef_construction, hnsw_ef_search)
+        self._hnsw_threshold = bounded('hnsw_threshold', hnsw_threshold)
         self._lock = threading.RLock()
         self._next_id = 0
         self._session = 0
         self._table = KeyframeTable()
         self._blobs = BlobStore()
         self._index = new_index(self._dim, self._kind, self._params)
-        self._compact = CompactState.for_kind(self._kind, self._params)
+        self._state = new_state(self._kind, self._params)   # the kind's own structure
         self._home: Optional[str] = None        # the directory this map was opened on
         self._handle: Optional[dir_lock.DirHandle] = None
         self._release: Optional[weakref.finalize] = None
+        self._sources: dict = {}    # where sessions of a merged map came from (manifest)
+        self.moved_aside: Optional[str] = None  # where open(aside=True) put the old map
 
     # ------------------------------------------------------------- properties
     @property
@@ -128,14 +115,23 @@ class PlaceMap:
     @hnsw_ef_search.setter
     def hnsw_ef_search(self, value: int) -> None:
         """Set efSearch live, because recall/latency is tuned while running."""
-        ef = _bounded('hnsw_ef_search', value)
+        ef = bounded('hnsw_ef_search', value)
         with self._lock:
             self._params = IndexParams(self._params.m, self._params.ef_construction, ef)
             tune(self._index, self._kind, self._params)
-            self._compact.tune(self._params)
+            self._state.tune(self._params)
 
     def __len__(self) -> int:
         return self._table.n
+
+    @property
+    def _compact(self):
+        """The kind's state (kind_base.KindState), by the name the compact kind's tests use."""
+        return self._state
+
+    def session_sources(self) -> dict[int, dict]:
+        """Session -> {'source': map name, 'session': its number there}, for merged maps."""
+        return {int(k): dict(v) for k, v in self._sources.items()}
 
     # ------------------------------------------------------ directory holding
     def _hold(self, handle: dir_lock.DirHandle) -> None:
@@ -161,10 +157,10 @@ class PlaceMap:
     def add(self, desc: np.ndarray, stamp_ns: int, pose: Optional[np.ndarray] = None,
             frame_id: str = '', blob: Optional[bytes] = None) -> KeyframeRecord:
         """Add a keyframe; returns its record with the new id (re-normalises `desc`)."""
-        x = check_desc(self._dim, desc)
+        x = map_search.check_desc(self._dim, desc)
         if x.shape[0] != 1:
             raise MapError(f'add takes one descriptor, got {x.shape[0]}')
-        p = pose_rows(pose, 1)
+        p = map_search.pose_rows(pose, 1)
         BlobStore.check([blob])
         stamps = np.array([int(stamp_ns)], np.int64)
         with self._lock:
@@ -179,19 +175,9 @@ class PlaceMap:
 
         Same result as N `add` calls, ~20x faster: for building maps from bags and benchmarks.
         """
-        x = check_desc(self._dim, descs, 'descriptors')
-        n = x.shape[0]
-        stamps = np.asarray(list(stamps_ns), dtype=np.int64).reshape(-1)
-        if stamps.shape[0] != n:
-            raise MapError(f'{stamps.shape[0]} stamps for {n} descriptors')
-        p = pose_rows(poses, n) if poses is not None else np.full((n, 7), np.nan)
-        frames = [''] * n if frame_ids is None else [str(f) for f in frame_ids]
-        bl = [None] * n if blobs is None else list(blobs)
-        if len(frames) != n or len(bl) != n:
-            raise MapError(f'frame_ids/blobs must have {n} entries')
-        BlobStore.check(bl)
+        rows = map_search.batch_rows(self._dim, descs, stamps_ns, poses, frame_ids, blobs)
         with self._lock:
-            return self._add_rows(x, stamps, p, frames, bl)
+            return self._add_rows(*rows)
 
     def _add_rows(self, x: np.ndarray, stamps: np.ndarray, poses: np.ndarray,
                   frames: list[str], blobs: list) -> np.ndarray:
@@ -212,7 +198,7 @@ class PlaceMap:
         self._table.append(ids, stamps, poses, self._session, frames)
         self._blobs.commit(staged)
         self._next_id = first + n
-        self._compact.sync(self._index)   # logs and falls back to exact search on failure
+        self._state.sync(self._index)   # logs and falls back to exact search on failure
         if (self._hnsw_threshold and self._kind == 'flat'
                 and self._table.n >= self._hnsw_threshold):
             try:
@@ -265,23 +251,17 @@ class PlaceMap:
         closures); earlier sessions are never excluded. Fewer than k come back only when the
         map has fewer eligible keyframes. Callers must not filter again (one definition).
         """
-        excl_ns = check_search_args(k, exclusion_s, exclusion_n)
-        x = check_desc(self._dim, desc)
-        if x.shape[0] != 1:
-            raise MapError(f'search takes one descriptor, got {x.shape[0]}; use search_batch')
-        if k == 0:
-            return []
-        stamp = None if query_stamp_ns is None else int(query_stamp_ns)
-        with self._lock:
-            return search_rows(self._index, self._table, self._session, x, int(k), [stamp],
-                               excl_ns, int(exclusion_n), self._compact)[0]
+        if np.ndim(desc) != 1 and np.shape(desc)[0] != 1:
+            raise MapError(f'search takes one descriptor, got {np.shape(desc)[0]}; use '
+                           'search_batch')
+        return self.search_batch(desc, k, [query_stamp_ns], exclusion_s, exclusion_n)[0]
 
     def search_batch(self, descs: np.ndarray, k: int,
                      query_stamps_ns: Optional[Iterable[Optional[int]]] = None,
                      exclusion_s: float = 0.0, exclusion_n: int = 0) -> list[list[Match]]:
         """`search` for (Q, dim) queries in one FAISS call (evaluation, bag processing)."""
-        excl_ns = check_search_args(k, exclusion_s, exclusion_n)
-        x = check_desc(self._dim, descs, 'descriptors')
+        excl_ns = map_search.check_search_args(k, exclusion_s, exclusion_n)
+        x = map_search.check_desc(self._dim, descs, 'descriptors')
         if query_stamps_ns is None:
             stamps: list[Optional[int]] = [None] * x.shape[0]
         else:
@@ -291,8 +271,8 @@ class PlaceMap:
         if k == 0:
             return [[] for _ in range(x.shape[0])]
         with self._lock:
-            return search_rows(self._index, self._table, self._session, x, int(k), stamps,
-                               excl_ns, int(exclusion_n), self._compact)
+            return map_search.search_rows(self._index, self._table, self._session, x, int(k),
+                                          stamps, excl_ns, int(exclusion_n), self._state)
 
     # ---------------------------------------------------------- rebuild/reset
     def _rebuild(self, kind: str) -> None:
@@ -303,7 +283,7 @@ class PlaceMap:
             index.add_with_ids(vecs, self._table.ids[:self._table.n].copy())
         self._index = index
         self._kind = kind
-        self._compact = CompactState.built(kind, self._params, index)
+        self._state = new_state(kind, self._params, index)
 
     def reset(self) -> None:
         """Empty the map (memory only until the next save); ids keep increasing, session stays."""
@@ -311,7 +291,7 @@ class PlaceMap:
             self._table.clear()
             self._blobs.clear()
             self._index = new_index(self._dim, self._kind, self._params)
-            self._compact.clear()
+            self._state.clear()
 
     # ------------------------------------------------------------ save / load
     def save(self, directory: str) -> str:
@@ -347,7 +327,7 @@ class PlaceMap:
             self._index, t, self._blobs, self._fingerprint, self._dim, self._next_id,
             max(sessions, self._session + 1),
             {'type': self._kind, 'hnsw_m': p.m, 'hnsw_ef_construction': p.ef_construction,
-             'hnsw_ef_search': p.ef_search}, self._compact)
+             'hnsw_ef_search': p.ef_search}, self._state, self._sources)
 
     @classmethod
     def load(cls, directory: str, fingerprint: str, dim: int, index: Optional[str] = None,
@@ -365,14 +345,15 @@ class PlaceMap:
         in `directory` but the lock file is ever written.
         """
         directory = os.path.abspath(directory)
-        if index is not None and index not in INDEX_TYPES:
-            raise MapError(f'index must be one of {INDEX_TYPES}, got {index!r}')
+        if index is not None:
+            get_kind(index)
         if storage.committed_generation(directory) is None:
             raise MapError(f'no map in {directory} (no {storage.CURRENT_FILE} file)')
         handle = dir_lock.acquire(directory, create=False)
         try:
-            m = cls._load_held(directory, str(fingerprint), dim, index, hnsw_m,
-                               hnsw_ef_construction, hnsw_ef_search, hnsw_threshold, verify)
+            loaded = storage.read_checked(directory, str(fingerprint), dim, verify)
+            m = cls._from_loaded(loaded, index, hnsw_m, hnsw_ef_construction, hnsw_ef_search,
+                                 hnsw_threshold)
         except BaseException:
             handle.release()
             raise
@@ -381,28 +362,32 @@ class PlaceMap:
         return m
 
     @classmethod
-    def _load_held(cls, directory: str, fingerprint: str, dim: int, index: Optional[str],
-                   hnsw_m, hnsw_ef_construction, hnsw_ef_search, hnsw_threshold: int,
-                   verify: bool) -> 'PlaceMap':
-        gen, man = storage.read_committed(directory)
-        if man['fingerprint'] != fingerprint:
-            raise MapMismatchError(
-                f'map {directory} was made with model fingerprint {man["fingerprint"]}, but the '
-                f'encoder has fingerprint {fingerprint}; use the model it was built with, '
-                f'another map directory, or start a new map (it is left untouched)')
-        if man['dim'] != int(dim):
-            raise MapMismatchError(
-                f'map {directory} holds descriptors of dimension {man["dim"]}, but the encoder '
-                f'produces dimension {dim}; the map is left untouched')
-        storage.check_files(gen, man, verify)
-        loaded = storage.load_generation(gen, man)
+    def read_only(cls, directory: str, fingerprint: Optional[str], dim: Optional[int],
+                  verify: bool = True) -> 'PlaceMap':
+        """
+        Read a snapshot of the committed map of `directory`: no lock taken, nothing written.
+
+        For maps another process may hold (prior maps, vpr-map): the generation read is
+        checked as by `load`; its blobs stay readable after that process replaces it. The
+        snapshot is in memory only (never call `save` on it with its own directory).
+        """
+        m = cls._from_loaded(storage.read_snapshot(os.path.abspath(directory), fingerprint, dim,
+                                                   verify))
+        m._blobs.open_now()
+        return m
+
+    @classmethod
+    def _from_loaded(cls, loaded: storage.Loaded, index: Optional[str] = None, hnsw_m=None,
+                     hnsw_ef_construction=None, hnsw_ef_search=None,
+                     hnsw_threshold: int = 0) -> 'PlaceMap':
+        man = loaded.manifest
         saved = man['index']
         target = index or saved['type']
         if hnsw_threshold and target == 'flat' and man['count'] >= hnsw_threshold:
             target = 'hnsw'
         # A saved HNSW graph that is kept keeps its own M/efConstruction (changing them means
         # a rebuild); the requested ones apply when the index is (re)built here.
-        keep = saved['type'] == 'hnsw' and target == 'hnsw'
+        keep = saved['type'] == target and get_kind(target).keeps_build_params
         m = cls(man['dim'], man['fingerprint'], index=saved['type'],
                 hnsw_m=saved['hnsw_m'] if keep or not hnsw_m else hnsw_m,
                 hnsw_ef_construction=(saved['hnsw_ef_construction']
@@ -421,23 +406,26 @@ class PlaceMap:
         self._index = loaded.index
         self._kind = loaded.kind
         tune(self._index, self._kind, self._params)
-        self._compact = loaded.compact
-        self._compact.attach(self._index, self._params)
+        self._state = loaded.state
+        self._state.attach(self._index, self._params)
         self._table.load(rows.ids, rows.stamps, rows.poses, rows.sessions, rows.frames)
         self._blobs.loaded(loaded.db_path, rows.blob_ids)
         self._next_id = loaded.manifest['next_id']
         self._session = loaded.manifest['session_count']
+        self._sources = dict(loaded.manifest.get('sessions', {}))
 
     @classmethod
-    def open(cls, directory: str, fingerprint: str, dim: int, load_existing: bool,
-             create: bool = False, **index_kw) -> 'PlaceMap':
+    def open(cls, directory: str, fingerprint: str, dim: int, load_existing: bool = True,
+             create: bool = False, aside: bool = False, **index_kw) -> 'PlaceMap':
         """
-        Load the map in `directory` when asked and present, else start a new map (node use).
+        Continue the map in `directory` (a new session) or start a new one (node use).
 
-        Either way the map holds `directory` (from now when it exists or `create` makes it,
-        else from its first add or save) and its ids continue past every id saved or reserved
-        there. A new map over an existing one deletes nothing: the first save replaces it
-        atomically. `index_kw` are the constructor's index arguments (also applied on load).
+        `load_existing` and a committed map there: it is loaded. Otherwise a new map starts;
+        with `aside` the committed map is first moved to `directory/aside/<UTC>_s<session>/`
+        (kept, crash-safe: aside.py; `moved_aside` says where), without it nothing is deleted
+        until the first save replaces it. The map holds `directory` (from now when it exists or
+        `create` makes it, else from its first add or save); its ids and sessions continue past
+        every one saved or reserved there. `index_kw`: the constructor's index arguments.
         """
         if load_existing and directory and map_exists(directory):
             return cls.load(directory, fingerprint, dim, **index_kw)
@@ -447,4 +435,7 @@ class PlaceMap:
             m._next_id, m._session = storage.peek_counters(m._home)
             if create or os.path.lexists(directory):
                 m._attach(create=create)
+            if aside and map_exists(m._home):
+                m._attach(create=False)   # held before anything moves
+                m.moved_aside = move_aside(m._home)
         return m

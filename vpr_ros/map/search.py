@@ -9,8 +9,8 @@ with its own loop (61 ms at 100k x 1280 on the 2-core bench machine) where a BLA
 product over the same contiguous float32 array, read in place, takes 22 ms (issue 13). So a flat
 index is searched as `X @ q` + argpartition on a zero-copy view of FAISS's own storage (no second
 copy of the vectors), same top-k; FAISS keeps batches of `BLAS_BATCH` or more, where its sgemm
-path is as fast. The compact kind (compact_kind.py) proposes candidates from its graph over the
-same view and scores them exactly; the exclusion loop is the flat one.
+path is as fast. A kind with a structure of its own (kind_base.KindState, e.g. the compact
+kind's graph) may propose candidates with exact scores; the exclusion loop is the flat one.
 """
 import math
 from typing import Optional
@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 
 from vpr_ros.core.errors import MapError
-from vpr_ros.map.index_kinds import inner_index
+from vpr_ros.map.blobs import BlobStore
+from vpr_ros.map.kind_base import inner_index, KindState, Proposer
 from vpr_ros.map.records import KeyframeTable, Match
 
 # FAISS's flat search uses BLAS (sgemm) from 20 queries on (distance_compute_blas_threshold).
@@ -55,6 +56,22 @@ def pose_rows(poses, n: int) -> np.ndarray:
         what = 'a 7-vector [tx,ty,tz,qx,qy,qz,qw]' if n == 1 else f'shape ({n}, 7)'
         raise MapError(f'pose must be {what}, got shape {p.shape}')
     return p
+
+
+def batch_rows(dim: int, descs, stamps_ns, poses, frame_ids, blobs) -> tuple:
+    """Check a batch add: (unit descriptors, stamps, poses, frame ids, blobs) or MapError."""
+    x = check_desc(dim, descs, 'descriptors')
+    n = x.shape[0]
+    stamps = np.asarray(list(stamps_ns), dtype=np.int64).reshape(-1)
+    if stamps.shape[0] != n:
+        raise MapError(f'{stamps.shape[0]} stamps for {n} descriptors')
+    p = pose_rows(poses, n)
+    frames = [''] * n if frame_ids is None else [str(f) for f in frame_ids]
+    bl = [None] * n if blobs is None else list(blobs)
+    if len(frames) != n or len(bl) != n:
+        raise MapError(f'frame_ids/blobs must have {n} entries')
+    BlobStore.check(bl)
+    return x, stamps, p, frames, bl
 
 
 def check_search_args(k: int, exclusion_s: float, exclusion_n: int) -> int:
@@ -108,35 +125,46 @@ def _search_flat(xb: np.ndarray, ids: np.ndarray, table: KeyframeTable, session:
         f = min(n, max(2 * f, k + bound))
 
 
-def _search_compact(compact, xb: np.ndarray, ids: np.ndarray, table: KeyframeTable,
-                    session: int, q: np.ndarray, k: int, stamp: Optional[int], excl_ns: int,
-                    exclusion_n: int, fetch: int, bound: int) -> list[Match]:
-    """One query through the compact graph (exact scores); exact scan once all is asked for."""
-    n = len(ids)
+def _search_proposed(propose: Proposer, table: KeyframeTable, session: int, q: np.ndarray,
+                     k: int, stamp: Optional[int], excl_ns: int, exclusion_n: int, fetch: int,
+                     bound: int, n: int) -> Optional[list[Match]]:
+    """One query through a kind's candidates (exact scores); None: search it exactly."""
     f = fetch
     while f < n:
-        pos, scores = compact.candidates(xb, q, f, k)
-        res = table.exclude(scores, ids[pos], session, stamp, excl_ns, exclusion_n, k)
+        ids, scores = propose(q, f, k)
+        res = table.exclude(scores, ids, session, stamp, excl_ns, exclusion_n, k)
         if len(res) >= k:
             return res
         f = min(n, max(2 * f, k + bound))
-    return _search_flat(xb, ids, table, session, q, k, stamp, excl_ns, exclusion_n, n, bound)
+    return None
 
 
 def search_rows(index: faiss.Index, table: KeyframeTable, session: int, x: np.ndarray, k: int,
                 stamps: list[Optional[int]], excl_ns: int,
-                exclusion_n: int, compact=None) -> list[list[Match]]:
+                exclusion_n: int, state: Optional[KindState] = None) -> list[list[Match]]:
     """Top-k matches per query row, none of them excluded, best first."""
     n = table.n
     if n == 0:
         return [[] for _ in range(x.shape[0])]
+    propose = state.proposer(index, n) if state is not None else None
+    if propose is None:
+        return _exact_rows(index, table, session, x, k, stamps, excl_ns, exclusion_n)
+    out = []
+    for q in range(x.shape[0]):
+        bound = table.fetch_bound(stamps[q], excl_ns, exclusion_n)
+        res = _search_proposed(propose, table, session, x[q], k, stamps[q], excl_ns,
+                               exclusion_n, min(n, k + bound), bound, n)
+        out.append(res if res is not None else _exact_rows(
+            index, table, session, x[q:q + 1], k, stamps[q:q + 1], excl_ns, exclusion_n)[0])
+    return out
+
+
+def _exact_rows(index: faiss.Index, table: KeyframeTable, session: int, x: np.ndarray, k: int,
+                stamps: list[Optional[int]], excl_ns: int, exclusion_n: int) -> list[list[Match]]:
+    """Search with the index itself: BLAS over flat storage for few queries, else FAISS."""
+    n = table.n
     bounds = [table.fetch_bound(s, excl_ns, exclusion_n) for s in stamps]
     fetch = min(n, k + max(bounds))
-    flat = flat_arrays(index) if compact is not None and compact.ready(n) else None
-    if flat is not None:
-        return [_search_compact(compact, flat[0], flat[1], table, session, x[q], k, stamps[q],
-                                excl_ns, exclusion_n, min(n, k + bounds[q]), bounds[q])
-                for q in range(x.shape[0])]
     flat = flat_arrays(index) if x.shape[0] < BLAS_BATCH else None
     if flat is not None:
         return [_search_flat(flat[0], flat[1], table, session, x[q], k, stamps[q], excl_ns,

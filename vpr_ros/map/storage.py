@@ -30,15 +30,13 @@ import faiss
 import numpy as np
 
 from vpr_ros.core.atomic_io import fsync_dir, sha256_file, write_atomic
-from vpr_ros.core.errors import MapError
+from vpr_ros.core.errors import MapError, MapMismatchError
 from vpr_ros.map import database
 from vpr_ros.map.blobs import BlobStore
-from vpr_ros.map.compact_kind import CompactState
 from vpr_ros.map.index_file import open_nofollow, read_index_file, write_index_file
-from vpr_ros.map.index_kinds import INDEX_KINDS, IndexParams, inner_index, kind_of
+from vpr_ros.map.index_kinds import get_kind, IndexParams, inner_index, kind_of, KindState
 from vpr_ros.map.manifest import (
     build_manifest,
-    COMPACT_FILE,
     data_files,
     DB_FILE,
     INDEX_FILE,
@@ -63,7 +61,8 @@ class Snapshot(NamedTuple):
     next_id: int
     session_count: int
     index_info: dict
-    compact: CompactState
+    state: KindState
+    sessions: dict = {}   # session number (str) -> where it came from (merged maps)
 
 
 class Loaded(NamedTuple):
@@ -74,7 +73,7 @@ class Loaded(NamedTuple):
     kind: str
     rows: database.SavedRows
     db_path: str
-    compact: CompactState
+    state: KindState
 
 
 def map_exists(directory: str) -> bool:
@@ -164,8 +163,7 @@ def _write_generation(directory: str, gen: str, gen_name: str, snap: Snapshot,
     hook('gen_created')
     write_index_file(snap.index, os.path.join(gen, INDEX_FILE))
     kind = snap.index_info['type']
-    if kind == 'compact':
-        snap.compact.write(os.path.join(gen, COMPACT_FILE), snap.dim, snap.table.n)
+    snap.state.write(gen, snap.dim, snap.table.n)   # the kind's own files, if any
     hook('index_written')
     database.write_database(os.path.join(gen, DB_FILE), snap.table, snap.blobs)
     hook('db_written')
@@ -173,7 +171,7 @@ def _write_generation(directory: str, gen: str, gen_name: str, snap: Snapshot,
                     'sha256': sha256_file(os.path.join(gen, name))}
              for name in data_files(kind)}
     man = build_manifest(snap.fingerprint, snap.dim, snap.table.n, snap.next_id,
-                         snap.session_count, snap.index_info, gen_name, files)
+                         snap.session_count, snap.index_info, gen_name, files, snap.sessions)
     fd = open_nofollow(os.path.join(gen, MANIFEST_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, 'w', encoding='utf-8') as f:
         json.dump(man, f, indent=1)
@@ -194,6 +192,49 @@ def read_committed(directory: str) -> tuple[str, dict]:
     if gen is None:
         raise MapError(f'no map in {directory} (no {CURRENT_FILE} file)')
     return gen, read_manifest(os.path.join(gen, MANIFEST_FILE))
+
+
+def read_checked(directory: str, fingerprint: Optional[str], dim: Optional[int],
+                 verify: bool = True) -> Loaded:
+    """
+    Read the committed generation of `directory` after every check (model, files, hashes).
+
+    A map of another model or dimension raises MapMismatchError naming the directory (it is
+    left untouched; None: any model, for tools that report or copy maps); anything damaged or
+    crafted a MapError naming the file. Writes nothing.
+    """
+    gen, man = read_committed(directory)
+    if fingerprint is not None and man['fingerprint'] != fingerprint:
+        raise MapMismatchError(
+            f'map {directory} was made with model fingerprint {man["fingerprint"]}, but the '
+            f'encoder has fingerprint {fingerprint}; use the model it was built with, '
+            f'another map directory, or start a new map (it is left untouched)')
+    if dim is not None and man['dim'] != int(dim):
+        raise MapMismatchError(
+            f'map {directory} holds descriptors of dimension {man["dim"]}, but the encoder '
+            f'produces dimension {dim}; the map is left untouched')
+    check_files(gen, man, verify)
+    return load_generation(gen, man)
+
+
+def read_snapshot(directory: str, fingerprint: Optional[str], dim: Optional[int],
+                  verify: bool = True, tries: int = 3) -> Loaded:
+    """
+    `read_checked` without the directory's lock, for maps another process may be saving.
+
+    That process removes the generation it replaced after each save, so a read that fails
+    while CURRENT moved on is tried again on the new generation. Nothing is written.
+    """
+    for attempt in range(tries):
+        before = committed_generation(directory)
+        try:
+            return read_checked(directory, fingerprint, dim, verify)
+        except MapMismatchError:
+            raise
+        except MapError:
+            if attempt + 1 == tries or committed_generation(directory) == before:
+                raise
+    raise AssertionError('unreachable')
 
 
 def check_files(gen: str, man: dict, verify: bool) -> None:
@@ -219,7 +260,7 @@ def check_files(gen: str, man: dict, verify: bool) -> None:
 def load_generation(gen: str, man: dict) -> Loaded:
     """Read a checked generation's index and rows, and check they agree."""
     index_path = os.path.join(gen, INDEX_FILE)
-    kind = INDEX_KINDS[man['index']['type']]
+    kind = get_kind(man['index']['type'])
     idx = read_index_file(index_path, man['dim'], man['count'], kind.check_body, kind.tag)
     # read_index already returns the concrete class; downcast_index here would make a second
     # owner of the C++ object and free it under our feet.
@@ -240,7 +281,5 @@ def load_generation(gen: str, man: dict) -> Loaded:
                        f'{index_path} ({idx.ntotal}) hold different keyframes')
     info = man['index']
     params = IndexParams(info['hnsw_m'], info['hnsw_ef_construction'], info['hnsw_ef_search'])
-    compact = (CompactState.read(os.path.join(gen, COMPACT_FILE), man['dim'], man['count'],
-                                 params)
-               if kind.name == 'compact' else CompactState.for_kind(kind.name, params))
-    return Loaded(man, idx, kind.name, rows, db_path, compact)
+    state = kind.state.read(gen, man['dim'], man['count'], params)
+    return Loaded(man, idx, kind.name, rows, db_path, state)

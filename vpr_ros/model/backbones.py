@@ -82,6 +82,17 @@ class Backbone:
     weights_file: str  # torchvision's ImageNet checkpoint file name
     sha256: str | None  # full sha256 of weights_file; None: only the name's prefix is checked
     fix_state: Callable[[dict], dict] = _identity  # old-checkpoint key renames
+    size: int | None = None  # bytes of weights_file where pinned (with sha256)
+
+    @property
+    def max_bytes(self) -> int:
+        """
+        Largest weights file read for this row: twice its pinned size, else MAX_WEIGHTS_BYTES.
+
+        Not the exact size: a doctored file of about the right size gets the hash check's
+        message (which names both hashes); anything far beyond is refused unread.
+        """
+        return 2 * self.size if self.size else MAX_WEIGHTS_BYTES
 
     @property
     def url(self) -> str:
@@ -111,16 +122,20 @@ _STATE_PREFIXES = {_cut_mobilenet: ('features.', 'classifier.'), _cut_resnet: ('
 
 
 def _row(name: str, cut: Cut, channels: int, weights_file: str, sha256: str | None = None,
-         fix_state: Callable[[dict], dict] = _identity) -> Backbone:
+         fix_state: Callable[[dict], dict] = _identity, size: int | None = None) -> Backbone:
     trunk_prefix, head = _STATE_PREFIXES[cut]
     return Backbone(name, getattr(torchvision.models, name), cut, channels, trunk_prefix, head,
-                    weights_file, sha256, fix_state)
+                    weights_file, sha256, fix_state, size)
 
 
 MOBILENET_V2_SHA256 = 'b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889'
+MOBILENET_V2_BYTES = 14212972
+# Unpinned rows: the largest torchvision file of the table (resnet152) is 241 MB.
+MAX_WEIGHTS_BYTES = 512 << 20
 
 TABLE: dict[str, Backbone] = {b.name: b for b in (
-    _row('mobilenet_v2', _cut_mobilenet, 1280, 'mobilenet_v2-b0353104.pth', MOBILENET_V2_SHA256),
+    _row('mobilenet_v2', _cut_mobilenet, 1280, 'mobilenet_v2-b0353104.pth', MOBILENET_V2_SHA256,
+         size=MOBILENET_V2_BYTES),
     _row('resnet18', _cut_resnet, 512, 'resnet18-f37072fd.pth'),
     _row('resnet34', _cut_resnet, 512, 'resnet34-b627a593.pth'),
     _row('resnet50', _cut_resnet, 2048, 'resnet50-0676ba61.pth'),

@@ -5,7 +5,9 @@ Torchvision's own loader (``weights=...``) calls ``torch.hub.load_state_dict_fro
 ``weights_only=False`` and checks a cached file's hash never (only a download's, and only its
 8-digit prefix): a pickle planted at ``$TORCH_HOME/hub/checkpoints/<file>`` would run. Here the
 file is read once into memory, the sha256 of exactly those bytes is compared with the backbone
-table's, and only then are they unpickled, with ``weights_only=True``.
+table's, and only then are they unpickled, with ``weights_only=True``. Only a regular file of at
+most the table's size is read (``atomic_io.read_regular``): a link to /dev/zero or a FIFO in the
+hub cache is refused before a byte is read, instead of filling memory or hanging the start-up.
 """
 import hashlib
 import io
@@ -17,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from vpr_ros.core.atomic_io import read_regular
 from vpr_ros.core.errors import ModelFileError
 from vpr_ros.model import backbones
 
@@ -81,8 +84,7 @@ def read_state(backbone: str) -> tuple[dict, str]:
     if not os.path.exists(path):
         _download(backbone, path)
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        data = read_regular(path, backbones.get(backbone).max_bytes)
     except OSError as e:
         raise ModelFileError(f'cannot read ImageNet weights file {path}: {e}') from e
     # The hash of the very bytes unpickled below: swapping the file after the check changes

@@ -23,7 +23,9 @@ overlays the stored tensors; a base that is not the table's, a stored key the ne
 or a wrong shape is refused. Files without ``base`` are written as version 1, which older
 readers still read. The delta logic lives in ``model_delta.py``.
 
-Its sha256 is the model's fingerprint, recorded in each map's manifest. A name of the shipped
+Only a regular file of at most MAX_MODEL_BYTES is read or hashed (a FIFO or a link to a device
+is refused before a byte is read). Its sha256 is the model's fingerprint, recorded in each map's
+manifest. A name of the shipped
 model table (``shipped.py``, e.g. ``gcl_garden``) is read from the package's data folder and
 refused unless its sha256 is the pinned one, checked before anything is unpickled.
 """
@@ -36,7 +38,7 @@ from typing import Any
 
 import torch
 
-from vpr_ros.core.atomic_io import sha256_file, write_atomic
+from vpr_ros.core.atomic_io import read_regular, sha256_file, write_atomic
 from vpr_ros.core.errors import ModelFileError, VPRError
 from vpr_ros.model import model_delta, shipped
 from vpr_ros.model.network import ModelSpec, VPRNet
@@ -48,6 +50,8 @@ TOP_FIELDS = ('format', 'version', 'spec', 'output_dim', 'whitening', 'state_dic
 TOP_FIELDS_V2 = TOP_FIELDS + ('base',)
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 WHITENING_FIELDS = ('mean', 'proj')
+# A ResNet-152 trunk with 2048x2048 whitening is under 300 MB; no model file comes near this.
+MAX_MODEL_BYTES = 1 << 30
 
 
 def file_fingerprint(path: str) -> str:
@@ -55,7 +59,7 @@ def file_fingerprint(path: str) -> str:
     if shipped.is_shipped_name(path):
         path = shipped.path_and_sha256(path)[0]
     try:
-        return sha256_file(path)
+        return sha256_file(path, max_bytes=MAX_MODEL_BYTES)
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
 
@@ -129,8 +133,7 @@ def _unpickler_reason(e: Exception) -> str:
 def _read(path: str, expected_sha256: str | None = None) -> tuple[dict, str]:
     """Read and safely unpickle the file; return the raw dict and its sha256."""
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        data = read_regular(path, MAX_MODEL_BYTES)
     except OSError as e:
         raise ModelFileError(f'cannot read model file {path}: {e}') from e
     sha = hashlib.sha256(data).hexdigest()

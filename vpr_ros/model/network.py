@@ -6,6 +6,7 @@ needed to rebuild one and feed it images (what the model file stores).
 """
 import dataclasses
 from dataclasses import dataclass
+import io
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F  # noqa: N812
 
+from vpr_ros.core.atomic_io import read_regular
 from vpr_ros.core.errors import ModelFileError, VPRError
 from vpr_ros.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.model import backbones, imagenet
@@ -112,7 +114,8 @@ class PCAWhitening(nn.Module):
 def _load_local_checkpoint(model: nn.Module, path: str, entry: backbones.Backbone) -> None:
     """Load a user's torchvision classifier state_dict (``weights_only``: data, never code)."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        data = read_regular(path, backbones.MAX_WEIGHTS_BYTES)   # never a FIFO or a device
+        state = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as e:
         raise ModelFileError(f'cannot read backbone checkpoint {path}: {e}') from e
     if isinstance(state, dict) and 'state_dict' in state:

@@ -32,7 +32,7 @@ def checkpoint_path() -> str:
 def verify(path: str) -> str:
     """Raise ``ModelFileError`` unless ``path`` has the table's full sha256; return it."""
     try:
-        sha = sha256_file(path)
+        sha = sha256_file(path, max_bytes=backbones.get(BACKBONE).max_bytes)
     except OSError as e:
         raise ModelFileError(f'cannot read ImageNet weights file {path}: {e}') from e
     imagenet.check_sha256(path, sha, BACKBONE)

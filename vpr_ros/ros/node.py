@@ -111,7 +111,7 @@ class VprNode(MapControl, Node):
     def _build_core(self, p: Params) -> None:
         """Build encoder, map and detector; each failure names the parameter to change."""
         from vpr_ros.core.detector import LoopDetector
-        from vpr_ros.map.place_map import map_exists, PlaceMap
+        from vpr_ros.map.place_map import PlaceMap
         from vpr_ros.model.encoder import build_encoder
         from vpr_ros.ros.startup_checks import check_map_dir, cost_warnings
 
@@ -127,13 +127,12 @@ class VprNode(MapControl, Node):
         except VPRError as err:
             raise ParamError(f"parameter 'device' / 'model_path' / 'image_size': {err}") from None
         path = p.map_path
-        if path and not p.load_map and map_exists(path):
-            self._log.warning(f'load_map is false: the map in {path} is not loaded and will be '
-                              'replaced by this new map at the first save')
         try:
+            # load_map (default): continue the saved map, a new session; false: start afresh,
+            # the old map moved aside inside map_dir (kept, never deleted)
             self._map = PlaceMap.open(path, self._encoder.fingerprint, self._encoder.dim,
-                                      load_existing=p.load_map, create=bool(path),
-                                      index=p.map_index, hnsw_m=p.hnsw_m,
+                                      load_existing=p.load_map, aside=not p.load_map,
+                                      create=bool(path), index=p.map_index, hnsw_m=p.hnsw_m,
                                       hnsw_ef_construction=p.hnsw_ef_construction,
                                       hnsw_ef_search=p.hnsw_ef_search)
         except MapError as err:
@@ -143,6 +142,9 @@ class VprNode(MapControl, Node):
                                           self._running.detector_config())
         except VPRError as err:
             raise ParamError(str(err)) from None
+        if getattr(self._map, 'moved_aside', None):
+            self._log.warning(f'load_map is false: the saved map was moved aside to '
+                              f'{self._map.moved_aside}; this is a new map')
         self._log.info(self._running.note())
         self._core_lock = threading.Lock()
 

@@ -1,226 +1,29 @@
 """
-The node's parameters as one table: name, default, range or choices, description, read-only.
+The node's parameters: validation, the ROS descriptors and the generated docs of one table.
 
-One table feeds the ROS `ParameterDescriptor`s, the start-up validation, `config/vpr.yaml` (a
-test checks they agree) and the parameter reference in the docs, so a parameter cannot be
-declared in one place and forgotten in another. Validation is ROS-free: a bad value raises
-`ParamError` naming the parameter and what it accepts, and the node exits non-zero with that
-message instead of running with a value nobody meant.
+One table (param_table.py, re-exported here) feeds the ROS `ParameterDescriptor`s, the start-up
+validation, `config/vpr.yaml` (a test checks they agree) and the parameter reference in the
+docs, so a parameter cannot be declared in one place and forgotten in another. Validation is
+ROS-free: a bad value raises `ParamError` naming the parameter and what it accepts, and the node
+exits non-zero with that message instead of running with a value nobody meant.
 """
-from dataclasses import dataclass
+import difflib
 import math
 import os
 from typing import Any
 
 from vpr_ros.core.detector import DetectorConfig
 from vpr_ros.model import shipped
+from vpr_ros.ros.param_table import BY_NAME, ParamSpec, SPECS
+
+__all__ = ['BY_NAME', 'ParamError', 'ParamSpec', 'Params', 'SPECS',
+           'declare_all', 'descriptor', 'launch_overrides', 'map_path',
+           'markdown_table', 'unknown_parameters', 'validate', 'yaml_text']
 
 
 class ParamError(ValueError):
     """A parameter value outside what the node accepts; the message names the parameter."""
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """
-    One parameter: `lo`/`hi` bound numbers (inclusive), `choices` bound strings.
-
-    `min_on` > 0: the value 0 means off, and values in (0, min_on) are refused, for periods
-    whose tiny values cost far more than anyone means (a busy core, a save after every frame)
-    and sizes too small to work with (gv_max_side: ORB finds nothing in a 16-pixel frame).
-    `field`: the DetectorConfig field this parameter sets (see `_core`), None for node-only ones.
-    `calibrated`: a model's operating point replaces it unless the user sets it
-    (vpr_ros/ros/detector_config.py), so config/vpr.yaml leaves it commented out.
-    """
-
-    name: str
-    default: Any
-    description: str
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[str, ...] | None = None
-    read_only: bool = True
-    min_on: float | None = None
-    field: str | None = None
-    calibrated: bool = False
-
-    @property
-    def type_name(self) -> str:
-        if isinstance(self.default, bool):
-            return 'bool'
-        if isinstance(self.default, int):
-            return 'integer'
-        if isinstance(self.default, float):
-            return 'double'
-        if isinstance(self.default, str):
-            return 'string'
-        if isinstance(self.default, (list, tuple)):
-            return 'integer array'
-        raise TypeError(f'no type for {self.name}')
-
-    def accepted(self) -> str:
-        """Say what the parameter accepts, in words, for error messages and the docs."""
-        if self.choices is not None:
-            return 'one of ' + ', '.join(repr(c) for c in self.choices)
-        if self.lo is not None and self.hi is not None:
-            if self.type_name == 'integer array':
-                return f'two integers, each in [{int(self.lo)}, {int(self.hi)}]'
-            fmt = int if self.type_name == 'integer' else float
-            if self.min_on is not None:
-                return f'0 (off) or {self.type_name} in [{fmt(self.min_on)}, {fmt(self.hi)}]'
-            return f'{self.type_name} in [{fmt(self.lo)}, {fmt(self.hi)}]'
-        return f'any {self.type_name}'
-
-
-_C = DetectorConfig()
-_T = ('raw', 'compressed')
-
-
-def _core(name: str, field: str, description: str, lo: float | None = None,
-          hi: float | None = None, read_only: bool = True,
-          min_on: float | None = None, calibrated: bool = False) -> ParamSpec:
-    """
-    Declare a parameter that sets DetectorConfig.`field`, with the core's default.
-
-    `detector_config()` is derived from these entries, so a parameter cannot reach the core
-    under another name or with another default by mistake.
-    """
-    return ParamSpec(name, getattr(_C, field), description, lo, hi, read_only=read_only,
-                     min_on=min_on, field=field, calibrated=calibrated)
-
-
-SPECS: tuple[ParamSpec, ...] = (
-    # ---- inputs (topics are chosen by remapping, not by parameters: vpr_ros/ros/topics.py)
-    ParamSpec('image_transport', 'raw', 'raw: sensor_msgs/Image on camera/image_raw; '
-              'compressed: sensor_msgs/CompressedImage (JPEG or PNG) on '
-              'camera/image_raw/compressed (the image_transport convention).', choices=_T),
-    ParamSpec('qos', 'sensor_data',
-              'QoS of the image and pose subscriptions: sensor_data (best effort, keeps the '
-              'latest; matches any publisher) or reliable (matches reliable publishers only).',
-              choices=('sensor_data', 'reliable')),
-    ParamSpec('pose_type', 'Odometry', 'Pose input, interpolated at image stamps: '
-              'nav_msgs/Odometry on odom, geometry_msgs/PoseStamped on pose; none: no pose '
-              'subscription (keyframes by time and novelty only).',
-              choices=('none', 'PoseStamped', 'Odometry')),
-    ParamSpec('pose_max_gap_s', 0.5, 'Poses further apart than this are not interpolated '
-              'between (the image gets no pose).', 0.0, 60.0),
-    ParamSpec('pose_wait_s', 0.05, 'How long the worker waits for a pose newer than an image '
-              'before processing it (poses often arrive a little after the image).', 0.0, 1.0,
-              read_only=False),
-    ParamSpec('pose_timeout_s', 2.0, 'A pose topic silent this long counts as stopped '
-              '(warning, diagnostics WARN).', 0.1, 3600.0, read_only=False),
-    # A 629-byte JPEG can declare 16000x16000 (768 MB decoded): the declared size is checked
-    # against this before decoding (msg_convert), and raw Image sizes too.
-    ParamSpec('max_image_pixels', 4096 * 4096, 'Frames declaring more pixels than this '
-              '(width x height, read before decoding) are refused as bad_image_data; the '
-              'default fits any real camera (4096x4096).', 64 * 64, 1 << 30),
-    ParamSpec('stamp_window_s', 10.0, 'An image stamp further than this from both the '
-              'previous frame (plus the wall time since) and the newest pose is refused '
-              '(image_stamp_implausible), as is a repeated stamp (image_stamp_duplicate); 3 '
-              'consecutive frames agreeing on a new timeline are followed (0: no check).',
-              0.0, 1e7),
-    # ---- model
-    ParamSpec('model_path', '', "Model file written by vpr-export, or 'gcl_garden' (the "
-              'shipped GCL-trained model, hash-checked, with its own calibrated operating '
-              'point); empty: the built-in ImageNet MobileNetV2 + GeM.'),
-    ParamSpec('device', 'auto', 'Inference device; auto picks cuda when available.',
-              choices=('auto', 'cpu', 'cuda')),
-    ParamSpec('image_size', [0, 0], "Network input [height, width]; [0, 0]: the model's own "
-              '(224x224 for the default). Another size changes descriptors, so a map made '
-              'with one size cannot be continued with another (the encoder time and memory '
-              'grow with the pixels: 1024x1024 is 21x the default).', 0, 1024),
-    ParamSpec('max_batch', 1, 'Frames the worker takes at once when it fell behind: up to '
-              'this many wait in the queue (the oldest beyond are dropped and counted), are '
-              'embedded in one forward and then processed one by one in stamp order (the '
-              'image subscription keeps as many, from start-up). 1: only the newest frame '
-              'waits (no gain from batches on the CPU, measured by '
-              'bench/bench_node.py --max-batch; on a GPU a batch costs little more than one '
-              'frame: bench/bench_gpu.py).', 1, 32, read_only=False),
-    # ---- keyframes
-    _core('keyframe_min_distance_m', 'kf_min_distance_m',
-          'A frame is a keyframe once the robot moved this far (0: off).', 0.0, 1000.0,
-          read_only=False),
-    _core('keyframe_min_angle_deg', 'kf_min_angle_deg',
-          '... or turned this much (0: off).', 0.0, 180.0, read_only=False),
-    _core('keyframe_max_interval_s', 'kf_max_interval_s',
-          '... or this much time passed (0: off).', 0.0, 86400.0, read_only=False),
-    _core('keyframe_novelty_threshold', 'kf_novelty_threshold',
-          'Without a pose: a keyframe when the similarity to the last keyframe drops '
-          'below this (0: off).', 0.0, 1.0, read_only=False),
-    # ---- detection
-    _core('exclusion_window_s', 'exclusion_s',
-          'Keyframes of this session within this many seconds of the query are never '
-          'candidates (they are the recent past, not a loop).', 0.0, 1e7, read_only=False),
-    _core('exclusion_keyframes', 'exclusion_n',
-          'The last N keyframes added are never candidates either (0: off).', 0, 1000000,
-          read_only=False),
-    _core('top_k', 'top_k', 'Candidates searched per query (rows of /vpr/matches).',
-          1, 100, read_only=False),
-    _core('score_threshold', 'score_threshold',
-          "Minimum cosine similarity of an accepted candidate. Unset: the model's calibrated "
-          'operating point (set it, even to this default, to use your own).', -1.0, 1.0,
-          read_only=False, calibrated=True),
-    _core('temporal_consistency', 'temporal_consistency',
-          'n > 1: accept a candidate only when the previous n-1 queries matched near it '
-          '(0 or 1: off).', 0, 100),
-    # On by default: on the demo garden it took the precision of published loop closures from
-    # 0.33 to 0.96 at the same recall, for ~7 ms more per frame (README, measured results).
-    _core('geometric_verification', 'geometric_verification',
-          'Check candidates with ORB features + RANSAC (stores features per keyframe).'),
-    _core('gv_min_inliers', 'gv_min_inliers',
-          'RANSAC inliers needed to accept a candidate when verification is on. Unset: the '
-          "model's calibrated operating point.", 4, 10000, read_only=False, calibrated=True),
-    _core('gv_min_inlier_ratio', 'gv_min_inlier_ratio',
-          'Share of the ratio-test matches that must be RANSAC inliers (look-alikes measured '
-          '0.77-0.92 with 15+ inliers, true revisits >= 0.96: vpr_ros/core/verification.py).',
-          0.0, 1.0),
-    _core('gv_min_spread', 'gv_min_spread',
-          'Share of a 4x4 grid over the query image that the inliers must cover (inliers '
-          'bunched on one poster are a look-alike).', 0.0, 1.0),
-    # 320: ORB 500 on the full 640x480 frame cost as much as the CNN, at 320x240 a seventh
-    # (bench/bench_verify.py, issue 13); the ratio and spread defaults were measured there.
-    _core('gv_max_side', 'gv_max_side',
-          'Local features are found on the frame shrunk to this longer side (0: the full '
-          'frame; frames under 320 px are enlarged, to at most this side). Larger costs more '
-          'per verified frame, and inlier counts change: the calibrated gv_min_inliers was '
-          'measured at 320. Keyframes keep the features they were stored with.', 0, 4096,
-          read_only=False, min_on=32),
-    _core('gv_first_only', 'gv_first_only',
-          'Verify candidates best first and stop at the first accepted: /vpr/matches then '
-          'carries that one candidate (what /vpr/loop_closure uses anyway); false: every '
-          'candidate above the threshold is verified and listed.', read_only=False),
-    _core('degenerate_gate', 'degenerate_gate',
-          'Frames with nothing in them (lens cap, blank wall, over/under-exposed, heavy blur) '
-          'are neither matched nor stored, and counted (vpr_ros/core/degenerate.py).'),
-    # ---- map
-    ParamSpec('map_dir', '~/.ros/vpr_ros/map', 'Map directory (~ expanded); empty: keep the '
-              'map in memory only, never save.'),
-    ParamSpec('load_map', False, 'Continue the map saved in map_dir (a new session); false: '
-              'start a new map, which replaces the saved one at the first save.'),
-    ParamSpec('map_index', 'flat', 'FAISS index: flat (exact), hnsw (approximate, for '
-              'large maps) or compact (exact scores of candidates from a PCA-reduced HNSW '
-              'graph, fitted from 2000 keyframes and saved with the map).',
-              choices=('flat', 'hnsw', 'compact')),
-    ParamSpec('hnsw_m', 32, 'HNSW links per node (map_index hnsw, compact): memory per '
-              'keyframe grows with it.', 4, 256),
-    ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw, '
-              'compact): add time grows with it.', 8, 4096),
-    ParamSpec('hnsw_ef_search', 256, 'HNSW candidate list while searching (map_index hnsw, '
-              'compact): search time grows with it, recall too.', 8, 65536),
-    ParamSpec('autosave_period_s', 300.0, 'Save the map this often (0: only on shutdown and '
-              'on ~/save_map). Each save writes the whole map, so under 1 s is refused.',
-              0.0, 86400.0, min_on=1.0),
-    # ---- outputs
-    ParamSpec('loop_closure_output', False, 'Publish /vpr/loop_closure [t_query, t_match] '
-              "(LIO-SAM's external loop-closure input)."),
-    ParamSpec('markers_period_s', 1.0, 'Publish /vpr/markers this often (0: never); under '
-              '0.1 s is refused (RViz gains nothing, a core is kept busy).', 0.0, 3600.0,
-              min_on=0.1),
-    ParamSpec('diagnostics_period_s', 1.0, 'Publish /diagnostics this often.', 0.1, 3600.0),
-    ParamSpec('publish_status', False, 'Publish /vpr/status for every processed frame '
-              '(debugging, benchmarks, tests).'),
-)
-BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
 
 
 def validate(name: str, value: Any) -> Any:
@@ -241,9 +44,10 @@ def validate(name: str, value: Any) -> Any:
     if t == 'integer array':
         try:
             vals = [int(v) for v in value]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ParamError(bad) from None
-        if len(vals) != 2 or any(isinstance(v, bool) for v in value):
+        # int() truncates: [224.5, 224] used to be taken as [224, 224] without a word.
+        if len(vals) != 2 or any(isinstance(v, bool) or v != int(v) for v in value):
             raise ParamError(bad)
         if not all(spec.lo <= v <= spec.hi for v in vals):
             raise ParamError(bad)
@@ -287,6 +91,7 @@ class Params:
                              "exist; expected a model file written by vpr-export, a shipped "
                              f"model ({', '.join(shipped.SHIPPED)}) or '' for the built-in "
                              'model')
+        map_path(v['map_dir'])   # a ~user that does not expand: refused here
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -303,14 +108,85 @@ class Params:
 
     @property
     def map_path(self) -> str:
-        return os.path.expanduser(self.map_dir) if self.map_dir else ''
+        """The absolute map directory ('' for memory only): see `map_path`."""
+        return map_path(self.map_dir)
 
     def detector_config(self) -> DetectorConfig:
         """Build the core's DetectorConfig: each table entry with a `field` sets that field."""
         return DetectorConfig(**{s.field: self._values[s.name] for s in SPECS if s.field})
 
 
-# ------------------------------------------------------------------ ROS side (lazy imports)
+def map_path(map_dir: str) -> str:
+    """
+    Resolve map_dir to an absolute path ('' for memory only); ParamError for an unknown ~user.
+
+    `~nosuchuser/map` used to stay unexpanded and became a directory called `~nosuchuser` in the
+    working directory. Relative paths are resolved against the working directory now, once,
+    so the node logs and uses one absolute path (launch starts nodes wherever it runs).
+    """
+    if not map_dir:
+        return ''
+    path = os.path.expanduser(map_dir)
+    if path.startswith('~'):
+        user = path[1:].split(os.sep, 1)[0]
+        raise ParamError(f"parameter 'map_dir': {map_dir!r} names the home of user {user!r}, "
+                         "which does not exist; expected an absolute path, ~/..., ~user/... of "
+                         "an existing user, or '' to keep the map in memory only")
+    return os.path.abspath(path)
+
+
+# ROS's own parameters and prefixes, set by rclpy or launch on every node: never misspellings.
+ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service')
+ROS_PARAMETER_PREFIXES = ('qos_overrides.',)
+
+
+def unknown_parameters(names) -> list[str]:
+    """
+    Name the names that are not parameters of the table, each with close matches suggested.
+
+    For the node's start-up warning: a misspelled name in a params file (`tpo_k: 3`) used to be
+    ignored without a word while the default ran. ROS's own parameters are not reported.
+    """
+    out = []
+    for name in names:
+        if name in BY_NAME or name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, list(BY_NAME), n=3, cutoff=0.6)
+        hint = f' (did you mean {" or ".join(repr(c) for c in close)}?)' if close else ''
+        out.append(f'{name!r}{hint}')
+    return out
+
+
+def launch_overrides(arguments: dict[str, str],
+                     declared) -> tuple[dict[str, Any], list[str]]:
+    """
+    Split launch arguments into validated parameter values and unknown names (with hints).
+
+    `ros2 launch vpr_ros vpr.launch.py top_k:=5.5` used to be ignored without a word (launch
+    drops arguments it does not declare) and the node ran with top_k 5. Given the launch
+    context's arguments and the names the launch file declares itself, arguments naming a
+    parameter become {name: value} (parsed as YAML, like -p NAME:=VALUE, then validated: 5.5
+    for an integer raises ParamError naming it), ROS's own (use_sim_time) pass through, and the
+    rest are returned as `unknown_parameters` strings for a warning (an including launch file
+    may have arguments of its own, so they are not refused).
+    """
+    import yaml
+
+    out, unknown = {}, []
+    for name, text in arguments.items():
+        if name in declared:
+            continue
+        if name not in BY_NAME and name not in ROS_PARAMETERS:
+            unknown.append(name)
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        out[name] = validate(name, value) if name in BY_NAME else value
+    return out, unknown_parameters(unknown)
+
+
 def descriptor(spec: ParamSpec):
     """Build the ParameterDescriptor of a spec (range, read-only, description)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor

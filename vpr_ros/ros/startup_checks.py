@@ -72,3 +72,4 @@ def check_map_dir(path: str) -> None:
                 os.rmdir(d)
             except OSError:
                 pass
+

@@ -56,14 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--traverse', type=_traverse, action='append', default=None,
                    metavar='NAME:ROUTE:CONDITION[:SPEED]',
                    help=f'repeatable; routes: {", ".join(sorted(ROUTES))} or e.g. SW-S-C; '
-                        'condition: preset (noon, morning, evening, fog, winter, overcast) '
-                        'with overrides, e.g. evening,fog=30 or hour=9,season=winter')
+                        'condition: preset (noon, morning, evening, fog, winter, overcast, '
+                        'dusk, night) with overrides, e.g. evening,fog=30, hour=9,season=winter '
+                        'or night,gain=8,lamps=off')
     p.add_argument('--folder', action=argparse.BooleanOptionalAction, default=True,
                    help='write the TB-Places folder')
     p.add_argument('--bag', action=argparse.BooleanOptionalAction, default=True,
                    help='write one rosbag2 (mcap) per traverse')
     p.add_argument('--odom-drift', type=float, default=0.0,
-                   help='odometry random walk, m and rad per sqrt(m) driven')
+                   help='odometry error level: 0 exact, 1 the wheel-odometry profile of '
+                        'vpr_ros/sim/odometry.py (scale, turn and heading-bias errors, random '
+                        'walk, integrated from increments)')
     p.add_argument('--noise', type=float, default=1.5, help='sensor noise sigma (grey levels)')
     return p
 

@@ -4,6 +4,8 @@ Generate simulated garden datasets (TB-Places folder + rosbag2 per traverse), ca
 `default_dataset()` is what tests, demos and benchmarks call: a small set (one traverse driving
 a loop with a revisit, two shorter ones in other conditions and directions) generated once into
 `$VPR_ROS_CACHE/sim/<hash of params>` (default `~/.cache/vpr_ros/sim/...`) and reused after.
+`cross_session_dataset()` is the cross-session benchmark: a day map, then sessions at dusk, at
+night, in fog and in winter driving the same paths, each session queried against the day map.
 Generation goes to a temporary folder renamed into place at the end, so an interrupted or
 concurrent run never leaves a half-written cache entry behind.
 """
@@ -18,15 +20,19 @@ import time
 import numpy as np
 
 from vpr_ros.core.atomic_io import write_atomic
-from vpr_ros.sim.conditions import parse_condition
+from vpr_ros.sim.conditions import lamps_on, parse_condition
 from vpr_ros.sim.render_backend import Renderer
 from vpr_ros.sim.scene import GardenScene, Intrinsics
+from vpr_ros.sim.sensor import exposure_for
 from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec
 from vpr_ros.sim.world import generate_world
 from vpr_ros.sim.writers import BagWriter, FolderWriter
 
 # Bump when the world, renderer or writers change what a given set of params produces.
 GENERATOR_VERSION = 1
+# Bump when the low-light model (twilight, lamps, sensor.py) changes how dusk or night look: only
+# sets with such a traverse get a new cache key, daylight sets keep theirs.
+LOW_LIGHT_VERSION = 1
 META_FILE = 'sim_meta.json'
 EPOCH_S = 1_700_000_000
 
@@ -69,8 +75,10 @@ class SimParams:
 
     def key(self) -> str:
         """Hash of the params and the generator version: the cache folder's name."""
-        blob = json.dumps({'v': GENERATOR_VERSION, **asdict(self)}, sort_keys=True,
-                          default=list)
+        fields = {'v': GENERATOR_VERSION, **asdict(self)}
+        if any(low_light(parse_condition(t.condition)) for t in self.traverses):
+            fields['low_light_v'] = LOW_LIGHT_VERSION
+        blob = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -84,6 +92,11 @@ class DatasetPaths:
     bags: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+
+def low_light(condition) -> bool:
+    """Whether a condition leaves the daylight model (lamps or a longer exposure or gain)."""
+    return lamps_on(condition) or not exposure_for(condition).is_daylight()
 
 
 def cache_root() -> str:
@@ -130,7 +143,8 @@ def _render_traverse(k: int, params: SimParams, world, intr: Intrinsics, rendere
         if i % step:
             continue
         tr = time.perf_counter()
-        rgb, _ = scene.render(pose, n_img)
+        # the pose one pose period earlier gives the motion a long exposure blurs
+        rgb, _ = scene.render(pose, n_img, poses[i - 1] if i else None, 1.0 / params.pose_rate_hz)
         render_s += time.perf_counter() - tr
         if folder is not None:
             folder.add(rgb, pose)
@@ -148,7 +162,8 @@ def _render_traverse(k: int, params: SimParams, world, intr: Intrinsics, rendere
     entry = {'name': cfg.name, 'condition': asdict(cond),
              'route': list(spec.route) if not isinstance(spec.route, str)
              else ROUTES[spec.route], 'frames': n_img, 'start_ns': start_ns,
-             'height_m': spec.height_m, 'lateral_m': spec.lateral_m, 'seconds': round(dt, 3)}
+             'height_m': spec.height_m, 'lateral_m': spec.lateral_m, 'seconds': round(dt, 3),
+             'camera': asdict(scene.exposure)}
     return entry, n_img, render_s
 
 
@@ -241,3 +256,41 @@ def default_dataset(cache_dir: str | None = None, force: bool = False, log=print
     overrides are SimParams fields (e.g. seed=1, bag=False) and give a different cache entry.
     """
     return cached_dataset(SimParams(**overrides), cache_dir=cache_dir, force=force, log=log)
+
+
+# The cross-session benchmark: the day map and the sessions queried against it (issue 22).
+# The south-west block once round (248 frames): no edge twice, so a session closes loops with
+# the day map only, never with itself (the demo's 'loop_once' would add its own revisit).
+CROSS_SESSION_ROUTE = ('SW', 'S', 'C', 'W', 'SW')
+CROSS_SESSIONS = ('dusk', 'night', 'fog', 'winter')
+CROSS_SESSION_MAP = 'day_map'
+
+
+def session_name(condition: str) -> str:
+    """Return the traverse (and file) name of a session: its condition without ',' and '='."""
+    return condition.replace(',', '_').replace('=', '')
+
+
+def cross_session_params(sessions: tuple[str, ...] = CROSS_SESSIONS,
+                         max_frames: int | None = None, seed: int = 0,
+                         route: str | tuple[str, ...] = CROSS_SESSION_ROUTE) -> SimParams:
+    """
+    Build a day map (noon) then one traverse per session condition, all on the same route.
+
+    Traverse k > 0 gets the usual seeded lateral offset and camera height jitter and starts k
+    days after the map (bag stamps), so the sessions revisit the map's places, never its poses.
+    A session's traverse is named after its condition ('night'; 'dusk,gain=8' -> 'dusk_gain8').
+    """
+    if CROSS_SESSION_MAP in sessions:
+        raise ValueError(f'{CROSS_SESSION_MAP!r} is the map, not a session')
+    traverses = (TraverseConfig(CROSS_SESSION_MAP, route, 'noon'),) + tuple(
+        TraverseConfig(session_name(session), route, session) for session in sessions)
+    return SimParams(seed=seed, traverses=traverses, max_frames=max_frames)
+
+
+def cross_session_dataset(sessions: tuple[str, ...] = CROSS_SESSIONS,
+                          max_frames: int | None = None, cache_dir: str | None = None,
+                          log=print) -> DatasetPaths:
+    """Return the cross-session set (248 frames a traverse at full length), rendered if missing."""
+    return cached_dataset(cross_session_params(tuple(sessions), max_frames), cache_dir=cache_dir,
+                          log=log)

@@ -6,6 +6,11 @@ lighting). The sky (gradient, sun glow, clouds fixed in the world) and fog (blen
 fog colour by metric depth) are done in numpy on the rendered colour and depth, which is cheaper
 than a sky dome and exact in depth. A little seeded sensor noise keeps revisits from being
 pixel-identical. Frames are byte-identical for the same inputs.
+
+When the light fails (twilight, night: `sensor.exposure_for` is not the daylight exposure) the
+camera's exposure multiplier scales every light and the sky, lamps light the garden (`lamps.py`),
+and `sensor.develop` turns the frame into what a camera records in the dark: motion blur (given
+the previous pose), gain noise, faded colours. Daylight frames take the original path unchanged.
 """
 from dataclasses import dataclass
 import math
@@ -13,8 +18,10 @@ import math
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vpr_ros.sim.conditions import Condition, lighting, SEASON_FACTORS
+from vpr_ros.sim.conditions import Condition, lamps_on, lighting, SEASON_FACTORS
+from vpr_ros.sim.lamps import NightLights
 from vpr_ros.sim.render_backend import import_pyrender, Renderer
+from vpr_ros.sim.sensor import develop, exposure_for, motion_blur, shutter_motion, to_linear
 from vpr_ros.sim.textures import fractal_noise, make_textures
 from vpr_ros.sim.world import GardenWorld
 
@@ -78,9 +85,13 @@ class GardenScene:
         if (self.renderer.width, self.renderer.height) != (intrinsics.width, intrinsics.height):
             raise ValueError('renderer size differs from the intrinsics')
         self.light = lighting(condition)
+        self.exposure = exposure_for(condition)
+        # 1.0 in daylight, where nothing below scales anything (the original frames)
+        gain = 1.0 if self.exposure.is_daylight() else self.exposure.multiplier()
         factors, density = SEASON_FACTORS[condition.season]
         textures = make_textures(world.seed)
-        self.scene = pr.Scene(ambient_light=self.light.ambient, bg_color=[0, 0, 0, 0])
+        ambient = self.light.ambient if gain == 1.0 else self.light.ambient * gain
+        self.scene = pr.Scene(ambient_light=ambient, bg_color=[0, 0, 0, 0])
         tex_cache = {}
         for part in world.parts:
             key = part.material
@@ -109,17 +120,29 @@ class GardenScene:
         sun = pr.DirectionalLight(color=np.ones(3), intensity=1.0)
         sun.color = self.light.sun_color / max(self.light.sun_color.max(), 1e-9)
         sun.intensity = float(self.light.sun_color.max())
+        if gain != 1.0:
+            sun.intensity *= gain
         self.scene.add(sun, pose=_light_pose(self.light.sun_dir))
+        self.night = NightLights(pr, self.scene, world, gain) if lamps_on(condition) else None
+        # the sky is drawn in display values: the exposure brightens it as light ** (1 / 2.2)
+        self._display_gain = None if gain == 1.0 else np.float32(gain ** (1.0 / 2.2))
         self._rays = _pixel_rays(intrinsics)
         self._ray_len = np.linalg.norm(self._rays, axis=-1).astype(np.float32)
         self._clouds = fractal_noise(np.random.default_rng([world.seed, 23,
                                                             int(condition.hour * 10)]),
                                      (256, 256), beta=2.6)
 
-    def render(self, pose7, frame_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb HxWx3 uint8, depth HxW float32 m, 0 = sky) seen from a camera_link pose."""
+    def render(self, pose7, frame_index: int = 0, prev_pose7=None,
+               dt_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """
+        (rgb HxWx3 uint8, depth HxW float32 m, 0 = sky) seen from a camera_link pose.
+
+        prev_pose7, dt_s earlier, gives the motion that long exposures blur (low light only).
+        """
         world_t_link = pose_to_matrix(pose7)
         self.scene.set_pose(self.cam_node, world_t_link @ LINK_T_GL)
+        if self.night is not None:
+            self.night.follow(world_t_link @ LINK_T_GL)
         color, depth = self.renderer.render(self.scene)
         img = color.astype(np.float32) / 255.0
         sky = depth <= 0.0
@@ -129,11 +152,27 @@ class GardenScene:
         if fog_m > 0:
             dist = np.where(sky, np.float32(Z_FAR * 4), depth * self._ray_len)
             f = 1.0 - np.exp(dist * np.float32(-3.0 / fog_m))
-            img += (self.light.fog_color.astype(np.float32) - img) * f[..., None]
+            fog_color = self.light.fog_color.astype(np.float32)
+            if self._display_gain is not None:
+                fog_color = np.minimum(fog_color * self._display_gain, np.float32(1.0))
+            img += (fog_color - img) * f[..., None]
+        rng = np.random.default_rng([self.noise_seed, int(frame_index)])
+        if self._display_gain is not None:
+            return self._develop(img, depth, world_t_link, prev_pose7, dt_s, rng), depth
         if self.noise_sigma > 0:
-            rng = np.random.default_rng([self.noise_seed, int(frame_index)])
             img += rng.standard_normal(img.shape, dtype=np.float32) * (self.noise_sigma / 255.0)
         return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), depth
+
+    def _develop(self, img: np.ndarray, depth: np.ndarray, world_t_link: np.ndarray,
+                 prev_pose7, dt_s: float, rng: np.random.Generator) -> np.ndarray:
+        """Record as a low-light camera does: blur along the motion, gain noise, faded colour."""
+        lin = to_linear(img)
+        if prev_pose7 is not None and dt_s > 0:
+            link_t_open = shutter_motion(world_t_link, pose_to_matrix(prev_pose7), dt_s,
+                                         self.exposure.exposure_ms)
+            i = self.intr
+            lin = motion_blur(lin, depth, self._rays, (i.fx, i.fy, i.cx, i.cy), link_t_open)
+        return develop(lin, self.exposure, rng, self.noise_sigma)
 
     def _sky(self, dirs: np.ndarray) -> np.ndarray:
         """Sky colour for world-frame view directions (3, N): gradient, sun glow, clouds."""
@@ -145,6 +184,8 @@ class GardenScene:
         col = hor[None, :] * (1 - t)[:, None] + zen[None, :] * t[:, None]
         glow = np.clip(d.T @ L.sun_dir.astype(np.float32), 0.0, 1.0) ** 24 * np.float32(
             1.0 - 0.8 * (L.cloud_cover - 0.3))
+        if L.glow_scale != 1.0:
+            glow = glow * np.float32(L.glow_scale)
         col = col + glow[:, None] * np.array([0.5, 0.45, 0.35], np.float32)
         # clouds on a layer 300 m up, fixed in the world, fading towards the horizon
         z = np.maximum(d[2], np.float32(0.03))
@@ -152,8 +193,11 @@ class GardenScene:
         v = (d[1] / z * 300.0 / 600.0) % 1.0
         n = self._clouds[(v * 255).astype(int), (u * 255).astype(int)]
         cover = np.clip((n - (1.0 - L.cloud_cover)) * 3.0, 0.0, 1.0) * np.clip(d[2] * 6, 0, 1)
-        cloud_col = L.horizon * 0.55 + 0.4 * (0.6 + 0.4 * L.sun_dir[2])
+        cloud_col = L.horizon * 0.55 + 0.4 * (0.6 + 0.4 * L.sun_dir[2]) \
+            if L.cloud_color is None else L.cloud_color
         col = col * (1 - cover)[:, None] + cloud_col[None, :] * cover[:, None]
+        if self._display_gain is not None:
+            col = col * self._display_gain
         return np.clip(col, 0.0, 1.0).astype(np.float32)
 
     def close(self) -> None:

@@ -19,7 +19,10 @@ CORNER_RADIUS_M = 2.0
 
 # Named routes (crossings, in driving order). 'loop' drives the south-west block once and then
 # its first edge again (a loop closure with the same heading); 'big' drives the outer ring,
-# 'figure8' the two western blocks; together they cover every path of the garden.
+# 'figure8' the two western blocks; together they cover every path of the garden. The SLAM
+# traverses revisit places many times: 'laps' drives the south-west block three times, 'excursion'
+# drives it once, leaves for the whole outer ring (~100 m never seen before) and comes back into
+# it, 'revisits' (make demo's SLAM section) does both: two laps, the excursion, the way back.
 ROUTES = {
     'loop': ['SW', 'S', 'C', 'W', 'SW', 'S', 'SE'],
     'loop_once': ['SW', 'S', 'C', 'W', 'SW', 'S'],
@@ -27,6 +30,11 @@ ROUTES = {
     'east': ['S', 'SE', 'E', 'C', 'S', 'SW'],
     'big': ['SW', 'S', 'SE', 'E', 'NE', 'N', 'NW', 'W', 'SW', 'S'],
     'figure8': ['SW', 'S', 'C', 'N', 'NE', 'E', 'C', 'W', 'SW', 'S'],
+    'laps': ['SW', 'S', 'C', 'W'] * 3 + ['SW', 'S'],
+    'excursion': ['SW', 'S', 'C', 'W', 'SW', 'S', 'SE', 'E', 'NE', 'N', 'NW', 'W', 'SW', 'S',
+                  'C'],
+    'revisits': ['SW', 'S', 'C', 'W'] * 2 + ['SW', 'S', 'SE', 'E', 'NE', 'N', 'NW', 'W', 'SW',
+                                             'S', 'C', 'W', 'SW'],
 }
 
 

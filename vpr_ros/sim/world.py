@@ -25,6 +25,7 @@ from vpr_ros.sim.layout import (
 )
 from vpr_ros.sim.textures import PHOTO_NAMES, photo_uv_rect
 
+LANTERN_Z_M = 2.8     # bottom of a lamp's lantern, under its 3 m post's head
 # Material kinds the season changes: colour factors (and crown size for 'crown').
 KINDS = ('static', 'grass', 'hedge', 'crown', 'bush', 'flowers')
 
@@ -54,6 +55,7 @@ class GardenWorld:
     nodes: dict[str, tuple[float, float]] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
     landmarks: list[tuple[str, float, float]] = field(default_factory=list)
+    lamps: list[tuple[float, float, float]] = field(default_factory=list)  # lantern x, y, z
 
     def mesh_count(self) -> int:
         return len(self.parts)
@@ -69,6 +71,7 @@ class _Builder:
         self.shapes: dict[str, tuple[G.Geo, str, str]] = {}
         self.occupied: list[tuple[float, float, float]] = []   # (x, y, radius) of placed things
         self.landmarks: list[tuple[str, float, float]] = []
+        self.lamps: list[tuple[float, float, float]] = []
 
     def add(self, material: str, geo: G.Geo, kind: str = 'static') -> None:
         # one mesh per material: draw calls, not triangles, dominate pyrender's frame time
@@ -114,7 +117,8 @@ def generate_world(seed: int = 0) -> GardenWorld:
     _outer_trees(b)
     _scatter_bushes(b)
 
-    world = GardenWorld(seed=int(seed), nodes=nodes, edges=edges, landmarks=b.landmarks)
+    world = GardenWorld(seed=int(seed), nodes=nodes, edges=edges, landmarks=b.landmarks,
+                        lamps=b.lamps)
     for (material, kind), geos in b.geos.items():
         world.parts.append(Part(material, G.merge(geos), material, kind))
     for shape, mats in b.instances.items():
@@ -239,9 +243,11 @@ def _statue(b: _Builder, x: float, y: float, yaw: float) -> None:
 
 
 def _lamp(b: _Builder, x: float, y: float) -> None:
+    """Place a lamp post; its lantern (under the head) is where the night light comes from."""
     b.add('metal', G.cylinder(0.06, 3.0, segments=6).transformed(G.pose_matrix(x, y)))
     b.add('metal', G.box(0.3, 0.3, 0.35, tile_m=1.0).transformed(
         G.pose_matrix(x, y, 3.0)))
+    b.lamps.append((float(x), float(y), LANTERN_Z_M))
 
 
 def _path_furniture(b: _Builder, nodes, edges) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vpr_ros.core.tbplaces import write_index
+from vpr_ros.sim.odometry import DriftingOdometry, OdomNoise, WHEEL_ODOMETRY
 from vpr_ros.sim.scene import Intrinsics
 
 IMAGE_TOPIC = '/camera/image_raw'
@@ -62,22 +63,23 @@ class BagWriter:
     rosbag2 (mcap) with image, camera info, odometry (optionally drifting) and ground truth.
 
     Poses are written at pose_rate_hz (a multiple of the camera rate, so every image stamp also
-    has a pose at exactly that stamp); odometry drifts by a seeded random walk in x, y and yaw
-    (odom_drift: metres and radians per sqrt(metre driven)), ground truth does not.
+    has a pose at exactly that stamp). Ground truth is written as is; odometry is integrated
+    from noisy increments (vpr_ros/sim/odometry.py, seeded): `odom_drift` is an OdomNoise, or a
+    level scaling the documented WHEEL_ODOMETRY profile (0: odometry equals ground truth).
     """
 
     def __init__(self, path: str, intrinsics: Intrinsics, start_ns: int,
-                 odom_drift: float = 0.0, seed: int = 0):
+                 odom_drift: 'float | OdomNoise' = 0.0, seed: int = 0):
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import get_typestore, Stores
         self.ts = get_typestore(Stores.ROS2_HUMBLE)
         self.T = self.ts.types
         self.intr = intrinsics
         self.start_ns = int(start_ns)
-        self.drift = float(odom_drift)
-        self.rng = np.random.default_rng([int(seed), 31])
-        self._walk = np.zeros(3)       # x, y, yaw offsets of odom
-        self._last = None              # (stamp_ns, pose7) of the previous pose message
+        noise = (odom_drift if isinstance(odom_drift, OdomNoise)
+                 else WHEEL_ODOMETRY.scaled(float(odom_drift)))
+        self.odometry = None if noise.exact else DriftingOdometry(noise, seed)
+        self._last = None              # (stamp_ns, odometry pose7) of the previous pose message
         self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
         self.c_img = self.writer.add_connection(IMAGE_TOPIC, 'sensor_msgs/msg/Image',
@@ -123,7 +125,7 @@ class BagWriter:
                           self.ts.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo'))
 
     def add_pose(self, stamp_ns: int, pose7) -> None:
-        """Write ground truth as is, odometry with random-walk drift and a differenced twist."""
+        """Write ground truth as is, odometry (drifting, if set) with a differenced twist."""
         T = self.T
         p = np.asarray(pose7, dtype=np.float64)
         t = self.start_ns + int(stamp_ns)
@@ -131,24 +133,16 @@ class BagWriter:
                                                 pose=self._pose_msg(p))
         self.writer.write(self.c_gt, t,
                           self.ts.serialize_cdr(gt, 'geometry_msgs/msg/PoseStamped'))
+        odom_pose = p if self.odometry is None else self.odometry.step(stamp_ns, p)
         lin = np.zeros(3)
         ang = np.zeros(3)
         if self._last is not None:
             dt = (stamp_ns - self._last[0]) * 1e-9
             prev = self._last[1]
             r_prev = Rotation.from_quat(prev[3:])
-            lin = r_prev.inv().apply(p[:3] - prev[:3]) / dt
-            ang = (r_prev.inv() * Rotation.from_quat(p[3:])).as_rotvec() / dt
-            if self.drift > 0:
-                step = np.linalg.norm(p[:2] - prev[:2])
-                self._walk += self.rng.normal(size=3) * self.drift * np.sqrt(step)
-        self._last = (int(stamp_ns), p)
-        odom_pose = p.copy()
-        if self.drift > 0:
-            odom_pose[0] += self._walk[0]
-            odom_pose[1] += self._walk[1]
-            odom_pose[3:] = (Rotation.from_euler('z', self._walk[2])
-                             * Rotation.from_quat(p[3:])).as_quat()
+            lin = r_prev.inv().apply(odom_pose[:3] - prev[:3]) / dt
+            ang = (r_prev.inv() * Rotation.from_quat(odom_pose[3:])).as_rotvec() / dt
+        self._last = (int(stamp_ns), odom_pose)
         cov = np.zeros(36)
         v3 = T['geometry_msgs/msg/Vector3']
         odom = T['nav_msgs/msg/Odometry'](

@@ -220,6 +220,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='vpr_node parameter override (repeatable), e.g. '
                              'score_threshold:=0.9 or geometric_verification:=true')
     parser.add_argument('--out', default='demo_out')
+    parser.add_argument('--slam', default='auto',
+                        help="SLAM section (slam_demo.py): the simulated route played into the "
+                             "node and the pose-graph back-ends ('revisits'; 'laps', 'excursion', "
+                             "'loop'); 'none': skip; auto: 'revisits' unless --bag is given")
+    parser.add_argument('--false-loops', type=int, default=5,
+                        help='false loop closures injected at random into one back-end')
+    parser.add_argument('--false-loops-seed', type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -250,6 +257,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     if other is not None:
         print(f'\nside by side on the same bag (each model at its own calibrated point; '
               f'{os.path.join(args.out, "demo_side_by_side.png")}):\n{table}')
+    _slam_section(args)
+
+
+def _slam_section(args: argparse.Namespace) -> None:
+    """Run the SLAM section (slam_demo.py) and add it to demo_summary.json under `slam`."""
+    from vpr_ros.tools import slam_demo
+    route = slam_demo.slam_route(args)
+    if route is None:
+        return
+    slam = slam_demo.run_slam(argparse.Namespace(**{**vars(args), 'slam': route}))
+    path = os.path.join(args.out, 'demo_summary.json')
+    with open(path) as f:
+        summary = json.load(f)
+    summary['slam'] = slam
+    with open(path, 'w') as f:
+        json.dump(summary, f, indent=2, default=float)
+    print('\n' + slam_demo.report_line(slam))
 
 
 if __name__ == '__main__':
