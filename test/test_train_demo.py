@@ -45,7 +45,8 @@ def test_train_demo_reduced(tmp_path, repo_root) -> None:
     trained = {m['name']: m for m in summary['trained']}
     assert trained['gcl s0']['lr'] == 0.1 and trained['cl s0']['lr'] == 0.01  # paper's rates
     assert trained['gcl s0']['best']['metric'] == 'r1'
-    sets = ['garden winter', 'garden fog'] + (['corridor (real)'] if corridor else [])
+    sets = (['garden winter', 'garden fog', 'garden night (seen condition)']
+            + (['corridor (real)'] if corridor else []))
     for row in rows.values():
         for name in sets:
             cell = row[name]

@@ -11,17 +11,18 @@ What a user does with a robot's own recordings, on bags the simulator renders of
             validation R@1 on a held-out pair
 5. export   `vpr-export`: the model file the node loads
 6. evaluate `vpr-eval`: the off-the-shelf ImageNet model against every trained one, on traverses
-            in conditions never trained on (winter, fog) and on the real corridor set: R@1/5/10,
-            mAP@5 and all-pairs AP, each with a bootstrap 95 % interval over queries
+            in conditions never trained on (winter, fog), a night session and the real
+            corridor set: R@1/5/10, mAP@5 and all-pairs AP, each with a bootstrap 95 % interval
+            over queries
 7. demo     the `make demo` flow on the demo bag, with ImageNet and the first trained model
 
-Nothing trained on is evaluated on: the test traverses are other sessions in conditions the
-training never saw (the small set: same garden, as for a robot trained where it works; `--large`:
-also gardens never trained on). A recipe is said to win only where its intervals lie clear of
-the other's; overlapping intervals are reported as no winner. Every stage reuses what an earlier
-run left in OUT, so an interrupted run continues (training resumes from its checkpoint);
-`--fresh` starts over. Prints one table and writes `OUT/train_demo_summary.json` and
-`OUT/train_demo_report.png`.
+Nothing trained on is evaluated on: the test traverses are other sessions, in conditions the
+training never saw (winter, fog) or, for night, in a trained condition (the small set: same
+garden, as for a robot trained where it works; `--large`: also gardens never trained on). A
+recipe is said to win only where its intervals lie clear of the other's; overlapping intervals
+are reported as no winner. Every stage reuses what an earlier run left in OUT, so an
+interrupted run continues (training resumes from its checkpoint); `--fresh` starts over.
+Prints one table and writes `OUT/train_demo_summary.json` and `OUT/train_demo_report.png`.
 """
 import argparse
 import json
@@ -164,7 +165,7 @@ def train_models(args: argparse.Namespace, out: str, data_root: str, labels: str
 
 def evaluate_models(models: list[dict], data_root: str, corridor: str, out: str,
                     bench: Benchmark, args: argparse.Namespace) -> dict[str, dict]:
-    """ImageNet and every trained model on each unseen test set and the corridor, with CIs."""
+    """ImageNet and every trained model on each test set and the corridor, with CIs."""
     from vpr_ros.training.data.dataset import select_traverses
     from vpr_ros.training.eval.compare_eval import evaluate_with_ci
 
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
     models = train_models(args, out, data_root, labels_path, bench)
     seconds['train_export'] = time.monotonic() - t
 
-    t = _stage('6/7 evaluate: ImageNet vs trained, unseen conditions and the real corridor')
+    t = _stage('6/7 evaluate: ImageNet vs trained, test sessions and the real corridor')
     corridor = args.corridor if args.corridor and os.path.isdir(args.corridor) else ''
     if args.corridor and not corridor:
         print(f'train-demo: no corridor set at {args.corridor}: left out')
