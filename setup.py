@@ -42,6 +42,7 @@ setup(
     entry_points={
         'console_scripts': [
             'vpr_node = vpr_ros.ros.node:main',
+            'vpr_lifecycle_node = vpr_ros.ros.lifecycle_node:main',
             'vpr-play = vpr_ros.ros.bag_player:main',
             'vpr-map = vpr_ros.tools.map_cli:main',
             'vpr-sim = vpr_ros.sim.cli:main',

@@ -23,6 +23,13 @@ Writes bench/results/bench_core.json.
     python bench/bench_core.py                      # renders the 640x480 loop once (~6 min)
     python bench/bench_core.py --size 320x240       # the cached default demo set
     python bench/bench_core.py --threads 1          # load-independent CPU-time ratio
+    python bench/bench_core.py --passes 2           # drive the loop twice: the second pass
+                                                    # revisits every place (issue 22)
+
+With `--passes 2` the second pass starts after the exclusion window, so every frame of it
+revisits a stored place: candidates are verified on most frames and the sequence evidence has
+a history to align. Medians and p90 are reported for exploring frames (first pass) and
+revisiting frames (later passes) separately.
 """
 import argparse
 import json
@@ -110,11 +117,14 @@ def run(args: argparse.Namespace) -> dict:
         forward()
         enc.embed_one(frames[0], 'rgb8')
     t0_ns = 10_000 * S
-    fwd, results, cpu_fwd, cpu_frame = [], [], [], []
+    fwd, results, cpu_fwd, cpu_frame, revisit = [], [], [], [], []
     n = len(frames) if args.frames <= 0 else min(args.frames, len(frames))
-    for i in range(n):
-        stamp = t0_ns + int(round(stamps_s[i] * S))
+    lap_s = float(stamps_s[n - 1]) + cfg.exclusion_s + 1.0  # later passes: past the window
+    for j in range(n * max(1, args.passes)):
+        i, lap = j % n, j // n
+        stamp = t0_ns + int(round((stamps_s[i] + lap * lap_s) * S))
         pose = Pose.from_vector(stamp, poses[i])
+        revisit.append(lap > 0)
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):  # neither always runs first
             if which == 0:
                 wall, cpu = forward()
@@ -126,7 +136,28 @@ def run(args: argparse.Namespace) -> dict:
                 cpu_frame.append(time.thread_time() - c)
     return {'frames': frames, 'fwd': fwd, 'results': results, 'det': det, 'cfg': cfg,
             'enc': enc, 'map': place_map, 'size': (w, h), 'cpu_fwd': cpu_fwd,
-            'cpu_frame': cpu_frame}
+            'cpu_frame': cpu_frame, 'revisit': revisit}
+
+
+def by_pass(r: dict) -> dict:
+    """Median and p90 of exploring and revisiting frames, each over the forward median."""
+    f = statistics.median(r['fwd'])
+    cf = statistics.median(r['cpu_fwd'])
+    out = {}
+    for name, want in (('exploring', False), ('revisiting', True)):
+        idx = [k for k, v in enumerate(r['revisit']) if v == want]
+        if not idx:
+            continue
+        t = [r['results'][k].t_total_s for k in idx]
+        c = [r['cpu_frame'][k] for k in idx]
+        out[name] = {'frames': len(idx), 'median_ms': _ms(t),
+                     'p90_ms': round(1e3 * float(np.percentile(t, 90)), 3),
+                     'ratio_median': round(statistics.median(t) / f, 4),
+                     'ratio_p90': round(float(np.percentile(t, 90)) / f, 4),
+                     'cpu_ratio_median': round(statistics.median(c) / cf, 4),
+                     'cpu_ratio_p90': round(float(np.percentile(c, 90)) / cf, 4),
+                     'accepted': sum(1 for k in idx if r['results'][k].candidates)}
+    return out
 
 
 def summarise(r: dict, args: argparse.Namespace, load_before) -> dict:
@@ -147,7 +178,10 @@ def summarise(r: dict, args: argparse.Namespace, load_before) -> dict:
         'config': {'geometric_verification': cfg.geometric_verification,
                    'gv_feature': cfg.gv_feature, 'gv_n_features': cfg.gv_n_features,
                    'gv_max_side': cfg.gv_max_side, 'gv_first_only': cfg.gv_first_only,
-                   'top_k': cfg.top_k, 'score_threshold': cfg.score_threshold},
+                   'top_k': cfg.top_k, 'score_threshold': cfg.score_threshold,
+                   'sequence_evidence': cfg.sequence_evidence,
+                   'confidence_threshold': cfg.confidence_threshold},
+        'passes': args.passes, 'by_pass': by_pass(r),
         'map_size_start': args.map_size, 'map_size_end': len(r['map']),
         'frames_processed': len(res), 'keyframes_added': len(kf),
         'frames_with_candidates': sum(1 for x in res if x.candidates),
@@ -197,8 +231,15 @@ def main() -> None:
     parser.add_argument('--map-size', type=int, default=1000)
     parser.add_argument('--threads', type=int, default=0,
                         help='1: one thread everywhere, CPU-time ratio meaningful')
-    parser.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_core.json'))
+    parser.add_argument('--passes', type=int, default=1,
+                        help='drive the loop this many times (2: revisiting frames)')
+    parser.add_argument('--out', default=None,
+                        help='default bench/results/bench_core.json (bench_core_revisit.json '
+                             'with --passes > 1)')
     args = parser.parse_args()
+    if args.out is None:
+        args.out = os.path.join(HERE, 'results', 'bench_core.json' if args.passes <= 1
+                                else 'bench_core_revisit.json')
     load_before = os.getloadavg()
     res = summarise(run(args), args, load_before)
     print(f'{"stage":<44}{"median ms":>12}')
@@ -212,6 +253,11 @@ def main() -> None:
           f'{res["loadavg_before"]} -> {res["loadavg_after"]}')
     print(f'main-thread CPU-time ratio (threads {res["threads"]}): median '
           f'{res["ratio_cpu_median"]:.3f}, mean {res["ratio_cpu_mean"]:.3f}')
+    for name, v in res['by_pass'].items():
+        print(f'{name} frames ({v["frames"]}, {v["accepted"]} accepted): median '
+              f'{v["median_ms"]} ms = {v["ratio_median"]}x forward, p90 {v["p90_ms"]} ms = '
+              f'{v["ratio_p90"]}x; CPU-time ratio median {v["cpu_ratio_median"]}, p90 '
+              f'{v["cpu_ratio_p90"]}')
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w', encoding='utf-8') as f:
         json.dump(res, f, indent=2)

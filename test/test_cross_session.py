@@ -68,7 +68,8 @@ def test_day_map_then_a_fog_session_over_dds(tmp_path):
     assert fog['n_possible'] >= 30                              # the same path, jittered
     assert fog['best_to_day_map'] > 0 and fog['n_best_correct'] > 0
     log = (out / 'vpr_node_fog.log').read_text()
-    assert 'operating point: score_threshold 0.5 set explicitly' in log   # --param reached it
+    assert 'operating point: score_threshold 0.5000' in log      # --param reached it
+    assert 'score_threshold set explicitly' in log
     assert (out / 'cross_session.png').stat().st_size > 10_000
     assert (out / 'cross_session_fog.png').stat().st_size > 10_000
     assert 'fog' in proc.stdout and 'possible' in proc.stdout

@@ -51,7 +51,7 @@ IMPORTS = {
 }
 ROS_PACKAGES = {'rclpy', 'rcl_interfaces', 'ament_index_python', 'launch', 'launch_ros',
                 'sensor_msgs', 'geometry_msgs', 'nav_msgs', 'std_msgs', 'std_srvs',
-                'visualization_msgs', 'diagnostic_msgs'}
+                'visualization_msgs', 'diagnostic_msgs', 'rosgraph_msgs'}
 # Optional dependencies of one tool each (the SLAM back-end and its trajectory error): pinned in
 # requirements-slam.txt, not in package.xml or requirements.txt (a user who never runs the
 # back-end never installs them), imported only inside functions of the modules named here.
@@ -68,6 +68,8 @@ NOT_IMPORTED = {
     'ros2launch': 'the `ros2 launch` verb for launch/vpr.launch.py',
     'ros2topic': 'tests run ros2 topic echo', 'ros2param': 'tests run ros2 param set',
     'ros2service': 'tests run ros2 service call', 'ros2pkg': 'tests run ros2 pkg prefix',
+    'ros2lifecycle': 'tests run ros2 lifecycle set/get',
+    'lifecycle_msgs': 'rclpy.lifecycle (the managed node, vpr_lifecycle_node) imports it',
 }
 
 

@@ -83,3 +83,61 @@ def test_refusal_kind_names_opencv_and_other_errors() -> None:
         cv2.ORB_create().detectAndCompute(np.zeros((1, 640), np.uint8), None)
     assert refusal_kind(err.value) == 'bad_image_data'
     assert refusal_kind(RuntimeError('boom')) == 'processing_errors'
+
+
+def _sp(stamp: int, x: float = 0.0):
+    from vpr_ros.core.msg_convert import StampedPose
+    return StampedPose(stamp, 'odom', np.array([x, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+
+
+def test_pose_glitch_ahead_is_dropped_counted_and_never_resets_the_history() -> None:
+    """Issue 20 #7: a pose stamped ahead, then the right one: no reset, `pose_outlier`."""
+    from vpr_ros.ros.frame_intake import PoseInput
+
+    clock = [100.0]
+    poses = PoseInput(0.5, clock=lambda: clock[0])
+    t = 1_700_000_000 * S
+    for k in range(10):
+        assert poses.add(_sp(t + k * S // 10, k * 0.1)) == []
+    assert poses.add(_sp(t + 30 * S // 10)) == []   # 2.1 s ahead: provisional
+    keys = [key for key, _ in poses.add(_sp(t + 10 * S // 10, 1.0))]
+    assert keys == ['pose_outlier']   # compared with latest(), this was a pose_time_reset
+    assert len(poses.buffer) == 11 and poses.buffer.latest().stamp_ns == t + S
+    # arrivals are read from the given clock (the node's ROS clock), not the wall clock
+    assert poses.last_wall == 100.0 and not poses.stale(2.0)
+    clock[0] = 103.0
+    assert poses.stale(2.0)
+
+
+def test_an_image_waits_past_a_provisional_pose_for_the_right_one() -> None:
+    """A glitch ahead must not end the wait: the image would be looked up across the gap."""
+    import threading
+
+    from vpr_ros.ros.frame_intake import PoseInput
+
+    poses = PoseInput(0.5)
+    t = 1_700_000_000 * S
+    for k in range(10):
+        poses.add(_sp(t + k * S // 10, k * 0.1))
+    poses.add(_sp(t + 18 * S // 10))   # 0.9 s ahead of the stream, before the right pose
+    late = threading.Timer(0.05, poses.add, args=(_sp(t + S, 1.0),))
+    late.start()
+    pose, why = poses.pose_at(t + S, wait_s=10.0, timeout_s=60.0)
+    late.join()
+    assert pose is not None, why
+    np.testing.assert_allclose(pose.position, [1.0, 0.0, 0.0])
+
+
+def test_the_stamp_gate_judges_by_the_intake_clock() -> None:
+    """Sparse frames 60 s apart replayed fast: the node's (sim) clock says 60 s passed."""
+    sim = [0.0]
+    intake = FrameIntake(max_pixels=1 << 20, stamp_window_s=10.0, use_poses=False,
+                         clock=lambda: sim[0])
+    img = np.zeros((32, 32, 3), np.uint8)
+    t = 1_700_000_000 * S
+    for k in range(5):
+        sim[0] = 1000.0 + 60.0 * k
+        assert _accept(intake, _image(img, t + k * 60 * S))[2] == t + k * 60 * S
+    wall = FrameIntake(max_pixels=1 << 20, stamp_window_s=10.0, use_poses=False)
+    _accept(wall, _image(img, t))
+    assert _refused(wall, _image(img, t + 60 * S)) == 'image_stamp_implausible'

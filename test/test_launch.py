@@ -17,7 +17,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'vpr.launch.py')
 ARGS = {'params_file', 'namespace', 'node_name', 'camera_topic', 'pose_topic',
-        'loop_closure_topic', 'sigterm_timeout'}
+        'loop_closure_topic', 'sigterm_timeout', 'lifecycle'}
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +70,7 @@ def test_params_file_names_no_topics() -> None:
 def test_sigterm_timeout_leaves_room_for_saving(tree) -> None:
     # launch's default is 5 s after SIGINT; a large map's save (GBs of blobs, fsync) needs more
     assert float(_constant(tree, 'SIGTERM_TIMEOUT_S')) >= 30.0
-    (node,) = _calls(tree, 'Node')
+    (node,) = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and _kw(c, 'executable')]
     assert _kw(node, 'sigterm_timeout') is not None
 
 
@@ -101,10 +101,10 @@ def test_remaps_of_relative_names(launch_module) -> None:
         ('vpr/loop_closure', '/lio_loop/loop_closure_detection')]
 
 
-def test_launch_description_and_node_action(launch_module) -> None:
+def _node_action(launch_module, **arguments):
+    """Evaluate the launch file's node action with `arguments` on top of the defaults."""
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.launch_context import LaunchContext
-    from launch_ros.actions import Node
 
     ld = launch_module['generate_launch_description']()
     declared = {a.name: a for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
@@ -113,10 +113,18 @@ def test_launch_description_and_node_action(launch_module) -> None:
     for name, arg in declared.items():
         context.launch_configurations[name] = ''.join(
             s.perform(context) for s in arg.default_value)
-    context.launch_configurations.update(namespace='/robot1', camera_topic='front/image_raw')
+    context.launch_configurations.update(arguments)
     (opaque,) = [a for a in ld.entities if isinstance(a, OpaqueFunction)]
     (node,) = opaque.execute(context)
-    assert isinstance(node, Node)
+    return node, context
+
+
+def test_launch_description_and_node_action(launch_module) -> None:
+    from launch_ros.actions import LifecycleNode, Node
+
+    node, context = _node_action(launch_module, namespace='/robot1',
+                                 camera_topic='front/image_raw')
+    assert isinstance(node, Node) and not isinstance(node, LifecycleNode)
     node._perform_substitutions(context)  # what launch does before it starts the process
     assert node.expanded_node_namespace == '/robot1'
     assert node.node_name == '/robot1/vpr_node'
@@ -124,3 +132,41 @@ def test_launch_description_and_node_action(launch_module) -> None:
     assert rules['camera/image_raw'] == 'front/image_raw'  # relative: inside /robot1
     assert 'odom' not in rules  # empty pose_topic: the node's default name
 
+
+
+def test_lifecycle_argument_starts_the_managed_node(launch_module) -> None:
+    from launch_ros.actions import LifecycleNode
+
+    node, context = _node_action(launch_module, lifecycle='true', namespace='/robot2')
+    assert isinstance(node, LifecycleNode)
+    node._perform_substitutions(context)
+    assert node.node_executable == 'vpr_lifecycle_node'
+    assert node.node_name == '/robot2/vpr_node'
+    plain, _ = _node_action(launch_module)
+    assert plain.node_executable == 'vpr_node'
+
+
+def test_parameter_arguments_are_checked_and_passed(launch_module) -> None:
+    """`top_k:=5.5` used to be dropped by launch without a word; now it stops the launch."""
+    _, context = _node_action(launch_module, top_k='7', use_sim_time='true',
+                              map_dir='/data/m', image_size='[240, 320]')
+    given = launch_module['parameter_arguments'](context, ARGS)
+    assert given == {'top_k': 7, 'use_sim_time': True, 'map_dir': '/data/m',
+                     'image_size': [240, 320]}
+    with pytest.raises(RuntimeError, match="launch argument refused: parameter 'top_k': 5.5"):
+        _node_action(launch_module, top_k='5.5')
+    with pytest.raises(RuntimeError, match="parameter 'map_dir'"):
+        _node_action(launch_module, map_dir='/m/{robot}')
+    import logging
+
+    import launch.logging
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    launch.logging.get_logger('vpr.launch.py').addHandler(handler)  # it does not propagate
+    try:
+        _, context = _node_action(launch_module, tpo_k='3')
+    finally:
+        launch.logging.get_logger('vpr.launch.py').removeHandler(handler)
+    assert any("'tpo_k' (did you mean 'top_k'?)" in w for w in warned), warned
+    assert launch_module['parameter_arguments'](context, ARGS) == {}

@@ -85,9 +85,11 @@ def test_matches_layout_is_the_contract(run) -> None:
         d = m.layout.dim
         assert len(d) == 2 and m.layout.data_offset == 0
         k = d[0].size
-        assert d[0].label == 'candidates' and k >= 1 and d[0].stride == 5 * k
-        assert d[1].label == MATCH_COLUMNS and d[1].size == 5 and d[1].stride == 5
-        assert len(m.data) == 5 * k
+        w = len(MATCH_COLUMNS.split(','))
+        assert MATCH_COLUMNS.startswith('query_stamp,match_stamp,score,match_id,query_id,')
+        assert d[0].label == 'candidates' and k >= 1 and d[0].stride == w * k
+        assert d[1].label == MATCH_COLUMNS and d[1].size == w and d[1].stride == w
+        assert len(m.data) == w * k
         r = rows(m)
         assert np.all(np.diff(r[:, 2]) <= 0), 'rows must be best first'
         assert np.all(r[:, 0] == r[0, 0]) and np.all(r[:, 4] == r[0, 4])

@@ -65,6 +65,48 @@ def test_map_dir_of_an_unknown_user_is_refused_and_relative_is_resolved(tmp_path
     assert Params({'map_dir': ''}).map_path == ''
 
 
+def test_default_map_dir_is_per_node(tmp_path, monkeypatch) -> None:
+    """Two robots at their defaults used to share ~/.ros/vpr_ros/map (the second: 'in use')."""
+    from vpr_ros.ros.params import BY_NAME, map_path, node_map_dir
+
+    monkeypatch.setenv('HOME', str(tmp_path))
+    default = BY_NAME['map_dir'].default
+    paths = {map_path(node_map_dir(default, ns, name)) for ns, name in (
+        ('/robot1', 'vpr_node'), ('/robot2', 'vpr_node'), ('/', 'vpr_node'),
+        ('/robot1', 'vpr_b'), ('/fleet/robot1', 'vpr_node'))}
+    assert paths == {str(tmp_path / '.ros' / 'vpr_ros' / p / 'map') for p in (
+        'robot1/vpr_node', 'robot2/vpr_node', 'vpr_node', 'robot1/vpr_b',
+        'fleet/robot1/vpr_node')}
+    assert node_map_dir('/data/{name}-{namespace}', '/r1', 'n') == '/data/n-r1'
+    assert Params({}).map_path == str(tmp_path / '.ros' / 'vpr_ros' / 'vpr_node' / 'map')
+    with pytest.raises(ParamError, match=r"parameter 'map_dir'.*'\{nmae\}'; expected only "
+                                         r'\{namespace\} and \{name\}'):
+        Params({'map_dir': '/data/{nmae}'})
+
+
+def test_start_warnings_name_unknown_parameters_and_a_map_at_the_old_default(
+        tmp_path, monkeypatch) -> None:
+    from vpr_ros.ros.params import BY_NAME
+    from vpr_ros.ros.startup_checks import start_warnings
+
+    monkeypatch.setenv('HOME', str(tmp_path))
+    default = BY_NAME['map_dir'].default
+    path = Params({}).map_path
+    assert start_warnings(['top_k', 'use_sim_time'], default, path) == []
+    (warning,) = start_warnings(['tpo_k', 'top_k'], default, path)
+    assert "unknown parameter(s) ignored: 'tpo_k' (did you mean 'top_k'?)" in warning
+    old = tmp_path / '.ros' / 'vpr_ros' / 'map'
+    old.mkdir(parents=True)
+    (old / 'CURRENT').write_text('gen-000001')
+    (warning,) = start_warnings([], default, path)
+    assert f'old default map_dir {old} is not continued' in warning and path in warning
+    assert start_warnings([], '/data/m', '/data/m') == []  # a map_dir of one's own: no word
+    os.makedirs(path)
+    with open(os.path.join(path, 'CURRENT'), 'w') as f:
+        f.write('gen-000001')
+    assert start_warnings([], default, path) == []  # the per-node map exists: continued
+
+
 def _png_header(w: int, h: int, depth: int, colour: int) -> CompressedImage:
     """Make a PNG signature and IHDR declaring a size (no pixel data follows)."""
     ihdr = (w.to_bytes(4, 'big') + h.to_bytes(4, 'big') + bytes([depth, colour, 0, 0, 0]))

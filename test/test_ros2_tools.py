@@ -140,8 +140,8 @@ def test_launch_params_remaps_echo_param_service(env, seq, tmp_path) -> None:
                                  f'{echo_log.read_text()}\n{launch.log()}')
         out = echo_log.read_text()
         msg = next(yaml.safe_load_all(out.split('---')[0]))
-        assert msg['layout']['dim'][1]['label'] == 'query_stamp,match_stamp,score,match_id,' \
-                                                    'query_id', out
+        assert msg['layout']['dim'][1]['label'].startswith(
+            'query_stamp,match_stamp,score,match_id,query_id,'), out
         query_stamp, match_stamp = msg['data'][0], msg['data'][1]
         assert round(query_stamp, 6) in queries, out
         places = {round(int(seq.stamps_ns[i]) / 1e9, 6) for i in first} | queries

@@ -218,7 +218,8 @@ def test_bad_input_is_refused_and_counted(tmp_path) -> None:
         matches = backend.ns + '/vpr/matches'
         feeder.publisher(Float64MultiArray, matches).publish(Float64MultiArray(data=[1.0, 2.0]))
         feeder.publisher(Float64MultiArray, matches).publish(
-            multiarray(MATCH_COLUMNS, [[np.nan, 0.0, 0.9, 1.0, -1.0]], 'candidates'))
+            multiarray(MATCH_COLUMNS, [[np.nan, 0.0, 0.9, 1.0, -1.0, np.nan, 1.0, 0.0, 0.0]],
+                       'candidates'))
         q, t = relative_from_poses(tr.gt[78], tr.gt[0])
         bad = LoopObservation(int(tr.stamps_ns[78]), int(tr.stamps_ns[0]), np.zeros(4), t)
         good = LoopObservation(int(tr.stamps_ns[78]), int(tr.stamps_ns[0]), q, t)

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 SHARE_FILES = ('package.xml', 'launch/vpr.launch.py', 'config/vpr.yaml',
                'config/fastdds_shm16mb.xml')
 LAUNCH_ARGS = ('params_file', 'namespace', 'node_name', 'camera_topic', 'pose_topic',
-               'loop_closure_topic', 'sigterm_timeout')
+               'loop_closure_topic', 'sigterm_timeout', 'lifecycle')
 
 
 @pytest.fixture(scope='module', params=[True, False], ids=['symlink_install', 'copy_install'])
@@ -43,7 +43,8 @@ def test_install_layout(workspace) -> None:
     ws, _, symlink = workspace
     prefix = os.path.join(ws, 'install', 'vpr_ros')
     lib = os.path.join(prefix, 'lib', 'vpr_ros')
-    for exe in ('vpr_node', 'vpr-play', 'vpr-train', 'vpr-export', 'vpr-eval', 'vpr-sim'):
+    for exe in ('vpr_node', 'vpr_lifecycle_node', 'vpr-play', 'vpr-train', 'vpr-export',
+                'vpr-eval', 'vpr-sim'):
         assert os.access(os.path.join(lib, exe), os.X_OK), f'{exe} not in {lib}'
     assert not os.path.exists(os.path.join(prefix, 'bin', 'vpr_node'))
     share = os.path.join(prefix, 'share', 'vpr_ros')
@@ -112,6 +113,17 @@ def test_installed_tools_run(workspace) -> None:
     proc = subprocess.run(['ros2', 'run', 'vpr_ros', 'vpr-export', '--help'], cwd=ws,
                           env=workspace_env(ws), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and 'usage' in proc.stdout.lower(), proc.stdout + proc.stderr
+
+
+def test_installed_nodes_check_their_parameters(workspace) -> None:
+    """Both node executables run from lib/vpr_ros: a bad parameter stops them, exit 2."""
+    ws, _, _ = workspace
+    for exe in ('vpr_node', 'vpr_lifecycle_node'):
+        proc = subprocess.run(['ros2', 'run', 'vpr_ros', exe, '--ros-args', '-p', 'top_k:=0'],
+                              cwd=ws, env=workspace_env(ws), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and "parameter 'top_k'" in proc.stderr, \
+            f'{exe}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}'
 
 
 def test_installed_package_holds_the_shipped_model(workspace) -> None:

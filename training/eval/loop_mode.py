@@ -262,10 +262,7 @@ def _node_rule(src: str, enc, base: DetectorConfig, image_size,
     if point is None and src != IN_MEMORY and not src.startswith('<'):
         from vpr_ros.model.operating_point import model_operating_point
         point, _ = model_operating_point(src, tuple(image_size) if image_size else None)
-    cfg = calibrated_config(base, point)
-    if point is not None and point.confidence_threshold is None:
-        cfg = replace(cfg, sequence_evidence=False)  # a point fitted without the sequence rule
-    return cfg.rule()
+    return calibrated_config(base, point).rule()
 
 
 def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
@@ -281,7 +278,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
                   device: str = 'auto', batch_size: int = 32, progress: bool = True,
                   cache_dir: Optional[str] = None, verbose: bool = True,
                   topics: Optional[tuple] = None, point: Optional[OperatingPoint] = None,
-                  sessions: bool = False) -> dict:
+                  sessions: bool = False, overrides: Optional[dict] = None) -> dict:
     """
     Replay the sequence through the node's detector for every model; return the report.
 
@@ -289,7 +286,8 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     of the kind. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
     else the node's). `point`: decide `at_point` there instead of each model's own point.
     `sessions`: each input is a session of its own (the node restarted with `load_map`
-    between them: yesterday's map, today's traverse), else one session.
+    between them: yesterday's map, today's traverse), else one session. `overrides`:
+    DetectorConfig fields set as a node parameter would set them (e.g. kf_novelty_threshold).
     `batch_size` and `cache_dir` are accepted for the other modes and unused: each frame gets
     its own forward, as in the node.
     """
@@ -300,7 +298,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None,) * 3))
     if exclusion_s is None and exclusion_frames is not None:
         exclusion_s = exclusion_frames / float(rate_hz or DEFAULT_RATE_HZ)
-    base = node_config(verify, top_k, gate, keyframes, exclusion_s)
+    base = replace(node_config(verify, top_k, gate, keyframes, exclusion_s), **(overrides or {}))
     allowed = earlier_allowed(seq, base.exclusion_s)
     positives = loop_positives(seq, allowed, hit, psi_threshold, fov_deg, radius, max_dist)
     gt = ({'rule': 'pairs', 'csv': gt_csv or os.path.join(folder, 'ground_truth.csv')}

@@ -319,9 +319,12 @@ def calibrated_config(config, point: 'OperatingPoint | None', explicit: tuple[st
     """
     Return a copy of a DetectorConfig running at the model's calibrated operating point.
 
-    One rule for the node and the benchmarks: `score_threshold` and `gv_min_inliers` take the
-    point's values unless named in `explicit` (set by the user). The inlier threshold goes with
-    the score threshold because both were fitted together (verification accepting from 1 inlier).
+    One rule for the node, the evaluation and the benchmarks: `score_threshold`,
+    `gv_min_inliers` and `confidence_threshold` take the point's values unless named in
+    `explicit` (set by the user). The thresholds go together because they were fitted together
+    (verification accepting from 1 inlier). A point fitted without the sequence rule (older
+    model files) turns the sequence rule off unless the user set `confidence_threshold`: an
+    uncalibrated margin would be a guess.
     """
     import dataclasses
 
@@ -332,4 +335,9 @@ def calibrated_config(config, point: 'OperatingPoint | None', explicit: tuple[st
         config.score_threshold = float(point.score_threshold)
     if point.min_inliers is not None and 'gv_min_inliers' not in explicit:
         config.gv_min_inliers = max(1, int(point.min_inliers))
+    if 'confidence_threshold' not in explicit:
+        if point.confidence_threshold is None:
+            config.sequence_evidence = False
+        else:
+            config.confidence_threshold = float(point.confidence_threshold)
     return config

@@ -53,6 +53,9 @@ class Candidate:
     in_top_k: bool = True
     # Which rule accepted it: 'frame' (score and inliers) or 'sequence' (margin).
     accepted_by: str = ''
+    # Where the keyframe is: 0 the node's own map, k >= 1 its k-th prior map; and its session.
+    prior: int = 0
+    session: int = -1
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,14 @@ class DecisionRule:
     confidence_threshold: float | None = None
 
 
+def frame_worth(c: Candidate, rule: DecisionRule) -> bool:
+    """Whether the single-frame rule accepts `c` if its geometry verifies."""
+    return c.in_top_k and c.consistent and bool(c.score >= rule.score_threshold)
+
+
 def worth_verifying(c: Candidate, rule: DecisionRule) -> bool:
     """Whether all but the geometry accepts `c`: only then is verification worth its cost."""
-    if c.in_top_k and c.consistent and bool(c.score >= rule.score_threshold):
-        return True
-    return sequence_supported(c, rule)
+    return frame_worth(c, rule) or sequence_supported(c, rule)
 
 
 def sequence_supported(c: Candidate, rule: DecisionRule) -> bool:
@@ -86,7 +92,7 @@ def sequence_supported(c: Candidate, rule: DecisionRule) -> bool:
 
 def accepts(c: Candidate, rule: DecisionRule) -> bool:
     """Whether the single-frame rule accepts one candidate: score and verified inliers."""
-    if not (c.in_top_k and c.consistent and bool(c.score >= rule.score_threshold)):
+    if not frame_worth(c, rule):
         return False
     return rule.min_inliers is None or (bool(c.verified) and c.inliers >= rule.min_inliers)
 

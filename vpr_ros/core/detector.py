@@ -1,12 +1,15 @@
 """
 Loop-closure detection on a stream of frames: the core the node's worker thread calls.
 
-One `LoopDetector.process` call per frame: embed → search the map (top-k, score threshold,
-temporal exclusion window) → optional temporal consistency → optional geometric verification →
-keyframe decision → add the keyframe to the map. The add comes last so a frame can never match
-itself or the frames just before it. Before all of it, the degenerate-frame gate
-(`vpr_ros.core.degenerate`: lens cap, blank wall, over/under-exposed, blurred) drops frames
-with nothing in them: neither matched nor stored, counted ('degenerate' and per reason).
+One `LoopDetector.process` call per frame: embed (or take the descriptor a batch computed) →
+search the map (temporal exclusion window) and the prior maps → evidence per candidate
+(temporal consistency, sequence support and margin: vpr_ros/core/sequence.py, geometric
+verification where the rule could accept) → `decide` (vpr_ros/core/decision.py, the one rule
+that evaluation and calibration call too) → keyframe decision → add the keyframe to the map.
+The add comes last so a frame can never match itself or the frames just before it. Before all
+of it, the degenerate-frame gate (`vpr_ros.core.degenerate`: lens cap, blank wall,
+over/under-exposed, blurred) drops frames with nothing in them: neither matched nor stored,
+counted ('degenerate' and per reason).
 With intrinsics (`set_intrinsics`, e.g. from camera_info) verification uses the essential
 matrix and each verified candidate carries its relative pose (metric with a depth image).
 The detector holds no ROS types, so the node, bag tools and tests share it, and it adds almost
@@ -25,23 +28,17 @@ from vpr_ros.core.decision import (
     Candidate,
     decide,
     DecisionRule,
-    sequence_supported,
+    frame_worth,
     worth_verifying,
 )
 from vpr_ros.core.degenerate import DegenerateGate, reason_key
 from vpr_ros.core.errors import VPRError
-from vpr_ros.core.keyframe import (
-    DEFAULT_MAX_INTERVAL_S,
-    DEFAULT_MIN_ANGLE_DEG,
-    DEFAULT_MIN_DISTANCE_M,
-    DEFAULT_NOVELTY_THRESHOLD,
-    DEFAULT_RESET_BACK_S,
-    KeyframePolicy,
-)
+from vpr_ros.core.keyframe import KeyframePolicy
+from vpr_ros.core.loop_config import DetectorConfig
 from vpr_ros.core.pose_buffer import Pose
 from vpr_ros.core.relative_pose import Intrinsics
 from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence
-from vpr_ros.core.verification import Features, GeometricVerifier
+from vpr_ros.core.verification import Features
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,127 +46,6 @@ REASON_SKIPPED_OLD = 'skipped_out_of_order'
 COUNTER_KEYS = ('frames', 'keyframes', 'time_reset', 'skipped_out_of_order',
                 'rejected_temporal', 'rejected_geometric', 'missing_features',
                 'bad_features', 'degenerate')
-
-# With the default ImageNet MobileNetV2 + GeM encoder all descriptors are non-negative (ReLU
-# features), so even unrelated scenes have a cosine similarity of 0.55-0.77, while two views of
-# one place score above 0.9 (measured on test/image_sequences.py). 0.8 separates the two;
-# 0.5 would accept every frame. A fine-tuned (and whitened) model spreads scores more and may
-# want a lower threshold.
-DEFAULT_SCORE_THRESHOLD = 0.8
-
-
-@dataclass
-class DetectorConfig:
-    """
-    Detection parameters; each maps to one node parameter of the same name.
-
-    `temporal_consistency` n > 1 accepts a candidate only when each of the previous n-1 queries
-    had a candidate near it: within `temporal_tolerance_ids` keyframe ids or, when > 0,
-    `temporal_tolerance_s` seconds of its stamp. `kf_*` are the KeyframePolicy thresholds;
-    `reset_back_s` is how far a stamp must jump back to start a new sequence. The defaults are
-    what the node ships (config/vpr.yaml): its parameter table reads them from here.
-    """
-
-    top_k: int = 5
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    exclusion_s: float = 30.0
-    exclusion_n: int = 0
-    temporal_consistency: int = 0
-    temporal_tolerance_ids: int = 5
-    temporal_tolerance_s: float = 0.0
-    # On, as the node ships it: on the demo garden it took the precision of published loop
-    # closures from 0.33 to 0.96 at the same recall, for ~7 ms more per frame.
-    geometric_verification: bool = True
-    gv_feature: str = 'orb'
-    gv_n_features: int = 500
-    gv_ratio: float = 0.8
-    gv_min_inliers: int = 15
-    # Measured in vpr_ros/core/verification.py's docstring (look-alikes vs true revisits).
-    gv_min_inlier_ratio: float = 0.5
-    gv_min_spread: float = 0.2
-    # Frames with nothing in them are neither matched nor stored (vpr_ros/core/degenerate.py:
-    # 0 of 222 real corridor and 0 of 545 simulated demo frames rejected).
-    degenerate_gate: bool = True
-    gv_ransac_threshold_px: float = 3.0
-    gv_method: str = 'fundamental'
-    gv_camera_matrix: list | None = None
-    # Features are found on the frame shrunk to this longer side (0: full frame): ORB 500 at
-    # 640x480 cost as much as the CNN; at 320x240 (where the ratio/spread defaults were
-    # measured) a seventh of it (bench/bench_verify.py, issue 13).
-    gv_max_side: int = 320
-    # ... and smaller frames are enlarged to it (ORB finds little in 160x120: corridor true
-    # pairs reaching 15 inliers went from 2 to 29 of 111, vpr_ros/core/verification.py).
-    gv_min_side: int = 320
-    # Verify candidates best first and stop at the first accepted (only the best is used,
-    # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
-    gv_first_only: bool = False
-    # Sequence evidence and distinctiveness (vpr_ros/core/sequence.py): when the single-frame
-    # rule accepts nothing, the best-supported of `sequence_candidates` searched keyframes is
-    # accepted at a margin of at least `confidence_threshold` (calibrated), unless verification
-    # vetoes it: it saw `gv_veto_matches` ratio-test matches or more and they disagree.
-    sequence_evidence: bool = False
-    confidence_threshold: float = 0.1
-    sequence_length_m: float = 10.0
-    sequence_length_s: float = 15.0
-    sequence_candidates: int = 20
-    gv_veto_matches: int = 20
-    # Verify every candidate any rule could use, whatever was accepted already: the evidence a
-    # replay needs to be decided later at other thresholds (training/eval/loop_replay.py).
-    record_evidence: bool = False
-    kf_min_distance_m: float = DEFAULT_MIN_DISTANCE_M
-    kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
-    kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
-    kf_novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD
-    reset_back_s: float = DEFAULT_RESET_BACK_S
-
-    def validate(self) -> None:
-        """Raise VPRError naming the first bad field, so a bad config fails at start-up."""
-        if not 0.0 <= self.gv_min_inlier_ratio <= 1.0 or not 0.0 <= self.gv_min_spread <= 1.0:
-            raise VPRError('gv_min_inlier_ratio and gv_min_spread must be in [0, 1], got '
-                           f'{self.gv_min_inlier_ratio}, {self.gv_min_spread}')
-        if self.top_k < 1:
-            raise VPRError(f'top_k must be >= 1, got {self.top_k}')
-        if not -1.0 <= self.score_threshold <= 1.0:
-            raise VPRError(f'score_threshold must be in [-1, 1], got {self.score_threshold}')
-        if self.exclusion_s < 0 or self.exclusion_n < 0:
-            raise VPRError('exclusion_s and exclusion_n must be >= 0')
-        if self.temporal_consistency < 0:
-            raise VPRError(f'temporal_consistency must be >= 0, got {self.temporal_consistency}')
-        if self.temporal_tolerance_ids < 0 or self.temporal_tolerance_s < 0:
-            raise VPRError('temporal_tolerance_ids and temporal_tolerance_s must be >= 0')
-        if self.reset_back_s < 0:
-            raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
-        if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
-            raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
-        if (self.sequence_length_m <= 0 or self.sequence_length_s <= 0
-                or self.sequence_candidates < 1):
-            raise VPRError('sequence_length_m, sequence_length_s must be > 0 and '
-                           'sequence_candidates >= 1')
-
-    def rule(self) -> DecisionRule:
-        """Return the decision rule these fields describe (vpr_ros/core/decision.py)."""
-        return DecisionRule(float(self.score_threshold),
-                            int(self.gv_min_inliers) if self.geometric_verification else None,
-                            float(self.confidence_threshold) if self.sequence_evidence
-                            else None)
-
-    def make_verifier(self) -> GeometricVerifier:
-        """
-        Build the GeometricVerifier these gv_* fields describe.
-
-        It accepts from one inlier: it judges the geometry (ratio, spread), and how many inliers
-        make a loop is the decision rule's `gv_min_inliers` (the same accept/reject either way,
-        so that a replay verified once can be decided at any calibrated inlier count).
-        """
-        K = None if self.gv_camera_matrix is None else np.asarray(
-            self.gv_camera_matrix, dtype=np.float64).reshape(3, 3)
-        return GeometricVerifier(self.gv_feature, self.gv_n_features, self.gv_ratio,
-                                 1, self.gv_ransac_threshold_px,
-                                 self.gv_method, K, min_inlier_ratio=self.gv_min_inlier_ratio,
-                                 min_spread=self.gv_min_spread, max_side=self.gv_max_side,
-                                 min_side=min(self.gv_min_side, self.gv_max_side or
-                                              self.gv_min_side))
-
 
 @dataclass(frozen=True)
 class FrameResult:
@@ -213,7 +89,8 @@ class LoopDetector:
     image the encoder refuses (ImageError) propagates the error and changes no state.
     """
 
-    def __init__(self, encoder, place_map, config: DetectorConfig | None = None) -> None:
+    def __init__(self, encoder, place_map, config: DetectorConfig | None = None,
+                 priors=None) -> None:
         self.config = config if config is not None else DetectorConfig()
         self.config.validate()
         self.encoder = encoder
@@ -233,6 +110,10 @@ class LoopDetector:
         self._history: deque = deque(maxlen=max(c.temporal_consistency - 1, 1))
         self._last_stamp_ns: int | None = None
         self._last_kf_desc: np.ndarray | None = None
+        # Other maps searched read-only beside this one (vpr_ros/map/prior_maps.py): their
+        # candidates go through the single-frame rule (no sequence evidence across maps).
+        self.priors = priors
+        self._prior_matches: dict[tuple[int, int], object] = {}
         self.sequence = SequenceEvidence(place_map, SequenceConfig(
             length_m=c.sequence_length_m, length_s=c.sequence_length_s,
             candidates=c.sequence_candidates))
@@ -294,7 +175,8 @@ class LoopDetector:
     def _verify(self, feats: Features, c: Candidate) -> Candidate:
         """Return `c` with its verification evidence (unverified: a bad or missing blob)."""
         try:
-            blob = self.place_map.blob(c.match_id)
+            blob = (self.place_map.blob(c.match_id) if not c.prior
+                    else self.priors.blob(self._prior_matches[(c.prior, c.match_id)]))
             stored = None if blob is None else Features.from_bytes(blob)
         except (VPRError, ValueError) as err:  # a damaged map must not kill the frame
             self._count('bad_features', f'keyframe {c.match_id} has unreadable features: {err}')
@@ -319,7 +201,8 @@ class LoopDetector:
         """
         c = self.config
         cands = [Candidate(int(m.id), int(m.record.stamp_ns), float(m.score), -1,
-                           _record_pose(m.record)) for m in matches[:c.top_k]]
+                           _record_pose(m.record), session=int(m.record.session))
+                 for m in matches[:c.top_k]] + self._prior_candidates(desc)
         if rule.confidence_threshold is None or not len(self.place_map):
             return cands
 
@@ -329,8 +212,7 @@ class LoopDetector:
                 exclusion_n=c.exclusion_n)]
         scored, best = self.sequence.evaluate(
             desc, stamp_ns, None if pose is None else pose.position,
-            [int(m.id) for m in matches], [float(m.score) for m in matches], c.exclusion_s,
-            search)
+            [int(m.id) for m in matches], c.exclusion_s, search)
         by_id = {x.kid: x for x in scored}
         cands = [replace(x, sequence=by_id[x.match_id].sequence if x.match_id in by_id
                          else None) for x in cands]
@@ -344,7 +226,21 @@ class LoopDetector:
         score = float(np.dot(desc, self.sequence.descriptor(best.kid)))
         return cands + [Candidate(best.kid, int(record.stamp_ns), score, -1,
                                   _record_pose(record), sequence=best.sequence,
-                                  margin=best.margin, in_top_k=False)]
+                                  margin=best.margin, in_top_k=False,
+                                  session=int(record.session))]
+
+    def _prior_candidates(self, desc: np.ndarray) -> list[Candidate]:
+        """Return the top_k keyframes of the prior maps, numbered 1.. in their given order."""
+        self._prior_matches = {}
+        if self.priors is None:
+            return []
+        out = []
+        for m in self.priors.search(desc, self.config.top_k):
+            k = self.priors.names.index(m.map_name) + 1
+            self._prior_matches[(k, int(m.id))] = m
+            out.append(Candidate(int(m.id), int(m.stamp_ns), float(m.score), -1,
+                                 _record_pose(m.record), prior=k, session=int(m.session)))
+        return out
 
     def _gather(self, image: np.ndarray, encoding: str, cands: list[Candidate],
                 is_keyframe: bool) -> tuple[list[Candidate], Features | None]:
@@ -373,16 +269,16 @@ class LoopDetector:
         if feats is None:
             return cands, None
         framed = False
-        for i in sorted(worth, key=lambda i: sequence_supported(cands[i], rule)):
-            if (framed and not c.record_evidence and sequence_supported(cands[i], rule)
-                    and not accepts(cands[i], rule)):
+        # the single-frame rule's candidates first; the sequence rule's only if it is asked
+        for i in sorted(worth, key=lambda i: not frame_worth(cands[i], rule)):
+            if framed and not c.record_evidence and not frame_worth(cands[i], rule):
                 continue  # the single-frame rule accepted one: the sequence rule is not asked
             cands[i] = self._verify(feats, cands[i])
             if accepts(cands[i], rule):
                 framed = True
                 if c.gv_first_only and not c.record_evidence:
                     break
-            elif cands[i].verified is not None and not sequence_supported(cands[i], rule):
+            elif cands[i].verified is not None and frame_worth(cands[i], rule):
                 self.counters['rejected_geometric'] += 1
         return cands, feats
 

@@ -172,10 +172,12 @@ class SequenceEvidence:
         self._run_n = 0
         self._history: deque = deque(maxlen=HISTORY_FRAMES)  # (desc, time, distance)
         self._carried: list[tuple[int, float]] = []  # (keyframe id, query coordinate then)
+        self._odo: tuple[np.ndarray | None, float] = (None, 0.0)  # last position, metres
 
     # -------------------------------------------------------------- bookkeeping
     def reset(self) -> None:
         """Forget everything (the map was reset)."""
+        self._odo = (None, 0.0)
         self.tracks.clear()
         self._cache.clear()
         self._means.clear()
@@ -187,13 +189,26 @@ class SequenceEvidence:
         """Stamps jumped back: the history and the carried candidates end here."""
         self._history.clear()
         self._carried = []
+        self._odo = (None, 0.0)
+
+    def _here(self, stamp_ns: int, position: np.ndarray | None) -> tuple[float, float]:
+        """(time, distance driven) of a query frame: the query's own odometer, not the map's."""
+        last, driven = self._odo
+        if position is None:
+            return stamp_ns * 1e-9, np.nan
+        if last is None:
+            return stamp_ns * 1e-9, driven
+        return stamp_ns * 1e-9, driven + float(np.hypot(position[0] - last[0],
+                                                        position[1] - last[1]))
 
     def observe(self, desc: np.ndarray, stamp_ns: int, position: np.ndarray | None,
                 kid: int | None) -> None:
         """Add a processed frame to the history and the session mean (and to the map tracks)."""
         d = np.asarray(desc, np.float32)
         session = self.place_map.session
-        t, dist = self.tracks.coordinates(session, stamp_ns, position)
+        t, dist = self._here(stamp_ns, position)
+        if position is not None:
+            self._odo = (np.asarray(position, float), dist)
         self._run_sum = d.astype(np.float64) if self._run_sum is None else self._run_sum + d
         self._run_n += 1
         self._history.appendleft((d, t, dist))
@@ -250,7 +265,7 @@ class SequenceEvidence:
                ) -> tuple[np.ndarray, np.ndarray, bool, float]:
         """(centred history descriptors, offsets behind the query, metric, query coordinate)."""
         c = self.config
-        t, dist = self.tracks.coordinates(self.place_map.session, stamp_ns, position)
+        t, dist = self._here(stamp_ns, position)
         frames = [(np.asarray(desc, np.float32), t, dist)] + list(self._history)
         metric = bool(np.isfinite(dist)) and all(np.isfinite(h[2]) for h in frames)
         now, length = (dist, c.length_m) if metric else (t, c.length_s)
@@ -283,33 +298,52 @@ class SequenceEvidence:
 
     def _scores(self, kids: Sequence[int], descs: np.ndarray, offsets: np.ndarray,
                 metric: bool, allowed: Callable[[int], bool]) -> list[float | None]:
-        """Sequence score per candidate: mean centred similarity of the aligned frames."""
+        """
+        Sequence score per candidate: mean centred similarity of the aligned frames.
+
+        Vectorised: every (candidate, speed, history frame) alignment is one entry of an id
+        array; the map keyframes they name are read and centred once, compared with the
+        history in one product, and the means taken with a mask.
+        """
         c = self.config
         length = c.length_m if metric else c.length_s
         per = [self._aligned(int(k), offsets, metric) for k in kids]
-        need = sorted({int(a) for al in per for row in al for a in row
-                       if a >= 0 and allowed(int(a))})
-        if not need:
+        width = max((len(al) for al in per), default=0)
+        if not width:
             return [None] * len(kids)
-        col = {a: i for i, a in enumerate(need)}
-        by_session: dict[int, list[int]] = {}
-        for a in need:
-            by_session.setdefault(self.tracks.locate(a)[0], []).append(a)
-        mats = np.zeros((len(need), descs.shape[1]), np.float32)
-        for session, ks in by_session.items():
-            mats[[col[a] for a in ks]] = self._centred(
-                np.stack([self.descriptor(a) for a in ks]), session)
+        ids = np.full((len(kids), width, len(offsets)), -1, np.int64)
+        for i, al in enumerate(per):
+            for v, row in enumerate(al):
+                ids[i, v] = row
+        uniq = np.unique(ids[ids >= 0])
+        keep = np.array([allowed(int(a)) for a in uniq], bool)
+        uniq = uniq[keep]
+        if not len(uniq):
+            return [None] * len(kids)
+        mats = np.zeros((len(uniq), descs.shape[1]), np.float32)
+        sessions = np.array([self.tracks.locate(int(a))[0] for a in uniq])
+        for session in np.unique(sessions):
+            rows = np.flatnonzero(sessions == session)
+            mats[rows] = self._centred(np.stack([self.descriptor(int(uniq[r])) for r in rows]),
+                                       int(session))
         sims = descs @ mats.T  # (H, n)
-        out: list[float | None] = []
-        for al in per:
-            best = None
-            for row in al:
-                use = np.array([a >= 0 and int(a) in col for a in row])
-                if use.sum() < c.min_samples or offsets[use].max() < c.coverage * length:
-                    continue
-                s = float(sims[np.flatnonzero(use), [col[int(a)] for a in row[use]]].mean())
-                best = s if best is None else max(best, s)
-            out.append(best)
+        col = np.searchsorted(uniq, np.maximum(ids, 0))
+        valid = (ids >= 0) & (uniq[np.minimum(col, len(uniq) - 1)] == ids)
+        h = np.broadcast_to(np.arange(len(offsets)), ids.shape)
+        vals = np.where(valid, sims[h, np.minimum(col, len(uniq) - 1)], 0.0)
+        count = valid.sum(-1)
+        reach = np.where(valid, offsets[None, None, :], -1.0).max(-1)
+        mean = vals.sum(-1) / np.maximum(count, 1)
+        ok = (count >= c.min_samples) & (reach >= c.coverage * length)
+        best = np.where(ok, mean, -np.inf).max(-1)
+        return [float(b) if np.isfinite(b) else None for b in best]
+
+    def _centred_singles(self, kids: list[int], query: np.ndarray) -> dict[int, float]:
+        """Centred cosine of the (centred) query with each keyframe, by id."""
+        out = {}
+        for k in kids:
+            session = self.tracks.locate(k)[0]
+            out[k] = float(query @ self._centred(self.descriptor(k)[None], session)[0])
         return out
 
     def same_place(self, a: int, b: int, metric: bool) -> bool:
@@ -341,19 +375,21 @@ class SequenceEvidence:
         return out
 
     def evaluate(self, desc: np.ndarray, stamp_ns: int, position: np.ndarray | None,
-                 ids: Sequence[int], singles: Sequence[float], exclusion_s: float,
-                 search: Callable[[np.ndarray, int], list[int]]) -> tuple[list[Scored],
-                                                                          Scored | None]:
+                 ids: Sequence[int], exclusion_s: float,
+                 search: Callable[[np.ndarray, int], list[int]]
+                 ) -> tuple[list[Scored], Scored | None]:
         """
         Score the candidates (the search's `ids`, the centred search's, the carried ones).
 
         Returns every candidate scored and the best-supported one with its margin (None: no
         candidate has a sequence score). `search(vector, k)` is the map search with the
-        node's exclusion, for the centred query.
+        node's exclusion, for the centred query. The margin is taken over the best rival, or
+        over 0 when every rival scores below it (centred, unrelated places score about 0).
         """
         descs, offsets, metric, now = self._query(desc, stamp_ns, position)
-        kids = list(dict.fromkeys([int(k) for k in ids] +
-                                  [int(k) for k in search(descs[0], self.config.candidates)] +
+        centred = (search(descs[0], self.config.candidates)  # zero: the session's mean itself
+                   if float(np.linalg.norm(descs[0])) > 0.5 else [])
+        kids = list(dict.fromkeys([int(k) for k in ids] + [int(k) for k in centred] +
                                   self._carried_on(now, metric)))
         if not kids:
             self._carried = []
@@ -368,7 +404,6 @@ class SequenceEvidence:
             return t_now - self.tracks.track(session)[2][where[1]] > exclusion_s
         kids = [k for k in kids if allowed(k)]
         seq = self._scores(kids, descs, offsets, metric, allowed)
-        single = dict(zip((int(k) for k in ids), (float(s) for s in singles)))
         scored = [Scored(k, s) for k, s in zip(kids, seq)]
         have = [x for x in scored if x.sequence is not None]
         self._carried = [(x.kid, now) for x in sorted(have, key=lambda x: -x.sequence)
@@ -376,9 +411,12 @@ class SequenceEvidence:
         if not have:
             return scored, None
         best = max(have, key=lambda x: x.sequence)
-        rivals = [x.sequence if x.sequence is not None else single.get(x.kid, -1.0)
-                  for x in scored if x.kid != best.kid
+        others = [x for x in scored if x.kid != best.kid
                   and not self.same_place(best.kid, x.kid, metric)]
-        rival = max(rivals) if rivals else min(single.values(), default=best.sequence)
-        best = Scored(best.kid, best.sequence, float(best.sequence - rival))
+        # a rival without a sequence score competes with its centred single-frame similarity:
+        # the same scale, and higher than its sequence score would be unless the place repeats
+        single = self._centred_singles([x.kid for x in others if x.sequence is None], descs[0])
+        rivals = [x.sequence if x.sequence is not None else single[x.kid] for x in others]
+        rival = max(rivals) if rivals else 0.0  # nothing else retrieved: beat "no place"
+        best = Scored(best.kid, best.sequence, float(best.sequence - max(rival, 0.0)))
         return [best if x.kid == best.kid else x for x in scored], best

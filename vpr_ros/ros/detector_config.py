@@ -23,10 +23,10 @@ from vpr_ros.core.detector import DetectorConfig
 from vpr_ros.core.errors import ModelFileError
 from vpr_ros.ros.params import ParamError, Params
 
-CALIBRATED = ('score_threshold', 'gv_min_inliers')  # what an operating point may replace
+CALIBRATED = ('score_threshold', 'gv_min_inliers', 'confidence_threshold')  # a point's
 POLICY_PREFIX = 'kf_'  # DetectorConfig.kf_x is KeyframePolicy.x
 VERIFIER_PREFIX = 'gv_'  # DetectorConfig.gv_x builds the GeometricVerifier (make_verifier)
-READ_EACH_FRAME = ('gv_first_only', 'gv_min_inliers')  # ... but these are read at every frame
+READ_EACH_FRAME = ('gv_first_only', 'gv_min_inliers', 'gv_veto_matches')  # read per frame
 
 
 def model_point(params: Params) -> tuple[OperatingPoint | None, str]:
@@ -79,6 +79,8 @@ class RunningConfig:
         config = self.detector_config()
         inl = (f', gv_min_inliers {config.gv_min_inliers}' if config.geometric_verification
                else '')
+        inl += (f', confidence_threshold {config.confidence_threshold:.4f}'
+                if config.sequence_evidence else ', sequence rule off')
         in_use = f'score_threshold {config.score_threshold:.4f}{inl}'
         if self.point is None:
             return f'operating point: {in_use} from the parameters ({self.why_no_point})'

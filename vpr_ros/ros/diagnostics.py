@@ -13,8 +13,9 @@ import threading
 import time
 
 BAD_INPUT_KEYS = ('bad_encoding', 'bad_image_data', 'bad_pose', 'pose_out_of_order',
-                  'pose_time_reset', 'image_stamp_backwards', 'no_pose', 'processing_errors',
-                  'image_stamp_duplicate', 'image_stamp_implausible')  # core/stamp_gate.py
+                  'pose_time_reset', 'pose_outlier', 'image_stamp_backwards', 'no_pose',
+                  'processing_errors', 'image_stamp_duplicate',
+                  'image_stamp_implausible')  # core/stamp_gate.py
 THROTTLE_S = 5.0
 STATUS_NAME = 'vpr_node: place recognition'
 

@@ -16,13 +16,17 @@ up to what was sent. The checks, cheapest first:
 - a minimum side of MIN_IMAGE_SIDE pixels: a 1-pixel-high or -wide image describes no place,
   and OpenCV's ORB pyramid asserts on it (it used to escape as an uncounted processing error);
 - the stamp gate (core/stamp_gate.py): stamps that agree with neither the recent frames nor
-  the pose stream, and repeated stamps, never become keyframes.
+  the pose stream, and repeated stamps, never become keyframes. Time is the node's ROS clock
+  (`clock`), which follows /clock under use_sim_time: a bag replayed faster than real time is
+  judged by its own time. Pose arrival times are read from the same clock.
 
 `refusal_kind` names whatever a frame raised later on (OpenCV errors are image problems too), so
 the worker can count it and publish the row instead of losing the frame silently. Poses often
 arrive a little after the image they belong to (odometry runs behind the camera), hence the
-wait; a silent pose topic is not waited for. Depth (registered to the colour image, 16UC1 mm or
-32FC1 m) within 10 ms of a frame's stamp is that frame's depth: it makes relative poses metric.
+wait; a silent pose topic is not waited for. A pose stamped ahead of the stream that the next
+pose contradicts is dropped by the pose buffer and counted as `pose_outlier`. Depth (registered
+to the colour image, 16UC1 mm or 32FC1 m) within 10 ms of a frame's stamp is that frame's
+depth: it makes relative poses metric.
 ROS-free (duck-typed messages), so it is tested without a graph.
 """
 from collections import deque
@@ -115,6 +119,11 @@ class DropOldestQueue:
             self._closed = True
             self._cond.notify_all()
 
+    def reopen(self) -> None:
+        """Accept a consumer again after `close` (a managed node activated once more)."""
+        with self._cond:
+            self._closed = False
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -128,21 +137,29 @@ RESET_BACK_NS = 10**9  # poses jumping back more than this: a restarted bag or s
 
 
 class PoseInput:
-    """PoseBuffer of the pose topic, with the wait for late poses and the staleness test."""
+    """
+    PoseBuffer of the pose topic, with the wait for late poses and the staleness test.
 
-    def __init__(self, max_gap_s: float) -> None:
+    Arrival times are read from `clock` (seconds): the node's ROS clock, the same clock its
+    stamp gate judges by, so under use_sim_time both follow /clock.
+    """
+
+    def __init__(self, max_gap_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.buffer = PoseBuffer(max_gap_s=max_gap_s)
+        self.clock = clock
         self._cond = threading.Condition()
-        self.last_wall: float | None = None  # time.monotonic() of the last pose received
+        self.last_wall: float | None = None  # clock() when the last pose arrived
         self.frame_id = ''
 
     def add(self, sp) -> list[tuple[str, str]]:
         """Store a StampedPose; return (counter key, message) for each problem found."""
         problems = []
-        self.last_wall = time.monotonic()
+        self.last_wall = self.clock()
         buf = self.buffer
         with self._cond:
-            newest = buf.latest()
+            # Compared with the newest *confirmed* pose: a provisional pose far ahead is a
+            # glitch the next pose settles (outlier_dropped), not a reason to drop the history.
+            newest = buf.latest_confirmed()
             if newest is not None and sp.stamp_ns < newest.stamp_ns - RESET_BACK_NS:
                 # A bag restarted or sim time was reset: old history would refuse every pose.
                 buf.clear()
@@ -150,11 +167,15 @@ class PoseInput:
                                  f'from {newest.stamp_ns}: pose history cleared'))
             before = dict(buf.counters)
             ok = buf.add(sp.stamp_ns, sp.position, sp.quaternion)
+            after = dict(buf.counters)
             if ok:
                 self.frame_id = sp.frame_id or self.frame_id
                 self._cond.notify_all()
-                return problems
-            after = buf.counters
+        if after['outlier_dropped'] > before['outlier_dropped']:
+            problems.append(('pose_outlier', f'a pose stamped ahead of the stream was dropped: '
+                             f'the pose at {sp.stamp_ns} continues where the stream was'))
+        if ok:
+            return problems
         if (after['nan_pose'] > before['nan_pose']
                 or after['zero_quaternion'] > before['zero_quaternion']):
             problems.append(('bad_pose', f'pose at {sp.stamp_ns} refused: NaN/inf or zero '
@@ -171,19 +192,25 @@ class PoseInput:
         return (None if latest is None else latest.stamp_ns), self.last_wall
 
     def stale(self, timeout_s: float, now: float | None = None) -> bool:
-        """No pose ever, or none for `timeout_s`: the pose topic counts as stopped."""
-        now = time.monotonic() if now is None else now
+        """No pose ever, or none for `timeout_s` (of `clock`): the pose topic counts as stopped."""
+        now = self.clock() if now is None else now
         return self.last_wall is None or now - self.last_wall > timeout_s
 
     def pose_at(self, stamp_ns: int, wait_s: float, timeout_s: float
                 ) -> tuple[Pose | None, str]:
-        """Pose at the image stamp, waiting up to `wait_s` for poses to catch up; (None, why)."""
+        """
+        Pose at the image stamp, waiting up to `wait_s` for poses to catch up; (None, why).
+
+        It waits for a *confirmed* pose at or after the stamp: a provisional pose far ahead (a
+        glitch the next pose may drop) must not end the wait before the right pose arrives,
+        or the image would be looked up across the gap to the glitch and lose its pose.
+        """
         stale = self.stale(timeout_s)
         with self._cond:
             if not stale and wait_s > 0:
                 deadline = time.monotonic() + wait_s
                 while True:
-                    newest = self.buffer.latest()
+                    newest = self.buffer.latest_confirmed()
                     left = deadline - time.monotonic()
                     if (newest is not None and newest.stamp_ns >= stamp_ns) or left <= 0:
                         break
@@ -274,11 +301,15 @@ class FrameIntake:
     """
 
     def __init__(self, max_pixels: int, stamp_window_s: float, max_batch: int = 1,
-                 pose_max_gap_s: float = 0.5, use_poses: bool = True) -> None:
+                 pose_max_gap_s: float = 0.5, use_poses: bool = True,
+                 clock: Callable[[], float] = time.monotonic, pose_live_s: float = 2.0
+                 ) -> None:
         self.max_pixels = int(max_pixels)
-        self.gate = StampGate(window_s=stamp_window_s)
+        # `clock`: the node's ROS clock in seconds (follows /clock under use_sim_time), so a
+        # replay faster than real time is judged by its own time; pose arrivals use it too.
+        self.gate = StampGate(window_s=stamp_window_s, clock=clock, pose_live_s=pose_live_s)
         self.queue = DropOldestQueue(max_batch)
-        self.poses = PoseInput(pose_max_gap_s) if use_poses else None
+        self.poses = PoseInput(pose_max_gap_s, clock) if use_poses else None
         self.depth = DepthInput()
         self.last_stamp: int | None = None
 
@@ -308,13 +339,14 @@ class FrameIntake:
         stream's newest stamp and arrival time (default: this intake's pose input).
         """
         newest = newest_pose or self._newest_pose
+        clock = self.gate.clock  # judged by the node's clock; the wait itself is wall time
         ref = newest()
         deadline = time.monotonic() + wait_s
         while (time.monotonic() < deadline
-               and not self.gate.agrees(stamp, time.monotonic(), *ref)):
+               and not self.gate.agrees(stamp, clock(), *ref)):
             time.sleep(0.005)
             ref = newest()
-        verdict = self.gate.check(stamp, time.monotonic(), *ref)
+        verdict = self.gate.check(stamp, clock(), *ref)
         if not verdict.accepted:
             raise Refused(verdict.kind, f'image stamp {stamp_s(stamp):.3f} s refused: '
                           f'{verdict.reason}')

@@ -3,10 +3,12 @@ The node's map control: autosave, the map services, and the one save at shutdown
 
 The services are `~/save_map`, `~/reset_map` and `~/pause`. A mixin of the node
 (vpr_ros/ros/node.py), apart from the frame path: it uses the node's map, detector, intake,
-markers, core lock, worker and parameters. Saves and resets hold the core lock, so a save never
-sees half a frame. A failed save (disk full, a read-only file system) is kept as `_save_error`,
-logged as an error and reported as an ERROR in /diagnostics; it never ends the worker, and the
-last good map on disk stays as it was (PlaceMap.save is atomic).
+markers, core lock, worker and parameters. The managed node (vpr_ros/ros/lifecycle_node.py)
+stops the worker on deactivate and releases the map (saved, then closed) on cleanup. Saves and
+resets hold the core lock, so a save never sees half a frame. A failed save (disk full, a
+read-only file system) is kept as `_save_error`, logged as an error and reported as an ERROR in
+/diagnostics; it never ends the worker, and the last good map on disk stays as it was
+(PlaceMap.save is atomic).
 """
 import os
 import sys
@@ -17,6 +19,11 @@ SAVE_DELAY_ENV = 'VPR_NODE_TEST_SAVE_DELAY_S'
 
 class MapControl:
     """Autosave, services and the shutdown save of a node that has a map and a worker."""
+
+    # Until configured (a managed node) there is neither map nor worker: nothing to stop or save.
+    _map = None
+    _worker = None
+    _saved_on_exit, _exit_saved = False, True
 
     def _maybe_autosave(self) -> None:
         period = self.params.autosave_period_s
@@ -73,20 +80,46 @@ class MapControl:
         self._log.info(f'place recognition {response.message}')
         return response
 
-    def shutdown(self) -> bool:
-        """Stop the worker (after its current frame), then save the map once; False: failed."""
+    def stop_worker(self) -> None:
+        """Stop the worker after its current frame; what was still queued is dropped (counted)."""
+        if self._worker is None:
+            return
         self._stop.set()
         self._intake.queue.close()
         self._worker.join(timeout=30.0)
+        self._worker = None
+        self._intake.queue.clear()
+
+    def release_map(self) -> tuple[bool, str]:
+        """
+        Save the map, then close it (map_dir's lock released); (ok, message).
+
+        A managed node's cleanup and shutdown. A failed save keeps the map open and held, so
+        nothing is lost: the caller reports the failure and may try again.
+        """
+        if self._map is None:
+            return True, 'no map open'
+        ok, text = self.save_map() if self.params.map_path else (
+            True, f'{len(self._map)} keyframes forgotten (map_dir is empty: memory only)')
+        if ok:
+            with self._core_lock:
+                self._map.close()
+                self._map = None
+        return ok, text
+
+    def shutdown(self) -> bool:
+        """Stop the worker (after its current frame), then save the map once; False: failed."""
+        self.stop_worker()
         path = self.params.map_path
-        if self._saved_on_exit or not path:
-            return True
+        if self._saved_on_exit or self._map is None or not path:
+            return self._exit_saved
         self._saved_on_exit = True
         print(f'vpr_node: shutdown: saving {len(self._map)} keyframes to {path}', flush=True)
         delay = float(os.environ.get(SAVE_DELAY_ENV) or 0.0)
         if delay > 0:  # test hook: a slow save, so that a test can signal during it
             time.sleep(delay)
         ok, text = self.save_map()
+        self._exit_saved = ok
         print(f'vpr_node: shutdown: {text}', file=sys.stderr if not ok else sys.stdout,
               flush=True)
         return ok

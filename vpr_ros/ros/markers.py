@@ -43,7 +43,7 @@ class MarkerTrail:
             if result.is_keyframe:
                 self._points.append(q)
                 self._dirty = True
-            for c in result.candidates[:1]:
+            for c in [c for c in result.candidates if not c.prior][:1]:  # own frame only
                 if c.match_pose is not None:
                     self._lines.append((q, _xyz(c.match_pose.position)))
                     del self._lines[:-self._max_lines]

@@ -25,11 +25,17 @@ from rclpy.qos import (
 
 from vpr_ros.core.msg_convert import stamp_s
 
-MATCH_COLUMNS = 'query_stamp,match_stamp,score,match_id,query_id'
+# The first five columns are the original contract; confidence (the sequence rule's margin,
+# NaN when the single-frame rule accepted without one), evidence (1: score and verified inliers,
+# 2: sequence and distinctiveness), prior_map (0: the node's own map, k: its k-th prior map) and
+# session (of the matched keyframe) were added after them (README, the contract).
+MATCH_COLUMNS = ('query_stamp,match_stamp,score,match_id,query_id,confidence,evidence,'
+                 'prior_map,session')
+EVIDENCE_CODES = {'frame': 1, 'sequence': 2}
 STATUS_COLUMNS = 'query_stamp,query_id,is_keyframe,candidates,core_ms,node_ms,dropped'
 LOOP_COLUMNS = 'query_stamp,match_stamp'
 RELATIVE_POSE_COLUMNS = ('query_stamp,match_stamp,match_id,qx,qy,qz,qw,tx,ty,tz,inliers,'
-                         'inlier_ratio,scale_known,parallax_deg')
+                         'inlier_ratio,scale_known,parallax_deg,prior_map')
 
 
 def reliable_qos(depth: int) -> QoSProfile:
@@ -67,16 +73,24 @@ def matches_message(result):
     if not result.candidates:
         return None
     t_q = stamp_s(result.stamp_ns)
-    rows = [[t_q, stamp_s(c.match_stamp_ns), c.score, c.match_id, result.query_id]
+    rows = [[t_q, stamp_s(c.match_stamp_ns), c.score, c.match_id, result.query_id,
+             float('nan') if c.margin is None else c.margin,
+             EVIDENCE_CODES.get(c.accepted_by, 0), c.prior, c.session]
             for c in result.candidates]
     return multiarray(MATCH_COLUMNS, rows, 'candidates')
 
 
 def loop_closure_message(result):
-    """[t_query, t_match] of the best candidate (LIO-SAM's external loop-closure input)."""
-    best = result.candidates[0]
+    """
+    [t_query, t_match] of the best candidate in the node's own map (LIO-SAM's loop input).
+
+    None when only prior maps matched: their stamps are another robot's, not LIO-SAM's.
+    """
+    own = [c for c in result.candidates if not c.prior]
+    if not own:
+        return None
     return multiarray(LOOP_COLUMNS,
-                      [[stamp_s(result.stamp_ns), stamp_s(best.match_stamp_ns)]], 'loop')
+                      [[stamp_s(result.stamp_ns), stamp_s(own[0].match_stamp_ns)]], 'loop')
 
 
 def relative_pose_rows(result) -> list[list[float]]:
@@ -89,7 +103,7 @@ def relative_pose_rows(result) -> list[list[float]]:
             continue
         rows.append([t_q, stamp_s(c.match_stamp_ns), c.match_id, *rp.quaternion,
                      *rp.translation, rp.inliers, rp.inlier_ratio, float(rp.scale_known),
-                     rp.parallax_deg])
+                     rp.parallax_deg, c.prior])
     return rows
 
 

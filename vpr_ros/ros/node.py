@@ -53,6 +53,7 @@ from vpr_ros.ros.messages import MATCH_COLUMNS, reliable_qos, sensor_qos
 from vpr_ros.ros.param_updates import ParamUpdates
 from vpr_ros.ros.params import declare_all, ParamError, Params
 from vpr_ros.ros.shutdown import exit_now, spin_until_stopped, stop_log_to_stderr, StopSignals
+from vpr_ros.ros.startup_checks import start_warnings
 
 __all__ = ['main', 'MATCH_COLUMNS', 'SAVE_DELAY_ENV', 'StartupError', 'VprNode']
 
@@ -63,15 +64,33 @@ class StartupError(RuntimeError):
 class VprNode(MapControl, Node):
     """Subscriptions, publishers, services and timers around one LoopDetector."""
 
-    def __init__(self, **kwargs) -> None:
+    image_topic = pose_topic = ''  # the subscribed inputs, once active
+
+    def __init__(self, *, managed: bool = False, **kwargs) -> None:
+        """Declare the parameters; the plain node then configures and activates at once."""
         super().__init__('vpr_node', **kwargs)
         params = declare_all(self)  # ParamError: caught in main
         self._log = self.get_logger()
+        for text in start_warnings(overridden_names(self), self.get_parameter('map_dir').value,
+                                   params.map_path):
+            self._log.warning(text)
         self._running = RunningConfig.start(params, overridden_names(self))
+        # Live parameter changes: validated before they are set, applied after (ros2/demos).
+        self._param_updates = ParamUpdates(self, lambda: self._running, self._apply_running)
+        self._sensor_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        if not managed:  # a managed node waits for configure and activate (lifecycle_node.py)
+            self._configure()
+            self._activate()
+
+    def _configure(self) -> None:
+        """Model, map and detector, the intake, outputs, services and timers."""
         p = self.params
         self._build_core(p)
         self._intake = FrameIntake(p.max_image_pixels, p.stamp_window_s, p.max_batch,
-                                   p.pose_max_gap_s, use_poses=p.pose_type != 'none')
+                                   p.pose_max_gap_s, use_poses=p.pose_type != 'none',
+                                   clock=self._clock_s, pose_live_s=p.pose_timeout_s)
         self._counters = Counters()
         self._times = FrameTimes()
         self._batches = self._batched_frames = 0
@@ -82,17 +101,15 @@ class VprNode(MapControl, Node):
             self._intake.poses.frame_id = map_frame
         self._last_save_wall = time.monotonic()
         self._save_error = ''
-        self._stop = threading.Event()
-        self._saved_on_exit = False
-
-        self._sensor_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._saved_on_exit, self._exit_saved = False, True
         self._make_publishers(p)
-        self._make_inputs(p)
         self._make_services_and_timers(p)
-        # Live parameter changes: validated before they are set, applied after (ros2/demos).
-        self._param_updates = ParamUpdates(self, lambda: self._running, self._apply_running)
+
+    def _activate(self) -> None:
+        """Subscribe to the inputs and start the worker."""
+        p = self.params
+        self._make_inputs(p)
+        self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name='vpr_worker', daemon=True)
         self._worker.start()
         self._log.info(
@@ -102,6 +119,10 @@ class VprNode(MapControl, Node):
             f'(dim {self._encoder.dim}, device {self._encoder.device}), map '
             f'{p.map_path or "(memory only)"} with {len(self._map)} keyframes, session '
             f'{self._map.session}')
+
+    def _clock_s(self) -> float:
+        """Return the node's ROS clock in seconds: wall time, or /clock under use_sim_time."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     @property
     def params(self) -> Params:
@@ -137,9 +158,20 @@ class VprNode(MapControl, Node):
                                       hnsw_ef_search=p.hnsw_ef_search)
         except MapError as err:
             raise StartupError(f"parameter 'map_dir' ({path}): {err}") from None
+        priors = None
+        if p.prior_map_dirs:
+            from vpr_ros.map.prior_maps import PriorMaps
+            dirs = [d for d in p.prior_map_dirs.split(os.pathsep) if d]
+            try:
+                priors = PriorMaps(dirs, self._encoder.fingerprint, self._encoder.dim)
+            except MapError as err:
+                raise StartupError(f"parameter 'prior_map_dirs': {err}") from None
+            self._log.info('prior maps (read-only): ' + ', '.join(
+                f'{k + 1}: {n} ({len(m)} keyframes)'
+                for k, (n, m) in enumerate(zip(priors.names, priors.maps))))
         try:
             self._detector = LoopDetector(self._encoder, self._map,
-                                          self._running.detector_config())
+                                          self._running.detector_config(), priors)
         except VPRError as err:
             raise ParamError(str(err)) from None
         if getattr(self._map, 'moved_aside', None):
@@ -280,8 +312,9 @@ class VprNode(MapControl, Node):
         if out is not None:
             self._pub_matches.publish(out)
             self._counters.matches += 1
-            if self._pub_loop is not None:
-                self._pub_loop.publish(messages.loop_closure_message(result))
+            loop = messages.loop_closure_message(result) if self._pub_loop else None
+            if loop is not None:
+                self._pub_loop.publish(loop)
         relpose = messages.relative_pose_message(result)
         if relpose is not None:
             self._pub_relpose.publish(relpose)
@@ -363,9 +396,9 @@ class VprNode(MapControl, Node):
         if out is not None:
             self._pub_markers.publish(out)
 
-def main(args=None) -> int:
+def main(args=None, node_type: type | None = None) -> int:
     """
-    Run the console script `vpr_node`; the exit code says how it ended.
+    Run the console script `vpr_node` (or a managed `node_type`); the exit code says how it ended.
 
     2: a bad parameter, model or map at start-up; after a stop: 0 when the map was saved (or
     none is kept), 1 when the shutdown save failed (the map on disk is the last good save).
@@ -384,7 +417,7 @@ def main(args=None) -> int:
         return 2
     with ros:
         try:
-            node = VprNode()
+            node = (node_type or VprNode)()
         except (ParamError, StartupError) as err:
             print(f'vpr_node: cannot start: {err}', file=sys.stderr, flush=True)
             return 2

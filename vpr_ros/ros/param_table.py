@@ -117,7 +117,8 @@ SPECS: tuple[ParamSpec, ...] = (
               'the default fits any real camera (4096x4096 pixels, 64 MiB decoded: any 8-bit '
               'image that size, 16-bit colour up to 8 Mpixels).', 64 * 64, 1 << 30),
     ParamSpec('stamp_window_s', 10.0, 'An image stamp further than this from both the '
-              'previous frame (plus the wall time since) and the newest pose is refused '
+              "previous frame (plus the time since, on the node's ROS clock: /clock under "
+              'use_sim_time) and the newest pose is refused '
               '(image_stamp_implausible), as is a repeated stamp (image_stamp_duplicate); 3 '
               'consecutive frames agreeing on a new timeline are followed (0: no check).',
               0.0, 1e7),
@@ -194,11 +195,35 @@ SPECS: tuple[ParamSpec, ...] = (
     _core('degenerate_gate', 'degenerate_gate',
           'Frames with nothing in them (lens cap, blank wall, over/under-exposed, heavy blur) '
           'are neither matched nor stored, and counted (vpr_ros/core/degenerate.py).'),
+    # ---- sequence evidence and distinctiveness (vpr_ros/core/sequence.py)
+    _core('sequence_evidence', 'sequence_evidence',
+          'When no candidate passes score_threshold and gv_min_inliers, accept the keyframe '
+          'the last metres of frames support best (sequence, session-centred descriptors) if '
+          'its margin over the best other place reaches confidence_threshold and '
+          'verification does not contradict it (works where verification cannot see: night, '
+          'blur).', read_only=False),
+    _core('confidence_threshold', 'confidence_threshold',
+          'Margin of sequence support over the best other place that the sequence rule '
+          "needs. Unset: the model's calibrated operating point.", -1.0, 2.0,
+          read_only=False, calibrated=True),
+    _core('sequence_length_m', 'sequence_length_m',
+          'History of frames the sequence compares, in metres driven (with poses).',
+          0.5, 1000.0),
+    _core('sequence_length_s', 'sequence_length_s',
+          '... and in seconds (without poses).', 0.5, 3600.0),
+    _core('sequence_candidates', 'sequence_candidates',
+          'Keyframes searched per frame for sequence support (raw and centred query each).',
+          1, 1000),
+    _core('gv_veto_matches', 'gv_veto_matches',
+          'Verification vetoes a sequence-supported candidate when it saw at least this many '
+          'ratio-test matches and they do not fit one geometry.', 1, 100000, read_only=False),
     # ---- map
-    ParamSpec('map_dir', '~/.ros/vpr_ros/map', 'Map directory (~ and ~user expanded, a ~user '
-              'that does not exist refused; a relative path is taken from the working '
-              'directory at start-up, logged as absolute); empty: keep the map in memory only, '
-              'never save.'),
+    ParamSpec('map_dir', '~/.ros/vpr_ros/{namespace}/{name}/map', 'Map directory; the node '
+              'fills {namespace} and {name} with its own (the default: one directory per node, '
+              'so two robots at their defaults never share a map; /robot1/vpr_node: '
+              '~/.ros/vpr_ros/robot1/vpr_node/map). ~ and ~user expanded, a ~user that does '
+              'not exist refused; a relative path is taken from the working directory at '
+              'start-up, logged as absolute; empty: keep the map in memory only, never save.'),
     ParamSpec('load_map', True, 'Continue the map in map_dir (a new session); false: start a '
               'new map, moving the old one aside to map_dir/aside/<UTC time>_s<last session>/ '
               '(kept: the node never deletes a map).'),
@@ -207,6 +232,10 @@ SPECS: tuple[ParamSpec, ...] = (
               'keyframe grows with it.', 4, 256),
     ParamSpec('hnsw_ef_construction', 64, 'HNSW candidate list while adding (map_index hnsw, '
               'compact): add time grows with it.', 8, 4096),
+    ParamSpec('prior_map_dirs', '', 'Other maps (other robots, other days) searched '
+              'read-only beside this one, separated by the path separator (":"); their '
+              "matches carry the map's number (1 = the first) and its session in "
+              '/vpr/matches. Never written; a map of another model stops start-up.'),
     ParamSpec('hnsw_ef_search', 256, 'HNSW candidate list while searching (map_index hnsw, '
               'compact): search time grows with it, recall too.', 8, 65536),
     ParamSpec('autosave_period_s', 300.0, 'Save the map this often (0: only on shutdown and '

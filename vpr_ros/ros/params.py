@@ -10,6 +10,7 @@ exits non-zero with that message instead of running with a value nobody meant.
 import difflib
 import math
 import os
+import re
 from typing import Any
 
 from vpr_ros.core.detector import DetectorConfig
@@ -18,7 +19,7 @@ from vpr_ros.ros.param_table import BY_NAME, ParamSpec, SPECS
 
 __all__ = ['BY_NAME', 'ParamError', 'ParamSpec', 'Params', 'SPECS',
            'declare_all', 'descriptor', 'launch_overrides', 'map_path',
-           'markdown_table', 'unknown_parameters', 'validate', 'yaml_text']
+           'markdown_table', 'node_map_dir', 'unknown_parameters', 'validate', 'yaml_text']
 
 
 class ParamError(ValueError):
@@ -91,7 +92,8 @@ class Params:
                              "exist; expected a model file written by vpr-export, a shipped "
                              f"model ({', '.join(shipped.SHIPPED)}) or '' for the built-in "
                              'model')
-        map_path(v['map_dir'])   # a ~user that does not expand: refused here
+        # a ~user that does not expand, an unknown {placeholder}: refused here
+        map_path(node_map_dir(v['map_dir'], '/', DEFAULT_NODE_NAME))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -108,12 +110,42 @@ class Params:
 
     @property
     def map_path(self) -> str:
-        """The absolute map directory ('' for memory only): see `map_path`."""
-        return map_path(self.map_dir)
+        """
+        The absolute map directory ('' for memory only): see `map_path`.
+
+        `declare_all` fills map_dir's placeholders with the node's namespace and name; values
+        built without a node resolve them as the default node (`/vpr_node`).
+        """
+        return map_path(node_map_dir(self.map_dir, '/', DEFAULT_NODE_NAME))
 
     def detector_config(self) -> DetectorConfig:
         """Build the core's DetectorConfig: each table entry with a `field` sets that field."""
         return DetectorConfig(**{s.field: self._values[s.name] for s in SPECS if s.field})
+
+
+DEFAULT_NODE_NAME = 'vpr_node'
+MAP_DIR_FIELDS = ('namespace', 'name')
+_PLACEHOLDER = re.compile(r'\{([^{}]*)\}')
+
+
+def node_map_dir(map_dir: str, namespace: str, name: str) -> str:
+    """
+    Fill map_dir's `{namespace}` and `{name}` with the node's own; ParamError for another one.
+
+    The default map_dir holds both, so two robots started at their defaults under /robot1 and
+    /robot2 (or two nodes under different names) never share a map: they used to share
+    `~/.ros/vpr_ros/map`, and the second exited 'in use'. The root namespace fills in as
+    nothing (`~/.ros/vpr_ros/vpr_node/map`); a nested one as its path (`fleet/robot1`).
+    """
+    fields = {'namespace': namespace.strip('/'), 'name': name}
+
+    def fill(m: re.Match) -> str:
+        if m.group(1) not in fields:
+            raise ParamError(f"parameter 'map_dir': {map_dir!r} has the placeholder "
+                             f"{m.group(0)!r}; expected only "
+                             f'{" and ".join("{" + f + "}" for f in MAP_DIR_FIELDS)}')
+        return fields[m.group(1)]
+    return _PLACEHOLDER.sub(fill, map_dir)
 
 
 def map_path(map_dir: str) -> str:
@@ -184,6 +216,7 @@ def launch_overrides(arguments: dict[str, str],
         except yaml.YAMLError:
             value = text
         out[name] = validate(name, value) if name in BY_NAME else value
+    Params({k: v for k, v in out.items() if k in BY_NAME})  # together: map_dir, image_size
     return out, unknown_parameters(unknown)
 
 
@@ -233,6 +266,8 @@ def declare_all(node) -> Params:
         if spec.type_name == 'integer array':
             val = list(val)
         values[spec.name] = val
+    # the parameter keeps what was given; the node runs the directory of its own name
+    values['map_dir'] = node_map_dir(values['map_dir'], node.get_namespace(), node.get_name())
     return Params(values)
 
 

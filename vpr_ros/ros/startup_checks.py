@@ -1,13 +1,41 @@
 """
 Start-up checks beyond single parameter values: can the map be written, what will cost dearly.
 
-Both run before the model loads, so a refused start-up has written nothing and a costly
-setting is named in the log before it costs anything.
+They run before the model loads, so a refused start-up has written nothing and a costly
+setting, a misspelled parameter or a map left at an old default is named in the log before
+it costs anything.
 """
 import os
 import tempfile
+from typing import Iterable
 
-from vpr_ros.ros.params import BY_NAME, ParamError, Params
+from vpr_ros.ros.params import BY_NAME, ParamError, Params, unknown_parameters
+
+OLD_DEFAULT_MAP_DIR = '~/.ros/vpr_ros/map'  # the default map_dir before it was per node
+
+
+def start_warnings(given: Iterable[str], map_dir: str, path: str) -> list[str]:
+    """
+    Warn about unknown parameter names among those the node was `given`, and an old map.
+
+    A misspelled name in a params file (`tpo_k: 3`) used to be ignored without a word while the
+    default ran; it is named with its likely meaning (ROS's own names are not reported).
+    `map_dir` as given and `path` as resolved: at the default, a map saved where the old
+    default put it is not continued by itself, so the node says where it is.
+    """
+    out = []
+    unknown = unknown_parameters(sorted(given))
+    if unknown:
+        out.append(f'unknown parameter(s) ignored: {", ".join(unknown)}; `ros2 param list` and '
+                   "README.md's parameter table list the node's parameters")
+    old = os.path.expanduser(OLD_DEFAULT_MAP_DIR)
+    if (map_dir == BY_NAME['map_dir'].default and path
+            and not os.path.exists(os.path.join(path, 'CURRENT'))
+            and os.path.exists(os.path.join(old, 'CURRENT'))):
+        out.append(f'a map saved at the old default map_dir {old} is not continued: the '
+                   f'default is now one directory per node ({path}); to continue it, set '
+                   f'map_dir to {old} or move it to {path}')
+    return out
 
 
 def cost_warnings(p: Params) -> list[str]:

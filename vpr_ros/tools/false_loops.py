@@ -45,14 +45,14 @@ def draw_false_loops(stamps_ns: np.ndarray, xy: np.ndarray, n: int, seed: int = 
 
 def loop_messages(loops: list[LoopObservation], first_id: int = FALSE_MATCH_ID):
     """(vpr/matches, vpr/relative_pose) messages of one query's loops, in the node's layout."""
-    from vpr_ros.ros.loop_geometry import RELATIVE_POSE_COLUMNS
-    from vpr_ros.ros.messages import MATCH_COLUMNS, multiarray
+    from vpr_ros.ros.messages import MATCH_COLUMNS, multiarray, RELATIVE_POSE_COLUMNS
     match_rows, pose_rows = [], []
     for k, o in enumerate(loops):
         q_s, m_s, mid = o.query_ns / 1e9, o.match_ns / 1e9, float(first_id + k)
-        match_rows.append([q_s, m_s, 0.95 - 0.01 * k, mid, -1.0])
+        # score, query_id -1, no margin, accepted by the single-frame rule, own map, session 0
+        match_rows.append([q_s, m_s, 0.95 - 0.01 * k, mid, -1.0, float('nan'), 1.0, 0.0, 0.0])
         pose_rows.append([q_s, m_s, mid, *o.quaternion, *o.translation, 60.0, 0.97,
-                          float(o.scale_known), o.parallax_deg])
+                          float(o.scale_known), o.parallax_deg, 0.0])
     return (multiarray(MATCH_COLUMNS, match_rows, 'candidates'),
             multiarray(RELATIVE_POSE_COLUMNS, pose_rows, 'candidates'))
 

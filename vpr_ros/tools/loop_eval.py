@@ -96,6 +96,21 @@ def possible_loops(gt: GroundTruth, query_ns: np.ndarray, exclusion_s: float,
     return result
 
 
+def match_table(rows) -> np.ndarray:
+    """
+    /vpr/matches rows as a float (R, 5) array of the original columns (stamps, score, ids).
+
+    The topic gained columns after the fifth (the contract in the README); scoring needs the
+    first five, so readers of any width share this.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        rows = rows.reshape(-1, 5)
+    if rows.shape[1] < 5:
+        raise ValueError(f'/vpr/matches rows need 5 columns or more, got {rows.shape[1]}')
+    return rows[:, :5]
+
+
 def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, exclusion_s: float,
                    threshold: float = POSITIVE_PSI, fov_deg: float = DEFAULT_FOV_DEG,
                    radius: float = DEFAULT_RADIUS_M, target_precision: float = 0.95
@@ -103,10 +118,11 @@ def evaluate_loops(gt: GroundTruth, query_ns: np.ndarray, rows: np.ndarray, excl
     """
     Score the rows published on /vpr/matches against ground truth.
 
-    `rows` is (R, 5): query_stamp_s, match_stamp_s, score, match_id, query_id, rows of one query
-    best first. Returns the evaluation and ψ of every row.
+    `rows` is /vpr/matches as (R, C): query_stamp_s, match_stamp_s, score, match_id, query_id
+    and the later columns, rows of one query best first. Returns the evaluation and ψ of every
+    row.
     """
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    rows = match_table(rows)
     to_ns = np.vectorize(lambda s: int(round(s * 1e9)), otypes=[np.int64])
     psi = pair_psi(gt, to_ns(rows[:, 0]) if len(rows) else np.zeros(0, np.int64),
                    to_ns(rows[:, 1]) if len(rows) else np.zeros(0, np.int64), fov_deg, radius)
@@ -161,7 +177,7 @@ def plot_report(path: str, gt: GroundTruth, keyframe_xy: np.ndarray, rows: np.nd
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    rows = match_table(rows)
     fig, (ax, ax_pr) = plt.subplots(1, 2, figsize=(14, 6.5),
                                     gridspec_kw={'width_ratios': [1.3, 1]})
     ax.plot(gt.poses[:, 0], gt.poses[:, 1], '-', color='0.75', lw=1, label='trajectory')

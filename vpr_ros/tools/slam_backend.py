@@ -32,9 +32,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from vpr_ros.core.fov import yaw_from_quaternion
 from vpr_ros.core.msg_convert import pose_from_msg
-from vpr_ros.ros.loop_geometry import RELATIVE_POSE
 from vpr_ros.ros.messages import multiarray, reliable_qos, sensor_qos
-from vpr_ros.ros.topics import MATCHES, POSE
+from vpr_ros.ros.topics import MATCHES, POSE, RELATIVE_POSE
 from vpr_ros.tools.pose_graph import GraphConfig, LoopObservation, PoseGraph
 
 PATH, CORRECTION, STATUS = 'slam/path', 'slam/correction', 'slam/status'

@@ -1,0 +1,137 @@
+"""
+Sequence evidence and the decision rule, without a network: descriptors made by hand.
+
+A "place" is a random unit vector; a session sees each place through its own condition (a
+shared offset added to every descriptor of the session, as night shifts every descriptor) and
+noise. The sequence evidence must find the place a single frame misses, tell a repeated place
+from a rival, need the history to cover the sequence, and the decision must take the single-
+frame rule first and let verification veto only where it saw enough to judge.
+"""
+import numpy as np
+import pytest
+
+from vpr_ros.core.decision import Candidate, decide, DecisionRule
+from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence, SessionTracks
+from vpr_ros.map.place_map import PlaceMap
+
+D = 64
+S = 10**9
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _places(n: int, seed: int = 0) -> np.ndarray:
+    return _unit(np.random.default_rng(seed).normal(size=(n, D)))
+
+
+def _session(places: np.ndarray, shift: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return _unit(places + shift + noise * rng.normal(size=places.shape))
+
+
+def _map_with_day(places: np.ndarray, directory, step_m: float = 1.0) -> PlaceMap:
+    """
+    Make a 'day' session map: one keyframe per place, 1 m apart along +x.
+
+    It is saved and loaded again: the node restarted on yesterday's map, so the frames that
+    follow are a session of their own.
+    """
+    m = PlaceMap(D, 'test')
+    day = _session(places, np.zeros(D), 0.05, 1)
+    for i, d in enumerate(day):
+        pose = np.array([i * step_m, 0, 0, 0, 0, 0, 1.0])
+        m.add(d, i * S, pose=pose)
+    m.save(str(directory))
+    m.close()
+    return PlaceMap.load(str(directory), 'test', D)
+
+
+def test_tracks_measure_distance_and_restart_on_a_jump_back() -> None:
+    t = SessionTracks()
+    for i in range(5):
+        t.add(i, 0, (10 + i) * S, np.array([i * 2.0, 0, 0]))
+    t.add(5, 0, 3 * S, np.array([100.0, 0, 0]))  # the bag restarted: a new stretch
+    ids, dist, time, _ = t.track(0)
+    assert ids.tolist() == [0, 1, 2, 3, 4, 5]
+    assert dist[:5].tolist() == [0, 2, 4, 6, 8] and dist[5] > 1e8 and time[5] > 1e8
+    no_pose = SessionTracks()
+    no_pose.add(0, 1, 5 * S, None)
+    assert np.isnan(no_pose.track(1)[1][0]) and no_pose.track(1)[2][0] == 5.0
+
+
+def test_a_night_sequence_finds_the_place_a_single_frame_misses(tmp_path) -> None:
+    places = _places(60)
+    m = _map_with_day(places, tmp_path / 'map')
+    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0))
+    night = _session(places, 3.0 * _places(1, 9)[0], 0.9, 2)  # strong shift, heavy noise
+    hits = single_hits = total = 0
+    for i in range(40):
+        pose = np.array([i * 1.0 + 0.3, 0.2, 0.0])
+        if i >= 12:
+            raw = [int(k) for k in np.argsort(-(m_desc(m) @ night[i]))[:5]]
+            scored, best = seq.evaluate(night[i], (1000 + i) * S, pose, raw, 30.0,
+                                        lambda v, k: _search(m, v, k))
+            total += 1
+            single_hits += raw[0] == i
+            hits += best is not None and abs(best.kid - i) <= 1
+        seq.observe(night[i], (1000 + i) * S, pose, None)
+    assert hits >= 0.8 * total and hits > single_hits + 10, (hits, single_hits, total)
+
+
+def m_desc(m: PlaceMap) -> np.ndarray:
+    """Every stored descriptor in id order (ids are 0.. here)."""
+    return np.stack([m.descriptor(int(k)) for k in m.ids()])
+
+
+def _search(m: PlaceMap, v: np.ndarray, k: int) -> list[int]:
+    return [int(x.id) for x in m.search(_unit(v), k)]
+
+
+def test_no_sequence_without_history_covering_it_and_a_margin_over_rivals(tmp_path) -> None:
+    places = _places(30)
+    m = _map_with_day(places, tmp_path / 'map')
+    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
+    q = _session(places, np.zeros(D), 0.05, 3)
+    # only 3 m of history: no sequence score yet, whatever the single frame says
+    for i in range(3):
+        seq.observe(q[i], i * S + 500 * S, np.array([float(i), 0.0, 0.0]), None)
+    _, best = seq.evaluate(q[3], 503 * S, np.array([3.0, 0, 0]), [3], 30.0,
+                           lambda v, k: _search(m, v, k))
+    assert best is None
+    for i in range(3, 15):
+        seq.observe(q[i], (500 + i) * S, np.array([float(i), 0.0, 0.0]), None)
+    scored, best = seq.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
+                                lambda v, k: _search(m, v, k))
+    assert best is not None and best.kid == 15 and best.margin > 0.2
+    # the keyframes next to the best are the same place, not its rivals
+    assert seq.same_place(15, 14, True) and not seq.same_place(15, 3, True)
+
+
+def test_decide_takes_the_single_frame_rule_first_and_lets_verification_veto() -> None:
+    rule = DecisionRule(0.9, 14, 0.1)
+    strong = Candidate(1, 0, 0.95, 40, None, verified=True)
+    weak_seq = Candidate(2, 0, 0.7, 3, None, verified=True, sequence=0.3, margin=0.2)
+    assert [(c.match_id, c.accepted_by) for c in decide([weak_seq, strong], rule)] == \
+        [(1, 'frame')]
+    # the single-frame rule accepts nothing: the sequence rule decides
+    got = decide([weak_seq, Candidate(1, 0, 0.95, 5, None, verified=True)], rule)
+    assert [(c.match_id, c.accepted_by) for c in got] == [(2, 'sequence')]
+    # a low margin, or a veto (verification saw enough and it disagrees), is no loop
+    assert decide([Candidate(2, 0, 0.7, 0, None, margin=0.05)], rule) == []
+    assert decide([Candidate(2, 0, 0.7, 0, None, margin=0.5, veto=True)], rule) == []
+    # without a confidence threshold there is no sequence rule
+    assert decide([weak_seq], DecisionRule(0.9, 14)) == []
+    # a candidate outside the search's top_k is for the sequence rule only
+    assert decide([Candidate(3, 0, 0.99, 50, None, verified=True, in_top_k=False)], rule) == []
+
+
+@pytest.mark.parametrize('metric', [True, False])
+def test_the_history_is_bounded(metric: bool) -> None:
+    m = PlaceMap(D, 'test')
+    seq = SequenceEvidence(m)
+    d = _places(1)[0]
+    for i in range(2000):  # a camera standing still at 30 Hz for a minute
+        seq.observe(d, i * S // 30, np.zeros(3) if metric else None, None)
+    assert len(seq._history) <= 512  # noqa: SLF001
