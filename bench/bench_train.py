@@ -8,8 +8,10 @@ ratio of the two step times is the data-pipeline overhead (goal <= 1.2), tuned w
 workers, prefetching and pinned memory. Data: the synthetic garden written at --stored-px and
 resized to --image-size by the one preprocessing, as vpr-train does. Also measured: the same
 real loop on cached frozen-trunk features (vpr-train --feature-cache), as a speed-up over the
-image loop, with the one-off cost of filling the cache. Prints a table and writes
-bench/results/bench_train.json.
+image loop, with the one-off cost of filling the cache. And what augmentation (vpr-train
+--augment, issue 21) costs: the cache with --aug-views K filled (time, memory) and a step on it
+(a view drawn per image; with featgeo the feature maps warped too), against the image loop with
+every load augmented (no cache). Prints a table and writes bench/results/bench_train.json.
 """
 import argparse
 import json
@@ -26,6 +28,7 @@ from vpr_ros.model.encoder import ModelSpec, VPRNet
 from vpr_ros.training.data.dataset import load_traverse, TraverseImages
 from vpr_ros.training.data.labels import generate_labels, load_labels
 from vpr_ros.training.data.pairs import PairImages, PairSampler
+from vpr_ros.training.fit.augment import OnlineAugment, ViewTransform, warp_features
 from vpr_ros.training.fit.feature_cache import FrozenFeatures, PairFeatures
 from vpr_ros.training.fit.losses import PairLoss
 
@@ -35,8 +38,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'test'))
 from synthetic import make_synthetic_garden  # noqa: E402
 
 
-def _step(net, opt, crit, xa, xb, y, device, amp, scaler, cut=0):
+def _step(net, opt, crit, xa, xb, y, device, amp, scaler, cut=0, warp=False):
     x = torch.cat([xa, xb]).to(device, non_blocking=True, memory_format=torch.channels_last)
+    if warp:
+        x = warp_features(x)
     y = y.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
         desc = net.forward_from(x, cut)
@@ -53,6 +58,56 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _time_loop(loader, step, steps: int, warmup: int, device) -> float:
+    """Seconds per step of ``step(batch)`` over a loader, after warmup steps."""
+    it = iter(loader)
+    for _ in range(warmup):
+        step(next(it))
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(next(it))
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _augment_rows(args, net, opt, crit, scaler, amp, device, sampler, q, m, spec, cut,
+                  loader_kw) -> list[dict]:
+    """Cache fill (time, memory) per --aug-views K and s/step per augmentation mode."""
+    parts = frozenset({'photo', 'geo'})
+    rows = []
+    for k in args.aug_views:
+        views = [None] + [ViewTransform(parts, 0, v) for v in range(1, k + 1)]
+        t0 = time.perf_counter()
+        q_feats = FrozenFeatures(net, cut, TraverseImages([q], spec.image_size), device,
+                                 workers=args.workers, views=views)
+        m_feats = FrozenFeatures(net, cut, TraverseImages([m], spec.image_size), device,
+                                 workers=args.workers, views=views)
+        fill = time.perf_counter() - t0
+        n_img = len(q_feats.feats) + len(m_feats.feats)
+        for warp in (False, True) if k == max(args.aug_views) else (False,):
+            loader = DataLoader(PairFeatures(q_feats, m_feats), batch_size=args.batch_size,
+                                sampler=sampler)
+            s = _time_loop(loader, lambda b, w=warp: _step(net, opt, crit, *b, device, amp,
+                                                            scaler, cut, w),
+                           args.steps, args.warmup, device)
+            mode = ('photo+geo' if k else 'none') + ('+featgeo' if warp else '')
+            rows.append({'loop': f'cached, {mode}', 'aug_views': k, 's_per_step': round(s, 4),
+                         'cache_fill_s': round(fill, 2), 'cache_images': n_img,
+                         'cache_mb': round((q_feats.nbytes() + m_feats.nbytes()) / 2**20, 1)})
+    for aug in (None, OnlineAugment(parts, 1.0 / (max(args.aug_views) + 1))):
+        data = PairImages(q.image_paths, m.image_paths, spec.image_size, spec.mean, spec.std,
+                          transform=aug)
+        loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler,
+                            num_workers=args.workers, **loader_kw)
+        s = _time_loop(loader, lambda b: _step(net, opt, crit, *b, device, amp, scaler),
+                       args.steps, args.warmup, device)
+        rows.append({'loop': 'images, ' + ('photo+geo every load' if aug else 'none'),
+                     'aug_views': None, 's_per_step': round(s, 4), 'cache_fill_s': 0.0,
+                     'cache_images': 0, 'cache_mb': 0.0})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument('--root', default=os.path.join(tempfile.gettempdir(), 'vpr_bench_garden'))
@@ -64,6 +119,9 @@ def main() -> None:
     ap.add_argument('--workers', type=int, default=2)
     ap.add_argument('--prefetch', type=int, default=4)
     ap.add_argument('--device', default='auto')
+    ap.add_argument('--aug-views', type=int, nargs='+', default=(0, 2, 4, 8),
+                    help='augmented views per image to fill the cache with (0: clean only)')
+    ap.add_argument('--no-augment', action='store_true', help='skip the augmentation rows')
     ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_train.json'))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -178,6 +236,17 @@ def main() -> None:
     print(f"feature cache: real loop {res['feature_cache_speedup']:.2f}x faster per step; "
           f"filled once in {t_fill:.1f} s ({res['cache_fill_img_per_s']:.0f} img/s, "
           f"{n_cached} images, {res['cache_mb']:.1f} MB)")
+    if not args.no_augment:
+        res['augment'] = _augment_rows(args, net, opt, crit, scaler, amp, device, sampler, q, m,
+                                       spec, cut, kw)
+        base = next(r for r in res['augment'] if r['loop'] == 'cached, none')
+        print(f"augmentation ({args.batch_size} pairs/step, {base['cache_images']} images):")
+        print(f"{'loop':<34}{'K':>3}{'s/step':>9}{'x none':>8}{'fill s':>8}{'cache MB':>10}")
+        for r in res['augment']:
+            k = '-' if r['aug_views'] is None else r['aug_views']
+            print(f"{r['loop']:<34}{k:>3}{r['s_per_step']:>9.4f}"
+                  f"{r['s_per_step'] / base['s_per_step']:>8.2f}{r['cache_fill_s']:>8.1f}"
+                  f"{r['cache_mb']:>10.1f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(res, f, indent=1)

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = 'imagenet'
 
 
-def _parse_models(items: Sequence[str]) -> list[tuple[str, str]]:
+def parse_models(items: Sequence[str]) -> list[tuple[str, str]]:
+    """[('imagenet', ''), (NAME, PATH), ...] from NAME=PATH items (also augment_study's)."""
     out = [(BASELINE, '')]
     for it in items:
         name, sep, path = it.partition('=')
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument('--cache', default='', help='descriptor cache folder')
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
-    models = _parse_models(args.model)
+    models = parse_models(args.model)
     os.makedirs(args.out, exist_ok=True)
     summary = {'models': dict(models), 'blank_wall_cosine': blank_cosines(models)}
     if args.set:  # low-texture frames of the first test set's query images (never trained on)

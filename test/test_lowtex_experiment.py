@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from experiments.collapse_experiment import _parse_models, format_table, plot
+from experiments.collapse_experiment import format_table, parse_models, plot
 
 SUMMARY = {
     'blank_wall_cosine': {'imagenet': 0.846, 'gcl': 0.971},
@@ -17,11 +17,11 @@ SUMMARY = {
 
 
 def test_models_are_named_and_imagenet_comes_first():
-    assert _parse_models(['a=/x/a.pt', 'b=b.pt']) == [('imagenet', ''), ('a', '/x/a.pt'),
+    assert parse_models(['a=/x/a.pt', 'b=b.pt']) == [('imagenet', ''), ('a', '/x/a.pt'),
                                                       ('b', 'b.pt')]
     for bad in ('a.pt', '=a.pt', 'a='):
         with pytest.raises(ValueError):
-            _parse_models([bad])
+            parse_models([bad])
 
 
 def test_table_rows_hold_every_measure(tmp_path):

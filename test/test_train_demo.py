@@ -45,7 +45,8 @@ def test_train_demo_reduced(tmp_path, repo_root) -> None:
     trained = {m['name']: m for m in summary['trained']}
     assert trained['gcl s0']['lr'] == 0.1 and trained['cl s0']['lr'] == 0.01  # paper's rates
     assert trained['gcl s0']['best']['metric'] == 'r1'
-    sets = ['garden winter', 'garden fog'] + (['corridor (real)'] if corridor else [])
+    sets = (['garden winter', 'garden fog', 'garden night (seen condition)']
+            + (['corridor (real)'] if corridor else []))
     for row in rows.values():
         for name in sets:
             cell = row[name]
@@ -145,7 +146,7 @@ def test_report_says_where_gcl_does_not_win() -> None:
 
 
 def test_large_benchmark_tests_unseen_gardens_and_conditions() -> None:
-    """--large: >= 1,000 test queries, in conditions and (mostly) gardens never trained on."""
+    """--large: >= 1,000 unseen-garden queries; a trained condition (night) only in those."""
     from vpr_ros.sim.conditions import parse_condition
     from vpr_ros.sim.trajectories import ROUTES, sample_traverse, TraverseSpec
     from vpr_ros.sim.world import generate_world
@@ -164,7 +165,8 @@ def test_large_benchmark_tests_unseen_gardens_and_conditions() -> None:
         seed, q = by_name[query_name]
         assert by_name[map_name][0] == seed  # ψ needs map and query in one garden
         assert query_name not in trained and map_name not in trained
-        assert look(q.condition) not in train_conditions, label
+        seen_condition = look(q.condition) in train_conditions
+        assert not (seen_condition and seed in train_gardens), label
         route = ROUTES[q.route] if isinstance(q.route, str) else q.route
         n = len(sample_traverse(TraverseSpec(route=tuple(route), rate_hz=2.5),
                                 generate_world(seed))[0])
@@ -209,3 +211,11 @@ def test_labels_of_two_gardens_are_block_diagonal(tmp_path) -> None:
     generate_labels(select_traverses(root, ['val_query']), select_traverses(root, ['train_map']),
                     naive)
     assert load_labels(naive).nnz > 0
+
+
+def test_default_corridor_is_the_shared_set_beside_the_checkout(repo_root) -> None:
+    """The corridor default names ../shared/data/corridor (it named training/../shared once)."""
+    from vpr_ros.training.demo.train_demo import build_parser
+
+    want = os.path.join(os.path.dirname(repo_root), 'shared', 'data', 'corridor')
+    assert build_parser().get_default('corridor') == want

@@ -11,6 +11,7 @@ Corrupt or missing images never stop a run: `load_image` returns None and counts
 Dataset checks every file once up front and serves only the readable ones.
 """
 from collections import Counter
+import copy
 from dataclasses import dataclass
 import glob
 import logging
@@ -178,13 +179,15 @@ class TraverseImages:
     poses line up even though unreadable images are left out: `valid` lists the indices served,
     `skipped` the ones dropped up front. An image that breaks later (truncated data that passed
     the header check) is replaced by the next valid one, and its own index is returned with it.
-    Preprocessing is the shared `vpr_ros.core.preprocess.preprocess`, the one node and eval use.
+    Preprocessing is the shared `vpr_ros.core.preprocess.preprocess`, the one node and eval use;
+    ``transform(image, index)``, when given, changes the uint8 RGB image before it (training
+    augmentation, `training.fit.augment`; `with_transform` shares the checked file list).
     """
 
     def __init__(self, traverses: Traverse | Sequence[Traverse] | Sequence[str],
                  size_hw: tuple[int, int] | None = None, check: bool = True,
                  mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, transform=None) -> None:
         if isinstance(traverses, Traverse):
             traverses = [traverses]
         paths: list[str] = []
@@ -201,12 +204,20 @@ class TraverseImages:
         self.valid = np.flatnonzero(ok).astype(np.int64)
         self.skipped = np.flatnonzero(~np.asarray(ok, dtype=bool)).astype(np.int64)
         self.counters: Counter = Counter(skipped_up_front=int(self.skipped.size))
+        self.transform = transform
         if self.skipped.size:
             _LOG.warning('%d of %d images unreadable, left out (first: %s)', self.skipped.size,
                          len(paths), paths[int(self.skipped[0])])
 
     def __len__(self) -> int:
         return int(self.valid.size)
+
+    def with_transform(self, transform) -> 'TraverseImages':
+        """Return the same images (no second file check) served through ``transform``."""
+        other = copy.copy(self)
+        other.transform = transform
+        other.counters = Counter(self.counters)
+        return other
 
     def __getitem__(self, k: int):
         """(preprocessed image, index in the image list) for the k-th readable image."""
@@ -219,6 +230,8 @@ class TraverseImages:
             idx = int(self.valid[(k + step) % n])
             img = load_image(self.paths[idx], self.counters)
             if img is not None:
+                if self.transform is not None:
+                    img = self.transform(img, idx)
                 return preprocess(img, self.size_hw, 'rgb8', **self._norm), idx
         raise VPRError('no image of the dataset can be read any more')
 

@@ -258,29 +258,34 @@ class PairImages(Dataset):
     Uses the project's one image reader and preprocessing. An image that fails to load although
     it passed the up-front check is replaced by the other image of the pair with label 1 (an
     image with itself, d = 0: a zero-loss pair), so one broken file never stops training;
-    such replacements are counted in `counters` (per worker process).
+    such replacements are counted in `counters` (per worker process). ``transform(image,
+    index)``, when given, changes each uint8 RGB image before preprocessing (training
+    augmentation read afresh every step, `training.fit.augment.OnlineAugment`).
     """
 
     def __init__(self, anchor_paths: Sequence[str], partner_paths: Sequence[str],
                  size_hw: Sequence[int], mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, transform=None) -> None:
         self.anchor_paths = list(anchor_paths)
         self.partner_paths = list(partner_paths)
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
         self.counters: Counter = Counter()
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.anchor_paths)
 
-    def _load(self, path: str) -> torch.Tensor | None:
+    def _load(self, path: str, index: int = 0) -> torch.Tensor | None:
         from vpr_ros.core.preprocess import preprocess
         from vpr_ros.training.data.dataset import load_image
 
         img = load_image(path, self.counters)
         if img is None:
             return None
+        if self.transform is not None:
+            img = self.transform(img, index)
         kw = {}
         if self.mean is not None:
             kw['mean'] = self.mean
@@ -290,8 +295,8 @@ class PairImages(Dataset):
 
     def __getitem__(self, item: tuple[int, int, float]):
         a, b, label = item
-        xa = self._load(self.anchor_paths[int(a)])
-        xb = self._load(self.partner_paths[int(b)])
+        xa = self._load(self.anchor_paths[int(a)], int(a))
+        xb = self._load(self.partner_paths[int(b)], int(b))
         label = torch.tensor(float(label), dtype=torch.float32)
         if xa is None or xb is None:
             self.counters['pairs_replaced'] += 1

@@ -11,17 +11,18 @@ What a user does with a robot's own recordings, on bags the simulator renders of
             validation R@1 on a held-out pair
 5. export   `vpr-export`: the model file the node loads
 6. evaluate `vpr-eval`: the off-the-shelf ImageNet model against every trained one, on traverses
-            in conditions never trained on (winter, fog) and on the real corridor set: R@1/5/10,
-            mAP@5 and all-pairs AP, each with a bootstrap 95 % interval over queries
+            in conditions never trained on (winter, fog), a night session and the real
+            corridor set: R@1/5/10, mAP@5 and all-pairs AP, each with a bootstrap 95 % interval
+            over queries
 7. demo     the `make demo` flow on the demo bag, with ImageNet and the first trained model
 
-Nothing trained on is evaluated on: the test traverses are other sessions in conditions the
-training never saw (the small set: same garden, as for a robot trained where it works; `--large`:
-also gardens never trained on). A recipe is said to win only where its intervals lie clear of
-the other's; overlapping intervals are reported as no winner. Every stage reuses what an earlier
-run left in OUT, so an interrupted run continues (training resumes from its checkpoint);
-`--fresh` starts over. Prints one table and writes `OUT/train_demo_summary.json` and
-`OUT/train_demo_report.png`.
+Nothing trained on is evaluated on: the test traverses are other sessions, in conditions the
+training never saw (winter, fog) or, for night, in a trained condition (the small set: same
+garden, as for a robot trained where it works; `--large`: also gardens never trained on). A
+recipe is said to win only where its intervals lie clear of the other's; overlapping intervals
+are reported as no winner. Every stage reuses what an earlier run left in OUT, so an
+interrupted run continues (training resumes from its checkpoint); `--fresh` starts over.
+Prints one table and writes `OUT/train_demo_summary.json` and `OUT/train_demo_report.png`.
 """
 import argparse
 import json
@@ -32,7 +33,13 @@ import time
 from typing import Sequence
 
 from vpr_ros.core.errors import VPRError
-from vpr_ros.training.demo.train_demo_report import format_table, plot_report, summarize, verdicts
+from vpr_ros.training.demo.train_demo_report import (
+    BASELINE,
+    format_table,
+    plot_report,
+    summarize,
+    verdicts,
+)
 from vpr_ros.training.demo.train_demo_sets import (
     Benchmark,
     BENCHMARKS,
@@ -40,11 +47,11 @@ from vpr_ros.training.demo.train_demo_sets import (
     simulate,
     simulate_benchmark,
 )
+from vpr_ros.training.fit.augment import AUGMENT_CHOICES, DEFAULT_AUGMENT, DEFAULT_VIEWS
 
 SUMMARY = 'train_demo_summary.json'
 REPORT = 'train_demo_report.png'
 LOSSES = {'gcl': ('gcl',), 'cl': ('cl',), 'both': ('gcl', 'cl')}
-BASELINE = 'imagenet'
 
 
 def _stage(name: str) -> float:
@@ -72,8 +79,13 @@ def extract_bags(bags: dict[str, str], data_root: str, progress: bool) -> dict[s
     return summaries
 
 
+def model_key(loss: str, augment: str) -> str:
+    """'gcl' or 'gcl+photo+geo': a recipe's name in tables (a model row is '<key> s<seed>')."""
+    return loss if augment == 'none' else f'{loss}+{augment}'
+
+
 def train_argv(args: argparse.Namespace, data_root: str, labels: str, out: str,
-               bench: Benchmark, loss: str, seed: int) -> list[str]:
+               bench: Benchmark, loss: str, seed: int, augment: str = 'none') -> list[str]:
     """Build the vpr-train command line (printed too, to copy for a robot's own data)."""
     split = bench.split
     argv = ['--data-root', data_root, '--train-map', *split.train_map,
@@ -84,9 +96,13 @@ def train_argv(args: argparse.Namespace, data_root: str, labels: str, out: str,
             '--epochs', str(args.epochs), '--lr-step', str(args.lr_step),
             '--batch-size', str(args.batch_size), '--pairs-per-epoch', str(args.pairs_per_epoch),
             '--workers', str(args.workers), '--seed', str(seed),
-            '--select-metric', args.select_metric]
+            '--select-metric', args.select_metric,
+            # views of the same images are shared by the runs (losses, seeds) of one OUT
+            '--cache-dir', os.path.join(os.path.dirname(out), 'feature_cache')]
     if args.lr is not None:
         argv += ['--lr', str(args.lr)]
+    if augment != 'none':
+        argv += ['--augment', augment, '--aug-views', str(args.aug_views)]
     return argv + (['--no-progress'] if args.no_progress else [])
 
 
@@ -120,32 +136,36 @@ def export_once(run_dir: str, model: str, whiten_dim: int, whiten_map: Sequence[
 
 def train_models(args: argparse.Namespace, out: str, data_root: str, labels: str,
                  bench: Benchmark) -> list[dict]:
-    """Train and export one model per loss and seed (each loss at its paper learning rate)."""
+    """Train and export one model per augmentation, loss and seed (each loss at its paper lr)."""
     from vpr_ros.training.fit.train_args import DEFAULT_LR
 
     split = bench.split
     models = []
-    for loss in LOSSES[args.loss]:
-        for seed in range(args.seed, args.seed + args.seeds):
-            name = f'{loss} s{seed}'
-            run_dir = os.path.join(out, f'run_{loss}_s{seed}')
-            t = time.monotonic()
-            summary = run_training(train_argv(args, data_root, labels, run_dir, bench, loss,
-                                              seed))
-            path = os.path.join(out, f'model_{loss}_s{seed}.pt')
-            fingerprint = export_once(run_dir, path, args.whiten_dim,
-                                      split.train_map + split.train_query, data_root)
-            models.append({'name': name, 'loss': loss, 'seed': seed, 'path': path,
-                           'lr': args.lr if args.lr is not None else DEFAULT_LR[loss],
-                           'fingerprint': fingerprint, 'best': summary.get('best'),
-                           'epochs': summary.get('epochs'),
-                           'seconds': round(time.monotonic() - t, 1)})
+    for augment in args.augment:
+        for loss in LOSSES[args.loss]:
+            for seed in range(args.seed, args.seed + args.seeds):
+                key = model_key(loss, augment)
+                tag = key.replace('+', '_')
+                run_dir = os.path.join(out, f'run_{tag}_s{seed}')
+                t = time.monotonic()
+                summary = run_training(train_argv(args, data_root, labels, run_dir, bench, loss,
+                                                  seed, augment))
+                path = os.path.join(out, f'model_{tag}_s{seed}.pt')
+                fingerprint = export_once(run_dir, path, args.whiten_dim,
+                                          split.train_map + split.train_query, data_root)
+                models.append({'name': f'{key} s{seed}', 'loss': loss, 'seed': seed,
+                               'augment': augment, 'path': path,
+                               'lr': args.lr if args.lr is not None else DEFAULT_LR[loss],
+                               'fingerprint': fingerprint, 'best': summary.get('best'),
+                               'epochs': summary.get('epochs'),
+                               'train_seconds': summary.get('seconds'),
+                               'seconds': round(time.monotonic() - t, 1)})
     return models
 
 
 def evaluate_models(models: list[dict], data_root: str, corridor: str, out: str,
                     bench: Benchmark, args: argparse.Namespace) -> dict[str, dict]:
-    """ImageNet and every trained model on each unseen test set and the corridor, with CIs."""
+    """ImageNet and every trained model on each test set and the corridor, with CIs."""
     from vpr_ros.training.data.dataset import select_traverses
     from vpr_ros.training.eval.compare_eval import evaluate_with_ci
 
@@ -221,11 +241,11 @@ def run(args: argparse.Namespace) -> dict:
     data_root, extracted, labels_path, label_summary = _prepare(args, out, bench, seconds)
 
     t = _stage(f'4-5/7 train and export: {" and ".join(LOSSES[args.loss]).upper()}, '
-               f'{args.seeds} seed(s) each')
+               f'augment {" and ".join(args.augment)}, {args.seeds} seed(s) each')
     models = train_models(args, out, data_root, labels_path, bench)
     seconds['train_export'] = time.monotonic() - t
 
-    t = _stage('6/7 evaluate: ImageNet vs trained, unseen conditions and the real corridor')
+    t = _stage('6/7 evaluate: ImageNet vs trained, test sessions and the real corridor')
     corridor = args.corridor if args.corridor and os.path.isdir(args.corridor) else ''
     if args.corridor and not corridor:
         print(f'train-demo: no corridor set at {args.corridor}: left out')
@@ -262,9 +282,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _default_corridor() -> str:
-    """../shared/data/corridor beside a source checkout (this file is <repo>/training/)."""
+    """../shared/data/corridor beside a source checkout (this file is <repo>/training/demo/)."""
     # realpath: imported as vpr_ros/training/ (a link to ../training) it would name vpr_ros/
-    repo = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     return os.path.join(os.path.dirname(repo), 'shared', 'data', 'corridor')
 
 
@@ -282,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training and inference input size (default: the built-in model's)")
     p.add_argument('--loss', choices=tuple(LOSSES), default='gcl',
                    help='train with GCL (graded ψ), the binary contrastive loss, or both')
+    p.add_argument('--augment', nargs='+', choices=AUGMENT_CHOICES, default=[DEFAULT_AUGMENT],
+                   help="vpr-train's --augment; several: one model per value (each loss and "
+                        'seed), compared in one table')
+    p.add_argument('--aug-views', type=int, default=DEFAULT_VIEWS,
+                   help="vpr-train's --aug-views: augmented views cached per image")
     p.add_argument('--seeds', type=int, default=1,
                    help='models per loss, seeds SEED..SEED+N-1 (seed noise next to the CIs)')
     p.add_argument('--epochs', type=int, default=8)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 from vpr_ros.training.eval.bootstrap_ci import LABELS, METRICS, verdict
 
+BASELINE = 'imagenet'
+
 DEMO_KEYS = ('precision_best', 'recall', 'average_precision', 'queries_with_loop_closures',
              'keyframes', 'frames_processed', 'node_exit_code', 'map_saved')
 
@@ -18,6 +20,27 @@ DEMO_KEYS = ('precision_best', 'recall', 'average_precision', 'queries_with_loop
 def recipe(model: str) -> str:
     """'gcl s1' -> 'gcl'; 'imagenet' -> 'imagenet': the group a model's seeds belong to."""
     return model.split(' ')[0]
+
+
+def recipe_pairs(recipes: Sequence[str]) -> list[tuple[str, str]]:
+    """
+    Return the comparisons a table makes, as (a, b) recipe pairs.
+
+    GCL vs CL with the same augmentation, each trained recipe vs ImageNet, each augmented
+    recipe vs its loss without augmentation ('gcl+photo' vs 'gcl').
+    """
+    have = list(dict.fromkeys(recipes))
+    trained = [r for r in have if r != BASELINE]
+    pairs = []
+    for r in trained:
+        loss, _, aug = r.partition('+')
+        other = 'cl' + ('+' + aug if aug else '')
+        if loss == 'gcl' and other in have:
+            pairs.append((r, other))
+    pairs += [(r, BASELINE) for r in trained if BASELINE in have]
+    pairs += [(r, r.partition('+')[0]) for r in trained
+              if '+' in r and r.partition('+')[0] in have]
+    return pairs
 
 
 def summarize(evals: dict[str, dict], demos: dict[str, dict]) -> list[dict]:
@@ -38,12 +61,11 @@ def summarize(evals: dict[str, dict], demos: dict[str, dict]) -> list[dict]:
 
 
 def verdicts(rows: list[dict], set_names: Sequence[str]) -> list[dict]:
-    """Per set and metric: GCL vs CL, and each trained recipe vs ImageNet, by the intervals."""
+    """Per set and metric, each pair of `recipe_pairs`, decided by the intervals."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(recipe(row['model']), []).append(row)
-    pairs = [(a, b) for a, b in (('gcl', 'cl'), ('gcl', 'imagenet'), ('cl', 'imagenet'))
-             if a in groups and b in groups]
+    pairs = recipe_pairs(list(groups))
     out = []
     for s in set_names:
         for metric in METRICS:
@@ -99,7 +121,7 @@ def format_table(rows: list[dict], set_names: Sequence[str]) -> str:
     lines.append('who wins (only where every interval of one lies above every one of the other; '
                  'overlapping intervals: no winner):')
     for s in set_names:
-        for a, b in (('gcl', 'cl'), ('gcl', 'imagenet'), ('cl', 'imagenet')):
+        for a, b in recipe_pairs([recipe(r['model']) for r in rows]):
             vs = [v for v in verdicts(rows, [s]) if (v['a'], v['b']) == (a, b)]
             if vs:
                 lines.append(f'  {s}, {a.upper()} vs {b.upper()}: ' + _verdict_text(vs))
@@ -117,6 +139,18 @@ def _verdict_text(vs: list[dict]) -> str:
     if tie:
         parts.append(f'no winner on {", ".join(tie)}')
     return '; '.join(parts)
+
+
+def _colour(colours: dict, model: str) -> str:
+    """Colour a model by its loss; an augmented recipe a shade darker, so variants stay apart."""
+    import matplotlib.colors as mcolors
+
+    r = recipe(model)
+    base = colours.get(r.partition('+')[0], 'tab:gray')
+    if '+' not in r:
+        return base
+    rgb = mcolors.to_rgb(base)
+    return mcolors.to_hex(tuple(c * 0.55 for c in rgb))
 
 
 def plot_report(path: str, evals: dict[str, dict], demos: dict[str, dict]) -> str:
@@ -138,7 +172,7 @@ def plot_report(path: str, evals: dict[str, dict], demos: dict[str, dict]) -> st
             err = [[v - ci[m]['lo'] for v, m in zip(vals, METRICS)],
                    [ci[m]['hi'] - v for v, m in zip(vals, METRICS)]]
             ax.errorbar(x, vals, yerr=err, fmt='o', ms=3, capsize=2,
-                        color=colours.get(recipe(r['name']), 'tab:gray'), label=r['name'])
+                        color=_colour(colours, r['name']), label=r['name'])
         ax.set_xticks(range(len(METRICS)), [LABELS[m].replace(' (all pairs)', '')
                                             for m in METRICS], fontsize=8)
         ax.set_title(f'{set_name}: {report["dataset"]["n_query"]} queries, 95 % CI', fontsize=9)
@@ -149,7 +183,7 @@ def plot_report(path: str, evals: dict[str, dict], demos: dict[str, dict]) -> st
         ax = axes[0][-1]
         for key, d in demos.items():
             ax.plot(d.get('pr_recall', []), d.get('pr_precision', []),
-                    color=colours.get(recipe(key), 'tab:gray'),
+                    color=_colour(colours, key),
                     label=f'{key} (P {_num(d["precision_best"])}, '
                           f'AP {_num(d["average_precision"])})')
         ax.set_title('demo loop closures (best candidate)', fontsize=9)

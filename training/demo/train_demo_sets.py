@@ -3,7 +3,8 @@ The simulated gardens `vpr-train-demo` trains and tests on: the small demo set a
 
 A benchmark is a few gardens (simulator seeds), each with its traverses, and a split naming which
 traverses train, validate and test. Nothing trained on is tested on: test traverses are other
-sessions in conditions training never saw, and (large set) whole gardens training never saw.
+sessions, in conditions training never saw (winter, fog and their mixes) or at night (a trained
+condition, another session), and (large set) whole gardens training never saw.
 Each traverse after a garden's first is driven at a seeded height (1.0 ± 0.1 m) and lateral
 offset (± 0.35 m) of its own (`vpr_ros.sim.dataset`), so a place is revisited from another
 viewpoint, as between TB-Places W17 and W18. Renders are cached by their parameters.
@@ -30,13 +31,15 @@ class Split:
     """Which traverses play which part; names are the TraverseConfig names."""
 
     train_map: tuple[str, ...] = ('train_map_noon',)
-    train_query: tuple[str, ...] = ('train_morning', 'train_evening', 'train_overcast')
+    train_query: tuple[str, ...] = ('train_morning', 'train_evening', 'train_overcast',
+                                    'train_dusk', 'train_night')
     val_map: tuple[str, ...] = ('val_map_noon',)
     val_query: tuple[str, ...] = ('val_evening',)
     # (set label, map traverse, query traverse); map and query of one garden
     test: tuple[tuple[str, str, str], ...] = (
         ('garden winter', 'test_map_noon', 'test_winter'),
-        ('garden fog', 'test_map_noon', 'test_fog'))
+        ('garden fog', 'test_map_noon', 'test_fog'),
+        ('garden night (seen condition)', 'test_map_noon', 'test_night'))
 
 
 @dataclass(frozen=True)
@@ -55,23 +58,29 @@ class Benchmark:
         raise VPRError(f'traverse {traverse!r} is in no garden of benchmark {self.name}')
 
 
-# One garden (seed 0, the demo's). Training sees noon, morning, evening and overcast; winter and
-# fog appear only in the test traverses. Between them the routes cover every garden path.
+# One garden (seed 0, the demo's). Training sees noon, morning, evening, overcast, dusk and
+# night (lamps, long exposure, high gain: `vpr_ros.sim.conditions`); winter and fog appear only
+# in the test traverses; the night test traverse is another session in a trained condition.
+# Between them the routes cover every garden path.
 SMALL = Benchmark('small', ((0, (
     TraverseConfig('train_map_noon', 'figure8', 'noon'),
     TraverseConfig('train_morning', FIGURE8_REVERSED, 'morning'),
     TraverseConfig('train_evening', 'big', 'evening'),
     TraverseConfig('train_overcast', 'figure8', 'overcast'),
+    TraverseConfig('train_dusk', 'big', 'dusk'),
+    TraverseConfig('train_night', FIGURE8_REVERSED, 'night'),
     TraverseConfig('val_map_noon', 'loop_once', 'noon'),
     TraverseConfig('val_evening', 'loop_once', 'evening'),
     TraverseConfig('test_map_noon', 'east', 'noon'),
     TraverseConfig('test_winter', 'east', 'winter'),
     TraverseConfig('test_fog', 'east', 'fog'),
+    TraverseConfig('test_night', 'east', 'night'),
 )),), Split())
 
-# Conditions training never sees (season, time of day, weather): all in winter or fog, or both.
+# Test conditions: the unseen ones (season, weather: all in winter or fog, or both) and night,
+# a trained condition met in gardens never trained on.
 UNSEEN = {'winter': 'winter', 'fog': 'fog', 'winterdawn': 'winter,hour=7.5,overcast=0.3',
-          'duskfog': 'evening,fog=30,season=winter'}
+          'duskfog': 'evening,fog=30,season=winter', 'night': 'night'}
 
 
 def _train_garden(g: str) -> tuple[TraverseConfig, ...]:
@@ -80,7 +89,9 @@ def _train_garden(g: str) -> tuple[TraverseConfig, ...]:
             TraverseConfig(f'{g}_train_evening', 'big', 'evening'),
             TraverseConfig(f'{g}_train_overcast', 'figure8', 'overcast'),
             TraverseConfig(f'{g}_train_spring_late', 'big', 'morning,hour=16'),
-            TraverseConfig(f'{g}_train_autumn_noon', 'big', 'noon,season=autumn'))
+            TraverseConfig(f'{g}_train_autumn_noon', 'big', 'noon,season=autumn'),
+            TraverseConfig(f'{g}_train_dusk', FIGURE8_REVERSED, 'dusk'),
+            TraverseConfig(f'{g}_train_night', 'big', 'night'))
 
 
 def _test_garden(g: str, route: str, conditions: Sequence[str]) -> tuple[TraverseConfig, ...]:
@@ -95,8 +106,8 @@ def _large() -> Benchmark:
         TraverseConfig('g0_val_evening', 'loop_once', 'evening'),
     ) + _test_garden('g0', 'east', ('winter', 'fog'))
     g1 = _train_garden('g1')
-    g2 = _test_garden('g2', 'big', ('winter', 'fog', 'winterdawn', 'duskfog'))
-    g3 = _test_garden('g3', 'big', ('winter', 'fog', 'winterdawn', 'duskfog'))
+    g2 = _test_garden('g2', 'big', ('winter', 'fog', 'winterdawn', 'duskfog', 'night'))
+    g3 = _test_garden('g3', 'big', ('winter', 'fog', 'winterdawn', 'duskfog', 'night'))
     train = [t.name for t in g0 + g1 if '_train_' in t.name]
     split = Split(
         train_map=tuple(n for n in train if n.endswith('_map_noon')),
@@ -105,8 +116,8 @@ def _large() -> Benchmark:
         test=tuple((f'{g} {c} (garden {"seen" if g == "g0" else "unseen"})',
                     f'{g}_test_map_noon', f'{g}_test_{c}')
                    for g, cs in (('g0', ('winter', 'fog')),
-                                 ('g2', ('winter', 'fog', 'winterdawn', 'duskfog')),
-                                 ('g3', ('winter', 'fog', 'winterdawn', 'duskfog')))
+                                 ('g2', ('winter', 'fog', 'winterdawn', 'duskfog', 'night')),
+                                 ('g3', ('winter', 'fog', 'winterdawn', 'duskfog', 'night')))
                    for c in cs))
     return Benchmark('large', ((0, g0), (1, g1), (2, g2), (3, g3)), split)
 

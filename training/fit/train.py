@@ -36,6 +36,12 @@ from vpr_ros.core.errors import VPRError
 from vpr_ros.model.encoder import ModelSpec, VPRNet
 from vpr_ros.training.data.dataset import load_traverses, TraverseImages
 from vpr_ros.training.data.pairs import PairImages, PairSampler
+from vpr_ros.training.fit.augment import (
+    check_augment_args,
+    OnlineAugment,
+    ViewTransform,
+    warp_features,
+)
 from vpr_ros.training.fit.best_epoch import best_from_history, update_best
 from vpr_ros.training.fit.checkpoint import (
     atomic_save,
@@ -117,6 +123,7 @@ class _Run:
     start_epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
     best: dict = dataclasses.field(default_factory=lambda: {'value': None, 'epoch': None})
+    warp: bool = False        # --augment featgeo: warp the cached feature maps every step
 
     @property
     def amp(self) -> bool:
@@ -188,23 +195,34 @@ def _resume(run: _Run) -> None:
 def _pair_loader(run: _Run, val) -> tuple[DataLoader, int]:
     """DataLoader of pairs (cached frozen features when they fit) and the cache cut (0: none)."""
     args, dist, net = run.args, run.dist, run.net
+    parts = check_augment_args(args)
     # a finished run (resumed at its last epoch) trains nothing: no cache to fill
     cut = (cache_cut(args, net, dist, run.q_images, run.m_images, val)
            if run.start_epoch < args.epochs else 0)
+    if 'featgeo' in parts and not cut and run.start_epoch < args.epochs:
+        raise VPRError('--augment featgeo warps the cached feature maps: it needs the feature '
+                       'cache (one process, within --cache-budget-gb)')
+    run.warp = 'featgeo' in parts
+    image_parts = parts - {'featgeo'}
     if cut:
         from vpr_ros.training.fit.feature_cache import FrozenFeatures, PairFeatures
         bars = dist.main and not args.no_progress
-        q_feats = FrozenFeatures(net, cut, run.q_images, dist.device, workers=args.workers,
-                                 desc='cache train query', progress=bars)
+        views = [None] + ([ViewTransform(image_parts, args.seed, v)
+                           for v in range(1, args.aug_views + 1)] if image_parts else [])
+        kw = {'workers': args.workers, 'progress': bars, 'views': views,
+              'store': args.cache_dir}
+        q_feats = FrozenFeatures(net, cut, run.q_images, dist.device, desc='cache train query',
+                                 **kw)
         m_feats = q_feats if run.within else FrozenFeatures(
-            net, cut, run.m_images, dist.device, workers=args.workers, desc='cache train map',
-            progress=bars)
+            net, cut, run.m_images, dist.device, desc='cache train map', **kw)
         pair_data = PairFeatures(q_feats, m_feats)
         if val is not None:
-            val.use_cache(net, cut, dist.device, args.workers, bars)
+            val.use_cache(net, cut, dist.device, args.workers, bars, args.cache_dir)
     else:
+        online = (OnlineAugment(image_parts, 1.0 / (args.aug_views + 1)) if image_parts
+                  else None)
         pair_data = PairImages(run.q_images.paths, run.m_images.paths, run.spec.image_size,
-                               run.spec.mean, run.spec.std)
+                               run.spec.mean, run.spec.std, transform=online)
     paths = run.q_images.paths + ([] if run.within else run.m_images.paths)
     setup = apply_pair_hooks(PairSetup(run.sampler, pair_data, paths, run.spec, net, cut,
                                        dist.device, dist.rank, dist.main, args.seed),
@@ -235,6 +253,8 @@ def _train_epoch(run: _Run, model, loader: DataLoader, criterion, cut: int, epoc
     for k, (xa, xb, y) in enumerate(loader):
         last_of_group = (k + 1) % args.accum_steps == 0 or k + 1 == n_micro
         x = torch.cat([xa, xb]).to(device, non_blocking=True, memory_format=torch.channels_last)
+        if run.warp:
+            x = warp_features(x)
         y = y.to(device, non_blocking=True)
         sync = model.no_sync() if dist.ddp and not last_of_group else contextlib.nullcontext()
         with sync:
@@ -300,6 +320,9 @@ def _train(args, dist: Dist, hooks: list[PairHook]) -> dict:
     loader, cut = _pair_loader(run, val)
     if dist.main:
         cached = f'frozen features cached after trunk block {cut}' if cut else 'no feature cache'
+        if args.augment != 'none':
+            cached += (f', augment {args.augment} ({args.aug_views} cached views + the clean one)'
+                       if cut else f', augment {args.augment} (every load)')
         print(f'vpr-train: {run.spec.tag()}, loss {args.loss}, '
               f'{len(run.sampler) * dist.world_size} pairs/epoch, {dist.world_size} rank(s) × '
               f'{args.accum_steps} × {run.micro} pairs per step, lr {args.lr}, device {device}, '

@@ -9,6 +9,7 @@ import argparse
 
 from vpr_ros.core.psi import add_fov_arguments
 from vpr_ros.model.encoder import ModelSpec
+from vpr_ros.training.fit.augment import add_augment_arguments
 from vpr_ros.training.fit.best_epoch import DEFAULT_SELECT_METRIC, SELECT_METRICS
 from vpr_ros.training.fit.losses import DEFAULT_MARGIN
 from vpr_ros.training.fit.lowtex import add_lowtex_arguments
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'it fits --cache-budget-gb')
     d.add_argument('--cache-budget-gb', type=float, default=4.0,
                    help='memory the feature cache may take (auto mode)')
+    d.add_argument('--cache-dir', default='',
+                   help='also keep the cached features (each augmented view) in this folder, '
+                        'keyed by weights, images and view, for other runs on the same images')
+    add_augment_arguments(d)
     m = ap.add_argument_group('model')
     m.add_argument('--backbone', default='mobilenet_v2')
     m.add_argument('--pooling', choices=('gem', 'avg'), default='gem')

@@ -62,11 +62,12 @@ class ValSet:
     def n_images(self) -> int:
         return len(self.map_images.paths) + len(self.query_images.paths)
 
-    def use_cache(self, net, cut: int, device, workers: int, progress: bool = True) -> None:
+    def use_cache(self, net, cut: int, device, workers: int, progress: bool = True,
+                  store: str = '') -> None:
         """Embed from cached frozen-prefix features from now on (the prefix never changes)."""
         from vpr_ros.training.fit.feature_cache import FrozenFeatures
         self.cached = tuple(FrozenFeatures(net, cut, images, device, workers=workers, desc=desc,
-                                           progress=progress)
+                                           progress=progress, store=store)
                             for images, desc in ((self.map_images, 'cache val map'),
                                                  (self.query_images, 'cache val query')))
 
@@ -107,6 +108,7 @@ class ValSet:
 
 def cache_cut(args, net: VPRNet, dist: Dist, q_images, m_images, val) -> int:
     """Trunk block after which features are cached (0: none), per --feature-cache."""
+    from vpr_ros.training.fit.augment import parse_augment
     from vpr_ros.training.fit.feature_cache import cache_bytes
 
     cut = net.frozen_prefix()
@@ -118,11 +120,12 @@ def cache_cut(args, net: VPRNet, dist: Dist, q_images, m_images, val) -> int:
                            'or off')
         return 0
     n = len(q_images.paths) + (0 if m_images is q_images else len(m_images.paths))
+    n *= 1 + (args.aug_views if parse_augment(args.augment) - {'featgeo'} else 0)
     n += val.n_images() if val is not None else 0
     need = cache_bytes(net, cut, net.spec.image_size, n)
     if args.feature_cache == 'auto' and need > args.cache_budget_gb * (1 << 30):
-        print(f'vpr-train: feature cache off: {need / (1 << 30):.1f} GB for {n} images is over '
-              f'--cache-budget-gb {args.cache_budget_gb:g}', flush=True)
+        print(f'vpr-train: feature cache off: {need / (1 << 30):.1f} GB for {n} image views is '
+              f'over --cache-budget-gb {args.cache_budget_gb:g}', flush=True)
         return 0
     return cut
 
