@@ -76,9 +76,9 @@ class DecisionRule:
     # for a history aligned by distance driven; None: no sequence rule.
     confidence_threshold: float | None = None
     # ... for a history aligned by time (no poses): frames spaced by time are weaker evidence
-    # of the place than frames spaced by distance (the corridor: look-alike stretches at
-    # margins of 0.26 where poses take the simulated sessions' false margins below 0.1).
-    # None: no sequence rule without poses.
+    # of the place than frames spaced by distance (a speed change shifts them), so it gets a
+    # margin of its own (the built-in point: 0.257 from the corridor's look-alike stretches,
+    # 0.216 with poses). None: no sequence rule without poses.
     confidence_threshold_time: float | None = None
 
     @property
