@@ -36,8 +36,8 @@ from vpr_ros.core.errors import VPRError
 DEFAULT_TARGET_PRECISION = 1.0
 _FIELDS = ('score_threshold', 'min_inliers', 'target_precision', 'precision', 'recall',
            'n_queries', 'data')
-_SEQUENCE_FIELDS = ('confidence_threshold', 'confidence_threshold_time')  # optional
 ALIGNMENTS = (('distance', 'confidence_threshold'), ('time', 'confidence_threshold_time'))
+_SEQUENCE_FIELDS = tuple(name for _, name in ALIGNMENTS)  # optional fields of a point
 
 
 @dataclass(frozen=True)
