@@ -162,12 +162,16 @@ def _sim_time(node: NodeProcess, client: Client, seq) -> None:
         t = T0 + k * 60 * S
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = divmod(t, S)
-        clock.publish(msg)
+
+        def reached(msg=msg, t=t):
+            # /clock is repeated while waiting, as a bag player publishes it continuously: one
+            # message sent before the node's reader matched would be lost (CI saw that once).
+            clock.publish(msg)
+            return next((m for m in client.diags[-3:] if m.header.stamp.sec * S
+                         + m.header.stamp.nanosec >= t), None)
         # The node's clock has reached t once a /diagnostics message carries it (its timer
         # runs on the same clock); only then is the frame sent, as a bag player would.
-        diag = client.wait_for(lambda: next((m for m in client.diags[-3:] if m.header.stamp.sec
-                                             * S + m.header.stamp.nanosec >= t), None),
-                               60, f'node clock at {t}')
+        diag = client.wait_for(reached, 60, f'node clock at {t}')
         if k < 8:
             client.publisher(Image, topic).publish(client.image_msg(seq.frames[k], t))
             rows.append(client.wait_status(t))
