@@ -75,6 +75,12 @@ def test_add_and_search_exact(small_map) -> None:
     assert not m.record(3).has_pose and np.all(np.isnan(m.record(3).pose))
     assert m.blob(5) == b'\x05' * 5 and m.blob(0) is None
     np.testing.assert_allclose(m.descriptor(42), x[42], atol=1e-6)
+    # several at once, in the order asked (the sequence evidence reads its candidates so)
+    np.testing.assert_array_equal(m.descriptors([42, 7, 199]),
+                                  np.stack([m.descriptor(k) for k in (42, 7, 199)]))
+    assert m.descriptors([]).shape == (0, 32)
+    with pytest.raises(KeyError):
+        m.descriptors([7, 999])
     assert [r.id for r in m.records()] == list(range(200))
     with pytest.raises(KeyError):
         m.record(999)

@@ -135,3 +135,20 @@ def test_the_history_is_bounded(metric: bool) -> None:
     for i in range(2000):  # a camera standing still at 30 Hz for a minute
         seq.observe(d, i * S // 30, np.zeros(3) if metric else None, None)
     assert len(seq._history) <= 512  # noqa: SLF001
+
+
+def test_centred_similarities_from_raw_rows_equal_centring_each_row(tmp_path) -> None:
+    """The one-product form of the centred cosine gives what centring each keyframe gives."""
+    places = _places(40)
+    m = _map_with_day(places, tmp_path / 'map')
+    seq = SequenceEvidence(m)
+    q = _session(places, 0.5 * _places(1, 7)[0], 0.3, 4)
+    for i in range(15):  # the current session gets a mean of its own
+        seq.observe(q[i], (500 + i) * S, np.array([float(i), 0.0, 0.0]), None)
+    rows = seq._centred(q[15:18], m.session)
+    kids = [3, 17, 30, 31]
+    session = seq.tracks.locate(3)[0]
+    explicit = rows @ seq._centred(np.stack([m.descriptor(k) for k in kids]), session).T
+    np.testing.assert_allclose(seq._similarities(rows, kids), explicit, atol=1e-5)
+    assert seq.same_place_as(15, [14, 3, 16], True).tolist() == [
+        seq.same_place(15, k, True) for k in (14, 3, 16)]

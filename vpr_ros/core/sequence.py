@@ -119,6 +119,12 @@ class SessionTracks:
     def locate(self, kid: int) -> tuple[int, int] | None:
         return self._where.get(int(kid))
 
+    def locate_many(self, kids) -> tuple[np.ndarray, np.ndarray]:
+        """(session, index in its track) per id as arrays; session -1 where unknown."""
+        where = [self._where.get(int(k), (-1, -1)) for k in kids]
+        arr = np.array(where, np.int64).reshape(-1, 2)
+        return arr[:, 0], arr[:, 1]
+
     def track(self, session: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self._tracks[int(session)].arrays()
 
@@ -232,11 +238,20 @@ class SequenceEvidence:
             self._cache.popitem(last=False)
 
     def descriptor(self, kid: int) -> np.ndarray:
-        d = self._cache.get(int(kid))
-        if d is None:
-            d = np.asarray(self.place_map.descriptor(int(kid)), np.float32)
-        self._remember(kid, d)
-        return d
+        return self.descriptors([kid])[0]
+
+    def descriptors(self, kids) -> np.ndarray:
+        """(n, dim) map descriptors: the cached ones, the rest read from the map in one call."""
+        got = [self._cache.get(int(k)) for k in kids]
+        miss = [int(k) for k, d in zip(kids, got) if d is None]
+        if miss:
+            read = iter(np.asarray(self.place_map.descriptors(miss), np.float32))
+            got = [next(read) if d is None else d for d in got]
+            missed = set(miss)
+            for k, d in zip(kids, got):  # a bounded FIFO of what was read: a hit is a lookup
+                if int(k) in missed:
+                    self._remember(k, d)
+        return np.stack(got) if got else np.zeros((0, self.place_map.dim), np.float32)
 
     def session_mean(self, session: int) -> np.ndarray | None:
         """Return the current session's running mean or a stored session's keyframe mean."""
@@ -246,17 +261,25 @@ class SequenceEvidence:
             ids = self.tracks.session_ids(session)
             if not ids:
                 return None
-            total = np.zeros_like(self.descriptor(ids[0]), dtype=np.float64)
-            for k in ids:  # once per stored session: O(its keyframes)
-                total += np.asarray(self.place_map.descriptor(int(k)), np.float64)
+            total = 0.0
+            for i in range(0, len(ids), 4096):  # once per stored session, in bounded chunks
+                total = total + np.asarray(self.place_map.descriptors(ids[i:i + 4096]),
+                                           np.float64).sum(0)
             self._means[session] = total / len(ids)
         return self._means[session]
 
     # ------------------------------------------------------------------ scoring
-    def _centred(self, x: np.ndarray, session: int) -> np.ndarray:
-        """Rows of `x` minus the session's mean, unit length (unchanged without a mean)."""
+    def _mean_for_centring(self, session: int) -> np.ndarray | None:
+        """The session's mean to centre on; None: not centred (no mean, or too few frames)."""
         mu = self.session_mean(session)
         if mu is None or (session == self.place_map.session and self._run_n < MIN_MEAN_FRAMES):
+            return None
+        return mu
+
+    def _centred(self, x: np.ndarray, session: int) -> np.ndarray:
+        """Rows of `x` minus the session's mean, unit length (unchanged without a mean)."""
+        mu = self._mean_for_centring(session)
+        if mu is None:
             return x
         y = np.asarray(x, np.float64) - mu
         return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-9)).astype(
@@ -278,27 +301,45 @@ class SequenceEvidence:
         descs = self._centred(np.stack([frames[k][0] for k in keep]), self.place_map.session)
         return descs, offs[keep], metric, now
 
-    def _aligned(self, kid: int, offsets: np.ndarray, metric: bool) -> list[np.ndarray]:
-        """Per speed: the map keyframe id aligned with each history frame (-1: none)."""
-        where = self.tracks.locate(kid)
-        if where is None:
-            return []
-        ids, dist, time, _ = self.tracks.track(where[0])
-        coord = dist if metric else time
-        if not np.isfinite(coord[where[1]]):
-            return []
+    def _aligned(self, kids: Sequence[int], offsets: np.ndarray, metric: bool) -> np.ndarray:
+        """
+        (candidates, speeds, history frames) map keyframe ids aligned with each history frame.
+
+        For a candidate at coordinate `p` on its track, history frame `j` meets the keyframe
+        nearest to `p - v * offset_j` for each speed `v`; -1 where none is within the
+        tolerance, or the candidate is not on a track with that coordinate. One sorted search
+        per session for all its candidates.
+        """
+        speeds = np.asarray(SPEEDS_DISTANCE if metric else SPEEDS_TIME, float)
+        out = np.full((len(kids), len(speeds), len(offsets)), -1, np.int64)
+        sessions, index = self.tracks.locate_many(kids)
         tol = self.config.tolerance_m if metric else self.config.tolerance_s
-        out = []
-        for v in (SPEEDS_DISTANCE if metric else SPEEDS_TIME):
-            target = coord[where[1]] - v * offsets
+        for session in np.unique(sessions[sessions >= 0]):
+            rows = np.flatnonzero(sessions == session)
+            ids, dist, time, _ = self.tracks.track(int(session))
+            coord = dist if metric else time
+            here = coord[index[rows]]
+            rows, here = rows[np.isfinite(here)], here[np.isfinite(here)]
+            target = here[:, None, None] - speeds[None, :, None] * offsets[None, None, :]
             k = np.clip(np.searchsorted(coord, target), 1, max(1, len(coord) - 1))
             k = np.minimum(k, len(coord) - 1)
             k = np.where(np.abs(coord[k - 1] - target) <= np.abs(coord[k] - target), k - 1, k)
-            out.append(np.where(np.abs(coord[k] - target) <= tol, ids[k], -1))
+            out[rows] = np.where(np.abs(coord[k] - target) <= tol, ids[k], -1)
         return out
 
+    def _allowed(self, kids, session: int, t_now: float, exclusion_s: float) -> np.ndarray:
+        """Per id: on a track, and outside the exclusion window when of the current session."""
+        sessions, index = self.tracks.locate_many(kids)
+        ok = sessions >= 0
+        mine = np.flatnonzero(sessions == session)
+        if len(mine):
+            time = self.tracks.track(session)[2]
+            ok[mine] = t_now - time[index[mine]] > exclusion_s
+        return ok
+
     def _scores(self, kids: Sequence[int], descs: np.ndarray, offsets: np.ndarray,
-                metric: bool, allowed: Callable[[int], bool]) -> list[float | None]:
+                metric: bool, allowed: Callable[[np.ndarray], np.ndarray]
+                ) -> list[float | None]:
         """
         Sequence score per candidate: mean centred similarity of the aligned frames.
 
@@ -308,26 +349,12 @@ class SequenceEvidence:
         """
         c = self.config
         length = c.length_m if metric else c.length_s
-        per = [self._aligned(int(k), offsets, metric) for k in kids]
-        width = max((len(al) for al in per), default=0)
-        if not width:
-            return [None] * len(kids)
-        ids = np.full((len(kids), width, len(offsets)), -1, np.int64)
-        for i, al in enumerate(per):
-            for v, row in enumerate(al):
-                ids[i, v] = row
+        ids = self._aligned(kids, offsets, metric)
         uniq = np.unique(ids[ids >= 0])
-        keep = np.array([allowed(int(a)) for a in uniq], bool)
-        uniq = uniq[keep]
+        uniq = uniq[allowed(uniq)]
         if not len(uniq):
             return [None] * len(kids)
-        mats = np.zeros((len(uniq), descs.shape[1]), np.float32)
-        sessions = np.array([self.tracks.locate(int(a))[0] for a in uniq])
-        for session in np.unique(sessions):
-            rows = np.flatnonzero(sessions == session)
-            mats[rows] = self._centred(np.stack([self.descriptor(int(uniq[r])) for r in rows]),
-                                       int(session))
-        sims = descs @ mats.T  # (H, n)
+        sims = self._similarities(descs, uniq)  # (H, n)
         col = np.searchsorted(uniq, np.maximum(ids, 0))
         valid = (ids >= 0) & (uniq[np.minimum(col, len(uniq) - 1)] == ids)
         h = np.broadcast_to(np.arange(len(offsets)), ids.shape)
@@ -339,26 +366,64 @@ class SequenceEvidence:
         best = np.where(ok, mean, -np.inf).max(-1)
         return [float(b) if np.isfinite(b) else None for b in best]
 
+    def _similarities(self, descs: np.ndarray, kids) -> np.ndarray:
+        """
+        (rows of `descs`, keyframes) cosine of the centred query rows with centred keyframes.
+
+        Centring the keyframes row by row costs passes over every (keyframe, dim) value; the
+        same numbers come from one product with the raw rows: (q . (m - mu)) / |m - mu|, with
+        |m - mu|^2 = |m|^2 - 2 m . mu + |mu|^2.
+        """
+        mats = self.descriptors(kids)
+        sims = descs @ mats.T
+        if not len(mats):
+            return sims
+        sessions = self.tracks.locate_many(kids)[0]
+        for session in np.unique(sessions):
+            mu = self._mean_for_centring(int(session))
+            if mu is None:
+                continue  # not centred yet: raw cosine, as `_centred` leaves it
+            rows = np.flatnonzero(sessions == session)
+            m = mats[rows]
+            mu32 = mu.astype(np.float32)
+            sq = (np.einsum('ij,ij->i', m, m, dtype=np.float64) - 2.0 * (m @ mu32)
+                  + float(mu @ mu))
+            norm = np.sqrt(np.maximum(sq, 1e-18)).astype(np.float32)
+            sims[:, rows] = (sims[:, rows] - (descs @ mu32)[:, None]) / norm[None, :]
+        return sims
+
     def _centred_singles(self, kids: list[int], query: np.ndarray) -> dict[int, float]:
         """Centred cosine of the (centred) query with each keyframe, by id."""
-        out = {}
-        for k in kids:
-            session = self.tracks.locate(k)[0]
-            out[k] = float(query @ self._centred(self.descriptor(k)[None], session)[0])
-        return out
+        if not kids:
+            return {}
+        return dict(zip(kids, (float(v) for v in self._similarities(query[None], kids)[0])))
 
     def same_place(self, a: int, b: int, metric: bool) -> bool:
         """Whether two map keyframes are one place (same session, near on track or plane)."""
-        wa, wb = self.tracks.locate(a), self.tracks.locate(b)
-        if wa is None or wb is None or wa[0] != wb[0]:
-            return False
+        return bool(self.same_place_as(a, [b], metric)[0])
+
+    def same_place_as(self, a: int, kids, metric: bool) -> np.ndarray:
+        """`same_place(a, k)` for every k of `kids`, as a boolean array."""
+        out = np.zeros(len(kids), bool)
+        wa = self.tracks.locate(a)
+        if wa is None or not len(kids):
+            return out
+        sessions, index = self.tracks.locate_many(kids)
+        rows = np.flatnonzero(sessions == wa[0])
+        if not len(rows):
+            return out
         _, dist, time, xy = self.tracks.track(wa[0])
         c = self.config
-        if metric and np.isfinite(dist[wa[1]]) and np.isfinite(dist[wb[1]]):
-            if abs(dist[wa[1]] - dist[wb[1]]) <= c.neighbourhood_m:
-                return True
-            return bool(np.hypot(*(xy[wa[1]] - xy[wb[1]])) <= c.neighbourhood_m)
-        return abs(time[wa[1]] - time[wb[1]]) <= c.neighbourhood_s
+        b = index[rows]
+        by_time = np.abs(time[wa[1]] - time[b]) <= c.neighbourhood_s
+        if metric and np.isfinite(dist[wa[1]]):
+            with np.errstate(invalid='ignore'):
+                near = ((np.abs(dist[wa[1]] - dist[b]) <= c.neighbourhood_m)
+                        | (np.hypot(*(xy[wa[1]] - xy[b]).T) <= c.neighbourhood_m))
+            out[rows] = np.where(np.isfinite(dist[b]), near, by_time)
+        else:
+            out[rows] = by_time
+        return out
 
     def _carried_on(self, now: float, metric: bool) -> list[int]:
         """Move the previous frame's best candidates on by the distance the query moved."""
@@ -398,12 +463,9 @@ class SequenceEvidence:
         session = self.place_map.session
         t_now = self.tracks.coordinates(session, stamp_ns, position)[0]
 
-        def allowed(kid: int) -> bool:
-            where = self.tracks.locate(kid)
-            if where is None or where[0] != session:
-                return where is not None
-            return t_now - self.tracks.track(session)[2][where[1]] > exclusion_s
-        kids = [k for k in kids if allowed(k)]
+        def allowed(ids) -> np.ndarray:
+            return self._allowed(ids, session, t_now, exclusion_s)
+        kids = [k for k, ok in zip(kids, allowed(kids)) if ok]
         seq = self._scores(kids, descs, offsets, metric, allowed)
         scored = [Scored(k, s) for k, s in zip(kids, seq)]
         have = [x for x in scored if x.sequence is not None]
@@ -412,8 +474,9 @@ class SequenceEvidence:
         if not have:
             return scored, None
         best = max(have, key=lambda x: x.sequence)
-        others = [x for x in scored if x.kid != best.kid
-                  and not self.same_place(best.kid, x.kid, metric)]
+        rest = [x for x in scored if x.kid != best.kid]
+        others = [x for x, same in zip(rest, self.same_place_as(best.kid, [x.kid for x in rest],
+                                                                metric)) if not same]
         # a rival without a sequence score competes with its centred single-frame similarity:
         # the same scale, and higher than its sequence score would be unless the place repeats
         single = self._centred_singles([x.kid for x in others if x.sequence is None], descs[0])
