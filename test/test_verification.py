@@ -121,6 +121,21 @@ def test_corrupt_blobs_raise_clearly():
 
 def test_bad_parameters():
     for kw in [dict(feature='akaze'), dict(method='homography'), dict(ratio=0),
-               dict(min_inliers=0), dict(ransac_threshold_px=0), dict(n_features=2)]:
+               dict(min_inliers=0), dict(ransac_threshold_px=0), dict(n_features=2),
+               dict(clahe_clip=-1.0), dict(clahe_clip=float('nan'))]:
         with pytest.raises(VPRError):
             GeometricVerifier(**kw)
+
+
+def test_local_contrast_equalisation_lets_dim_hazy_views_verify():
+    """Two views squeezed into a dim, flat band of grey (dusk, fog): CLAHE gives ORB corners."""
+    a, b = _views()
+    dim = [(40 + 0.06 * x.astype(np.float32)).astype(np.uint8) for x in (a, b)]
+    plain, clahe = GeometricVerifier(), GeometricVerifier(clahe_clip=4.0)
+    before = plain.verify(plain.extract(dim[0]), plain.extract(dim[1]))
+    after = clahe.verify(clahe.extract(dim[0]), clahe.extract(dim[1]))
+    assert after.ok and after.inliers >= 2 * max(before.inliers, 10), (before, after)
+    # unrelated photos stay unrelated
+    other = clahe.extract((40 + 0.06 * photo('coffee')[:240, :320].astype(np.float32))
+                          .astype(np.uint8))
+    assert not clahe.verify(clahe.extract(dim[0]), other).ok

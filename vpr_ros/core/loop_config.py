@@ -71,6 +71,9 @@ class DetectorConfig:
     # ... and smaller frames are enlarged to it (ORB finds little in 160x120: corridor true
     # pairs reaching 15 inliers went from 2 to 29 of 111, vpr_ros/core/verification.py).
     gv_min_side: int = 320
+    # Local contrast equalised (CLAHE clip limit; 0: off) before features are found: dusk, fog
+    # and snow frames verify where they did not (measured in verification.py's class doc).
+    gv_clahe_clip: float = 0.0
     # Verify candidates best first and stop at the first accepted (only the best is used,
     # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
     gv_first_only: bool = False
@@ -113,6 +116,8 @@ class DetectorConfig:
             raise VPRError('temporal_tolerance_ids and temporal_tolerance_s must be >= 0')
         if self.reset_back_s < 0:
             raise VPRError(f'reset_back_s must be >= 0, got {self.reset_back_s}')
+        if not (math.isfinite(self.gv_clahe_clip) and self.gv_clahe_clip >= 0):
+            raise VPRError(f'gv_clahe_clip must be >= 0 (0: off), got {self.gv_clahe_clip}')
         if self.gv_max_side < 0 or 0 < self.gv_max_side < 32:
             raise VPRError(f'gv_max_side must be 0 or >= 32, got {self.gv_max_side}')
         if (self.sequence_length_m <= 0 or self.sequence_length_s <= 0
@@ -145,4 +150,5 @@ class DetectorConfig:
                                  self.gv_method, K, min_inlier_ratio=self.gv_min_inlier_ratio,
                                  min_spread=self.gv_min_spread, max_side=self.gv_max_side,
                                  min_side=min(self.gv_min_side, self.gv_max_side or
-                                              self.gv_min_side))
+                                              self.gv_min_side),
+                                 clahe_clip=self.gv_clahe_clip)

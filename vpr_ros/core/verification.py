@@ -160,6 +160,16 @@ class GeometricVerifier:
     frame keeps few features. Measured on the real corridor (160x120, true pairs vs unrelated
     ones, ORB 500, fundamental 3 px): at 160 px true pairs had 0 inliers (median) and 2 of 111
     reached 15; enlarged to 320 px, 11 (median) and 29 of 111, unrelated pairs at most 12.
+
+    `clahe_clip` > 0 equalises local contrast (CLAHE, 8x8 tiles, this clip limit) on the
+    working-size grey image before detection. Dim and washed-out frames leave ORB little
+    contrast to find corners in. Measured at the node's verifier (ORB 500 at 320 px, 9 inliers):
+    simulated day map against later sessions, share of true pairs (under 1 m, 20 degrees) that
+    verify, without -> clip 4, two gardens: dusk 0.00 -> 0.27-0.41, fog 0.00 -> 0.53-0.68,
+    winter 0.34-0.52 -> 0.48-0.79, night 0.00-0.02 -> 0.00-0.07. Unrelated pairs (over 8 m
+    apart) verifying: 0-0.02 either way. Day loop revisits: 1.00 either way, the look-alike
+    pair most similar by descriptor verifying in 24 -> 21 of 162. Real corridor: 0.44 either
+    way, look-alikes 9 -> 8 of 111.
     """
 
     def __init__(self, feature: str = 'orb', n_features: int = 500, ratio: float = 0.8,
@@ -167,7 +177,7 @@ class GeometricVerifier:
                  method: str = 'fundamental', K: np.ndarray | None = None,
                  confidence: float = 0.999, mutual: bool = True,
                  min_inlier_ratio: float = 0.5, min_spread: float = 0.2,
-                 max_side: int = 0, min_side: int = 0) -> None:
+                 max_side: int = 0, min_side: int = 0, clahe_clip: float = 0.0) -> None:
         feature = feature.lower()
         if feature not in FEATURE_TYPES:
             raise VPRError(f'feature must be one of {FEATURE_TYPES}, got {feature!r}')
@@ -188,6 +198,8 @@ class GeometricVerifier:
             raise VPRError(f'max_side must be 0 (no cap) or >= 32, got {max_side}')
         if min_side < 0 or (max_side and min_side > max_side):
             raise VPRError(f'min_side must be in [0, max_side], got {min_side}')
+        if not (np.isfinite(clahe_clip) and clahe_clip >= 0):
+            raise VPRError(f'clahe_clip must be >= 0 (0: off), got {clahe_clip}')
         if method == 'essential':
             if K is None:
                 raise VPRError("method='essential' needs the camera matrix K")
@@ -207,6 +219,9 @@ class GeometricVerifier:
         self.min_spread = float(min_spread)
         self.max_side = int(max_side)
         self.min_side = int(min_side)
+        self.clahe_clip = float(clahe_clip)
+        self._clahe = (cv2.createCLAHE(self.clahe_clip, (8, 8)) if self.clahe_clip > 0
+                       else None)
         if feature == 'orb':
             self._detector = cv2.ORB_create(nfeatures=self.n_features)
             self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
@@ -219,6 +234,10 @@ class GeometricVerifier:
         gray = _to_gray(image, encoding)
         size = gray.shape[:2]
         scale = self._scale(size)
+        # local contrast (dusk, fog, snow; see the class doc), equalised at the smaller of the
+        # frame's and the working size: enlarging first would equalise interpolated pixels
+        if self._clahe is not None and scale <= 1.0:
+            gray = self._clahe.apply(gray)
         if scale != 1.0:
             # Detection cost grows with the pixels (ORB 500: 15 ms at 640x480, 2 ms at 320x240
             # on the bench machine) while the verdict does not need them: features come from
@@ -226,6 +245,8 @@ class GeometricVerifier:
             gray = cv2.resize(gray, (max(1, round(size[1] / scale)),
                                      max(1, round(size[0] / scale))),
                               interpolation=cv2.INTER_AREA if scale > 1.0 else cv2.INTER_CUBIC)
+        if self._clahe is not None and scale > 1.0:
+            gray = self._clahe.apply(gray)
         kps, desc = self._detector.detectAndCompute(gray, None)
         width = 32 if self.feature == 'orb' else 128
         dtype = np.uint8 if self.feature == 'orb' else np.float32

@@ -188,6 +188,12 @@ SPECS: tuple[ParamSpec, ...] = (
           'per verified frame, and inlier counts change: the calibrated gv_min_inliers was '
           'measured at 320. Keyframes keep the features they were stored with.', 0, 4096,
           read_only=False, min_on=32),
+    _core('gv_clahe_clip', 'gv_clahe_clip',
+          'Equalise local contrast (CLAHE, this clip limit; 0: off) before local features are '
+          'found. Dusk, fog and snow frames then verify far more often (measured in '
+          'vpr_ros/core/verification.py), but at the built-in calibrated point it lowers '
+          'recall at precision 1.0 (README, operating point): turn it on with a point '
+          'calibrated with it. Keyframes keep the features they were stored with.', 0.0, 40.0),
     _core('gv_first_only', 'gv_first_only',
           'Verify candidates best first and stop at the first accepted: /vpr/matches then '
           'carries that one candidate (what /vpr/loop_closure uses anyway); false: every '
