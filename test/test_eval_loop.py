@@ -16,6 +16,7 @@ from vpr_ros.core.calibration import OperatingPoint  # noqa: E402
 from vpr_ros.core.tbplaces import write_index  # noqa: E402
 from vpr_ros.training.eval.loop_mode import (  # noqa: E402
     best_operating_point,
+    detector_overrides,
     earlier_allowed,
     evaluate_loop,
     loop_positives,
@@ -193,3 +194,11 @@ def test_loop_mode_reads_a_rosbag_with_its_stamps(tmp_path):
     assert ds['map'].startswith('node keyframes') and 40 < row['n_map'] < 120
     assert row['n_revisit'] > 20 and OperatingPoint.from_dict(row['operating_point']).precision \
         == 1.0
+
+
+def test_detector_fields_from_the_command_line_are_typed_by_their_defaults():
+    assert detector_overrides(['gv_clahe_clip=4', 'top_k=3', 'gv_first_only=true']) == {
+        'gv_clahe_clip': 4.0, 'top_k': 3, 'gv_first_only': True}
+    for bad in (['nosuch=1'], ['top_k'], ['top_k=3.5'], ['gv_first_only=yes']):
+        with pytest.raises(SystemExit):
+            detector_overrides(bad)

@@ -25,6 +25,7 @@ Bags give stamps and two pose streams: the ground truth (``--loop-pose-topic``) 
 truth and the odometry (``--loop-odom-topic``, default the same) that the node's keyframe policy
 and sequence alignment use. Indexes and folders get stamps ``--rate-hz`` apart (default 1 Hz).
 """
+import dataclasses
 from dataclasses import dataclass, replace
 import os
 from typing import Any, Optional, Sequence
@@ -413,6 +414,36 @@ def add_loop_arguments(parser) -> None:
                         'with load_map between them (a day map, then a night traverse)')
     g.add_argument('--all-frames', action='store_true',
                    help='put every frame into the map (an upper bound of the node)')
+    g.add_argument('--detector', action='append', default=[], metavar='FIELD=VALUE',
+                   help='a DetectorConfig field set as the node parameter of that name would '
+                        'set it (repeatable), e.g. gv_clahe_clip=4.0 kf_novelty_threshold=0.95')
+
+
+def detector_overrides(items: Sequence[str]) -> dict:
+    """`--detector FIELD=VALUE` items as DetectorConfig fields, typed by their defaults."""
+    fields = {f.name: f for f in dataclasses.fields(DetectorConfig)}
+    out = {}
+    for item in items:
+        name, sep, text = item.partition('=')
+        name = name.strip()
+        if not sep or name not in fields:
+            raise SystemExit(f'--detector {item!r}: expected FIELD=VALUE with a DetectorConfig '
+                             f'field, e.g. gv_clahe_clip=4.0')
+        default = getattr(DetectorConfig(), name)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ('true', 'false'):
+                    raise ValueError(text)
+                value = text.lower() == 'true'
+            elif isinstance(default, (int, float, str)):
+                value = type(default)(text)
+            else:
+                raise SystemExit(f'--detector {name}: not settable from the command line')
+        except ValueError:
+            raise SystemExit(f'--detector {item!r}: {text!r} is not a '
+                             f'{type(default).__name__}') from None
+        out[name] = value
+    return out
 
 
 def run_from_args(args) -> dict:
@@ -429,4 +460,4 @@ def run_from_args(args) -> dict:
         out_dir=args.out, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache,
         topics=(args.loop_image_topic, args.loop_pose_topic, args.loop_odom_topic),
-        sessions=args.sessions)
+        sessions=args.sessions, overrides=detector_overrides(args.detector))

@@ -270,7 +270,7 @@ class SequenceEvidence:
 
     # ------------------------------------------------------------------ scoring
     def _mean_for_centring(self, session: int) -> np.ndarray | None:
-        """The session's mean to centre on; None: not centred (no mean, or too few frames)."""
+        """Return the session's mean to centre on (None: not centred: no mean, too few frames)."""
         mu = self.session_mean(session)
         if mu is None or (session == self.place_map.session and self._run_n < MIN_MEAN_FRAMES):
             return None
