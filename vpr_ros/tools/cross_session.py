@@ -23,8 +23,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from typing import Sequence
@@ -43,14 +41,14 @@ def _in_child(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def _render_set(sessions: tuple[str, ...], max_frames: int | None):
+def _render_set(sessions: tuple[str, ...], max_frames: int | None, seed: int):
     from vpr_ros.sim.dataset import cross_session_dataset
-    return cross_session_dataset(sessions, max_frames)
+    return cross_session_dataset(sessions, max_frames, seed=seed)
 
 
-def render_set(sessions: Sequence[str], max_frames: int | None = None):
+def render_set(sessions: Sequence[str], max_frames: int | None = None, seed: int = 0):
     """Return the cross-session set's DatasetPaths (cached; rendered in a child if missing)."""
-    return _in_child(_render_set, tuple(sessions), max_frames)
+    return _in_child(_render_set, tuple(sessions), max_frames, int(seed))
 
 
 def _contact_sheet(path: str, frames: tuple[int, ...], size: tuple[int, int]) -> str:
@@ -115,23 +113,13 @@ def run_node(args: argparse.Namespace, bag: str, map_dir: str, load_map: bool,
                       wait_subscriber_s=180.0, start_delay_s=1.0,
                       wait_topics=[node_args.pose_topic])
         frames = played['counts'].get(node_args.image_topic, 0)
-        end = time.monotonic() + 30.0          # the last statuses are still on their way
-        while sum(len(s) for s in collector.status) < frames and time.monotonic() < end:
-            time.sleep(0.1)
+        demo.wait_for_statuses(collector, frames)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            rc = node.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            rc = node.wait()
-        node_log.close()
-        collector.close()
+        rc = demo.stop_node(node, node_log, collector)
     with open(log_path, errors='replace') as f:
         loaded = _LOADED.findall(f.read())
-    return {'rows': np.concatenate(collector.matches) if collector.matches else np.zeros((0, 5)),
-            'status': np.concatenate(collector.status) if collector.status else np.zeros((0, 7)),
-            'frames_published': frames, 'exit_code': rc,
+    rows, status = demo.collected(collector)
+    return {'rows': rows, 'status': status, 'frames_published': frames, 'exit_code': rc,
             'map_keyframes_at_start': int(loaded[0]) if loaded else -1}
 
 
@@ -182,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     from vpr_ros.tools.loop_eval import GroundTruth
 
     t0 = time.monotonic()
-    paths = render_set(args.sessions, args.max_frames)
+    paths = render_set(args.sessions, args.max_frames, args.seed)
     bags = dict(zip(paths.names, paths.bags))
     t_render = time.monotonic() - t0
     os.makedirs(args.out, exist_ok=True)
@@ -191,9 +179,9 @@ def run(args: argparse.Namespace) -> dict:
                                            'FASTDDS_DEFAULT_PROFILES_FILE', 'PYTHONUNBUFFERED')})
     day_map = os.path.join(args.out, 'map_day')
     shutil.rmtree(day_map, ignore_errors=True)
-    summary = {'set': paths.root, 'node_params': list(args.param), 'model': args.model or
-               'built-in', 'exclusion_s': args.exclusion_s, 'sessions': {},
-               'render_s': round(t_render, 1)}
+    summary = {'set': paths.root, 'garden_seed': args.seed, 'node_params': list(args.param),
+               'model': args.model or 'built-in', 'exclusion_s': args.exclusion_s,
+               'sessions': {}, 'render_s': round(t_render, 1)}
     rclpy.init(args=[])
     try:
         print(f'vpr-cross-session: day map from {bags[CROSS_SESSION_MAP]} '
@@ -274,6 +262,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "vpr-sim condition, e.g. 'night,gain=8'")
     p.add_argument('--max-frames', type=int, default=None,
                    help='frames per traverse (a smaller set, cached separately)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='garden: 0 the benchmark, 1 the calibration garden of the built-in '
+                        'operating point (another garden, same route and sessions)')
     p.add_argument('--model', default='', help='model file or shipped name (default: built-in)')
     p.add_argument('--exclusion-s', type=float, default=30.0)
     p.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
@@ -296,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(contact_sheet(args.contact_sheet))
         return 0
     if args.render_only:
-        paths = render_set(args.sessions, args.max_frames)
+        paths = render_set(args.sessions, args.max_frames, args.seed)
         print(f'root: {paths.root}')
         for name, index, bag in zip(paths.names, paths.indices, paths.bags):
             print(f'{name}: {index} {bag}')

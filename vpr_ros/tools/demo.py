@@ -116,6 +116,33 @@ def wait_for_node(probe: object, node: subprocess.Popen, topic: str, log_path: s
     raise RuntimeError(f'vpr_node did not subscribe to {topic} within {timeout_s:.0f} s')
 
 
+def wait_for_statuses(collector: 'Collector', frames: int, timeout_s: float = 30.0) -> None:
+    """Wait until the node reported a status for every frame played (its last are in flight)."""
+    end = time.monotonic() + timeout_s
+    while sum(len(s) for s in collector.status) < frames and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def stop_node(node: subprocess.Popen, node_log, collector: 'Collector') -> int:
+    """SIGINT the node (it saves its map), kill it after 60 s; close its log and the collector."""
+    node.send_signal(signal.SIGINT)
+    try:
+        rc = node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        rc = node.wait()
+    node_log.close()
+    collector.close()
+    return rc
+
+
+def collected(collector: 'Collector') -> tuple[np.ndarray, np.ndarray]:
+    """Return the /vpr/matches and /vpr/status rows received as arrays (empty: no rows)."""
+    rows = np.concatenate(collector.matches) if collector.matches else np.zeros((0, 5))
+    status = np.concatenate(collector.status) if collector.status else np.zeros((0, 7))
+    return rows, status
+
+
 def default_bag() -> tuple[str, str]:
     """Return the simulated garden's looping traverse: (bag, ground-truth topic)."""
     from vpr_ros.sim.dataset import default_dataset
@@ -149,19 +176,11 @@ def run_demo(args: argparse.Namespace) -> dict:
                       paced_topic=args.image_topic, pace_timeout_s=30.0,
                       wait_subscriber_s=180.0, start_delay_s=1.0, limit=args.max_frames,
                       wait_topics=[args.pose_topic] if args.pose_type != 'none' else [])
-        time.sleep(1.0)
+        wait_for_statuses(collector, played['counts'].get(args.image_topic, 0))
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            rc = node.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            rc = node.wait()
-        node_log.close()
-        collector.close()
+        rc = stop_node(node, node_log, collector)
         rclpy.shutdown()
-    rows = np.concatenate(collector.matches) if collector.matches else np.zeros((0, 5))
-    status = np.concatenate(collector.status) if collector.status else np.zeros((0, 7))
+    rows, status = collected(collector)
     gt = GroundTruth(*read_bag_poses(bag, gt_topic))
     query_ns = np.round(status[:, 0] * 1e9).astype(np.int64)
     evaluation, psi = evaluate_loops(gt, query_ns, rows, args.exclusion_s)
