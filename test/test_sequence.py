@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.core.decision import Candidate, decide, DecisionRule
-from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence, SessionTracks
+from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence, SessionTracks, turn_deg
 from vpr_ros.map.place_map import PlaceMap
 
 D = 64
@@ -152,3 +152,42 @@ def test_centred_similarities_from_raw_rows_equal_centring_each_row(tmp_path) ->
     np.testing.assert_allclose(seq._similarities(rows, kids), explicit, atol=1e-5)
     assert seq.same_place_as(15, [14, 3, 16], True).tolist() == [
         seq.same_place(15, k, True) for k in (14, 3, 16)]
+
+
+def _l_path(n: int, corner: int, step: float = 1.0) -> np.ndarray:
+    """Positions along +x up to `corner`, then along +y: one 90-degree turn."""
+    return np.array([(min(i, corner) * step, max(i - corner, 0) * step) for i in range(n)])
+
+
+def test_turn_is_measured_over_the_window_before_a_distance() -> None:
+    xy = _l_path(41, 20, 0.5)
+    dist = np.r_[0, np.cumsum(np.hypot(*np.diff(xy, axis=0).T))]
+    assert turn_deg(dist, xy, 8.0, 3.0) == pytest.approx(0.0)       # straight
+    assert turn_deg(dist, xy, 11.5, 3.0) == pytest.approx(90.0)     # the corner mid-window
+    assert turn_deg(dist, xy, 16.0, 3.0) == pytest.approx(0.0)      # well past it
+    assert turn_deg(dist[:2], xy[:2], 0.5, 3.0) == 0.0             # too short to say
+    assert turn_deg(dist, np.full_like(xy, np.nan), 11.5, 3.0) == 0.0
+
+
+def test_no_margin_through_a_turn_where_two_drives_disagree_on_distance(tmp_path) -> None:
+    """An L-shaped route: the night drive gets margins on the straights, none at the corner."""
+    places = _places(50)
+    path = _l_path(50, 25)
+    m = PlaceMap(D, 'test')
+    for i, d in enumerate(_session(places, np.zeros(D), 0.05, 1)):
+        m.add(d, i * S, pose=np.r_[path[i], 0.0, 0, 0, 0, 1.0])
+    m.save(str(tmp_path / 'map'))
+    m.close()
+    m = PlaceMap.load(str(tmp_path / 'map'), 'test', D)
+    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0))
+    night = _session(places, 0.5 * _places(1, 9)[0], 0.3, 2)
+    margins = {}
+    for i in range(50):
+        pos = np.r_[path[i] + 0.2, 0.0]
+        if i >= 12:
+            _, best = seq.evaluate(night[i], (1000 + i) * S, pos, [i], 30.0,
+                                   lambda v, k: _search(m, v, k))
+            margins[i] = None if best is None else best.margin
+        seq.observe(night[i], (1000 + i) * S, pos, None)
+    assert all(margins[i] is not None and margins[i] > 0 for i in (15, 20, 35, 45)), margins
+    assert all(margins[i] is None for i in (26, 27)), margins  # the query just turned

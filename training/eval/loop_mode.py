@@ -233,7 +233,9 @@ def score_replay(rep, positives: list[np.ndarray], target_precision: float, data
                           for i, r in enumerate(rep.results)], bool)
     single = [max((x for x in f if x[0].in_top_k), key=lambda x: x[0].score, default=None)
               for f in frames]
-    seq = [next((x for x in f if x[0].margin is not None), None) for f in frames]
+    # the sequence's best-supported candidate (its margin may be withheld in a turn)
+    seq = [max((x for x in f if x[0].sequence is not None), key=lambda x: x[0].sequence,
+               default=None) for f in frames]
     n_rev = int(can_close.sum())
     r1 = [s is not None and s[1] for s, c in zip(single, can_close) if c]
     r1_seq = [s is not None and s[1] for s, c in zip(seq, can_close) if c]

@@ -30,6 +30,14 @@ on the track, or in the plane with poses: one place seen twice is not a rival). 
 the search's own, those of a search with the centred query, and the previous frame's best ones
 moved on by the distance the query moved, so a place once found stays a candidate.
 
+Turns. Aligned by distance, two drives through one turn on different lines (a lateral offset
+of half a metre) disagree about the distance by about the offset times the angle turned, and
+the history then fits the keyframe a metre before the right one as well as the right one. On
+the calibration garden every false sequence acceptance was such a near-miss in or just after a
+sharp turn; the margin is therefore withheld while the query's path or the map track before
+the candidate turned more than `max_turn_deg` over the last `turn_window_m` (the sequence score
+itself is kept, and the candidate carried on).
+
 Memory is O(map): a coordinate per keyframe, a mean per session, a bounded history and a
 bounded cache of map descriptors (read through `place_map.descriptor`).
 """
@@ -47,6 +55,29 @@ SPEEDS_TIME = (0.8, 1.0, 1.25)
 MIN_MEAN_FRAMES = 10
 # Frames of history kept at most (10 m at 1 m/s and 30 Hz), whatever the frame rate.
 HISTORY_FRAMES = 512
+
+
+def _xy(position: np.ndarray | None) -> tuple[float, float]:
+    return (np.nan, np.nan) if position is None else (float(position[0]), float(position[1]))
+
+
+def turn_deg(dist: np.ndarray, xy: np.ndarray, at: float, window: float) -> float:
+    """
+    How far the path turned over the `window` metres before distance `at`, in degrees.
+
+    The heading of the path's second half against its first half (positions at `at - window`,
+    `at - window / 2` and `at`, nearest by distance; `dist` ascending). 0 where the path is
+    shorter than a quarter of the window or has no positions.
+    """
+    if not len(dist) or not np.isfinite(at):
+        return 0.0
+    k = np.clip(np.searchsorted(dist, [at - window, at - window / 2, at]), 0, len(dist) - 1)
+    p = np.asarray(xy, float)[k]
+    v1, v2 = p[1] - p[0], p[2] - p[1]
+    if not (np.all(np.isfinite(p)) and min(np.hypot(*v1), np.hypot(*v2)) >= window / 4):
+        return 0.0
+    a = np.degrees(np.arctan2(v2[1], v2[0]) - np.arctan2(v1[1], v1[0]))
+    return float(abs((a + 180.0) % 360.0 - 180.0))
 
 
 @dataclass
@@ -148,6 +179,8 @@ class SequenceConfig:
     neighbourhood_s: float = 10.0
     candidates: int = 20             # per search (raw and centred)
     carried: int = 3                 # the previous frame's best candidates moved on
+    turn_window_m: float = 3.0       # no margin while the query or the map track turns more
+    max_turn_deg: float = 15.0       # ... than this over its last turn_window_m (see below)
     cache: int = 4096                # map descriptors kept (x dim x 4 bytes)
 
 
@@ -177,7 +210,7 @@ class SequenceEvidence:
         self._means: dict[int, np.ndarray] = {}      # stored sessions' keyframe means
         self._run_sum: np.ndarray | None = None      # the current session's frames
         self._run_n = 0
-        self._history: deque = deque(maxlen=HISTORY_FRAMES)  # (desc, time, distance)
+        self._history: deque = deque(maxlen=HISTORY_FRAMES)  # (desc, time, distance, xy)
         self._carried: list[tuple[int, float]] = []  # (keyframe id, query coordinate then)
         self._odo: tuple[np.ndarray | None, float] = (None, 0.0)  # last position, metres
 
@@ -218,7 +251,7 @@ class SequenceEvidence:
             self._odo = (np.asarray(position, float), dist)
         self._run_sum = d.astype(np.float64) if self._run_sum is None else self._run_sum + d
         self._run_n += 1
-        self._history.appendleft((d, t, dist))
+        self._history.appendleft((d, t, dist, _xy(position)))
         while len(self._history) > 1 and self._too_old(self._history[-1], t, dist):
             self._history.pop()
         if kid is not None:
@@ -290,7 +323,7 @@ class SequenceEvidence:
         """(centred history descriptors, offsets behind the query, metric, query coordinate)."""
         c = self.config
         t, dist = self._here(stamp_ns, position)
-        frames = [(np.asarray(desc, np.float32), t, dist)] + list(self._history)
+        frames = [(np.asarray(desc, np.float32), t, dist, _xy(position))] + list(self._history)
         metric = bool(np.isfinite(dist)) and all(np.isfinite(h[2]) for h in frames)
         now, length = (dist, c.length_m) if metric else (t, c.length_s)
         offs = np.array([now - (h[2] if metric else h[1]) for h in frames])
@@ -425,6 +458,20 @@ class SequenceEvidence:
             out[rows] = by_time
         return out
 
+    def _turning(self, kid: int, now: float, position: np.ndarray | None) -> bool:
+        """Whether the query's path or the map track before `kid` turns too much to align."""
+        c = self.config
+        past = [h for h in self._history if np.isfinite(h[2])][::-1]  # oldest first
+        dist = np.array([h[2] for h in past] + [now], float)
+        xy = np.array([h[3] for h in past] + [_xy(position)], float)
+        if turn_deg(dist, xy, now, c.turn_window_m) > c.max_turn_deg:
+            return True
+        where = self.tracks.locate(kid)
+        if where is None:
+            return False
+        _, tdist, _, txy = self.tracks.track(where[0])
+        return turn_deg(tdist, txy, float(tdist[where[1]]), c.turn_window_m) > c.max_turn_deg
+
     def _carried_on(self, now: float, metric: bool) -> list[int]:
         """Move the previous frame's best candidates on by the distance the query moved."""
         out = []
@@ -482,6 +529,8 @@ class SequenceEvidence:
         single = self._centred_singles([x.kid for x in others if x.sequence is None], descs[0])
         rivals = [x.sequence if x.sequence is not None else single[x.kid] for x in others]
         rival = max(rivals) if rivals else 0.0  # nothing else retrieved: beat "no place"
-        best = Scored(best.kid, best.sequence, float(best.sequence - max(rival, 0.0)),
-                      'distance' if metric else 'time')
+        margin = float(best.sequence - max(rival, 0.0))
+        if metric and self._turning(best.kid, now, position):
+            margin = None  # through a turn the distances of two drives disagree: no margin
+        best = Scored(best.kid, best.sequence, margin, 'distance' if metric else 'time')
         return [best if x.kid == best.kid else x for x in scored], best
