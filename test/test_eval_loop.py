@@ -14,9 +14,9 @@ from image_sequences import make_sequence  # noqa: E402
 
 from vpr_ros.core.calibration import OperatingPoint  # noqa: E402
 from vpr_ros.core.tbplaces import write_index  # noqa: E402
+from vpr_ros.training.eval.loop_cli import detector_overrides  # noqa: E402
 from vpr_ros.training.eval.loop_mode import (  # noqa: E402
     best_operating_point,
-    detector_overrides,
     earlier_allowed,
     evaluate_loop,
     loop_positives,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from vpr_ros.core.decision import Candidate, decide, DecisionRule
-from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence, SessionTracks, turn_deg
+from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence
+from vpr_ros.core.session_tracks import SessionTracks, turn_deg
 from vpr_ros.map.place_map import PlaceMap
 
 D = 64

@@ -32,7 +32,7 @@ from vpr_ros.training.data.dataset import traverse_paths_poses
 from vpr_ros.training.data.folder_pair import read_folder_pair
 from vpr_ros.training.eval.embedding import DescriptorCache, embed_paths, resolve_models
 from vpr_ros.training.eval.eval_report import format_table, write_report
-from vpr_ros.training.eval.loop_mode import add_loop_arguments, run_from_args
+from vpr_ros.training.eval.loop_cli import add_loop_arguments, run_from_args
 
 # ----------------------------------------------------------------------------- evaluation
 

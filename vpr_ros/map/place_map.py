@@ -236,15 +236,10 @@ class PlaceMap:
     def descriptors(self, kids: Sequence[int]) -> np.ndarray:
         """`descriptor` of several keyframes in one call, (n, dim) in the order given."""
         ids = np.asarray(kids, np.int64).reshape(-1)
-        if not len(ids):
-            return np.zeros((0, self._dim), np.float32)
         with self._lock:
-            known = self._table.ids[:self._table.n]
-            at = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
-            if not len(known) or np.any(known[at] != ids):
-                missing = ids[~np.isin(ids, known)][0]
-                raise KeyError(f'no keyframe with id {missing} in the map')
-            return self._index.reconstruct_batch(ids).astype(np.float32)
+            self._table.check_ids(ids)
+            return (self._index.reconstruct_batch(ids).astype(np.float32) if len(ids)
+                    else np.zeros((0, self._dim), np.float32))
 
     def blob(self, kid: int) -> Optional[bytes]:
         """Return the blob stored with keyframe `kid` (None when it had none)."""

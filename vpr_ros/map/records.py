@@ -118,6 +118,13 @@ class KeyframeTable:
                               pose=self.poses[i].copy(), session=int(self.sessions[i]),
                               frame_id=self.frame_ids[i])
 
+    def check_ids(self, kids: np.ndarray) -> None:
+        """KeyError naming the first of `kids` (an int64 array) that is not in the table."""
+        known = self.ids[:self.n]
+        missing = kids[~np.isin(kids, known)]
+        if len(missing):
+            raise KeyError(f'no keyframe with id {int(missing[0])} in the map')
+
     def row(self, kid: int) -> int:
         """Row of keyframe `kid` (KeyError when absent)."""
         i = int(np.searchsorted(self.ids[:self.n], kid))
