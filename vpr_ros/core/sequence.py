@@ -39,10 +39,11 @@ the candidate turned more than `max_turn_deg` over the last `turn_window_m` (the
 itself is kept, and the candidate carried on).
 
 Memory is O(map): a coordinate per keyframe, a mean per session, a bounded history and a
-bounded cache of map descriptors (read through `place_map.descriptor`).
+bounded cache of map descriptors (read through `place_map.descriptors`).
 """
 from collections import deque, OrderedDict
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -354,7 +355,9 @@ class SequenceEvidence:
     def _turning(self, kid: int, now: float, position: np.ndarray | None) -> bool:
         """Whether the query's path or the map track before `kid` turns too much to align."""
         c = self.config
-        past = [h for h in self._history if np.isfinite(h[2])][::-1]  # oldest first
+        # the history is newest first: only the frames within the window can change the turn
+        past = list(takewhile(lambda h: now - h[2] <= c.turn_window_m,
+                              (h for h in self._history if np.isfinite(h[2]))))[::-1]
         dist = np.array([h[2] for h in past] + [now], float)
         xy = np.array([h[3] for h in past] + [xy_of(position)], float)
         if turn_deg(dist, xy, now, c.turn_window_m) > c.max_turn_deg:

@@ -68,8 +68,7 @@ class SessionTracks:
     def add(self, kid: int, session: int, stamp_ns: int, position: np.ndarray | None) -> None:
         """Append a keyframe (ids grow within a session); `position` (3,) or None."""
         tr = self._tracks.setdefault(int(session), _Track([], [], [], []))
-        xy = (np.nan, np.nan) if position is None else (float(position[0]),
-                                                        float(position[1]))
+        xy = xy_of(position)
         t, dist = self.coordinates(int(session), stamp_ns, position)
         if tr.ids and t < tr.time[-1] - 1.0:  # a new stretch (bag restarted): never aligned
             tr.offset = tr.time[-1] + _GAP - stamp_ns * 1e-9
