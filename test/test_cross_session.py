@@ -73,3 +73,25 @@ def test_day_map_then_a_fog_session_over_dds(tmp_path):
     assert (out / 'cross_session.png').stat().st_size > 10_000
     assert (out / 'cross_session_fog.png').stat().st_size > 10_000
     assert 'fog' in proc.stdout and 'possible' in proc.stdout
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_without_a_pose_topic_over_dds(tmp_path):
+    """A camera alone: keyframes by time (one a second) and novelty, the day map still found."""
+    out = tmp_path / 'cs'
+    cmd = [sys.executable, '-m', 'vpr_ros.tools.cross_session', '--sessions', 'fog',
+           '--max-frames', '40', '--no-pose', '--out', str(out),
+           '--param', 'geometric_verification:=false', '--param', 'score_threshold:=0.5']
+    proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / 'cross_session_summary.json').read_text())
+    day, fog = summary['day_map'], summary['sessions']['fog']
+    assert summary['pose_input'] == 'none'
+    # 40 frames at 5 Hz are 8 s: a keyframe each second at least, with no pose to say "moved"
+    assert day['frames_processed'] == 40 and day['keyframes'] >= 8
+    assert fog['frames_processed'] == fog['frames_published'] == 40
+    assert fog['map_keyframes_at_start'] == day['keyframes']
+    assert fog['best_to_day_map'] > 0 and fog['n_best_correct'] > 0
+    assert 'poses none on' in (out / 'vpr_node_fog.log').read_text()  # no pose subscription

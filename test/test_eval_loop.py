@@ -148,7 +148,7 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
 
 
 def test_the_replay_keeps_the_node_keyframes(tmp_path):
-    """With poses: every 1 m (0.25 m per frame -> every 4th); without: 5 s or novelty."""
+    """With poses: every 1 m (0.25 m per frame -> every 4th); without: 1 s or novelty."""
     from vpr_ros.core.detector import DetectorConfig
     from vpr_ros.training.eval.loop_replay import evidence_config, replay
     img = make_sequence().frames[0]
@@ -161,15 +161,16 @@ def test_the_replay_keeps_the_node_keyframes(tmp_path):
     rep = replay(paths, stamps, _line_poses(np.arange(20) * 0.25), RawPixels(), config,
                  progress=False)
     assert np.flatnonzero(rep.keyframes).tolist() == [0, 4, 8, 12, 16]
-    # no poses, one image again and again: the 5 s interval only (1 s per frame)
-    rep = replay(paths, (np.arange(20) * 1e9).astype(np.int64), None, RawPixels(), config,
+    # no poses, one image again and again: the interval without a pose only (1 s, at 4 Hz)
+    rep = replay(paths, (np.arange(20) * 0.25e9).astype(np.int64), None, RawPixels(), config,
                  progress=False)
-    assert np.flatnonzero(rep.keyframes).tolist() == [0, 5, 10, 15]
+    assert np.flatnonzero(rep.keyframes).tolist() == [0, 4, 8, 12, 16]
     other = make_sequence().frames[-1]  # a novel view becomes a keyframe at once
     cv2.imwrite(paths[7], cv2.cvtColor(other, cv2.COLOR_RGB2BGR))
-    rep = replay(paths, (np.arange(20) * 1e9).astype(np.int64), None, RawPixels(), config,
+    rep = replay(paths, (np.arange(20) * 0.25e9).astype(np.int64), None, RawPixels(), config,
                  progress=False)
-    assert 7 in np.flatnonzero(rep.keyframes).tolist()
+    kept = np.flatnonzero(rep.keyframes).tolist()
+    assert 7 in kept and 5 not in kept and 6 not in kept
     assert rep.frame_of == {r.query_id: i for i, r in enumerate(rep.results) if r.is_keyframe}
 
 
@@ -194,6 +195,16 @@ def test_loop_mode_reads_a_rosbag_with_its_stamps(tmp_path):
     assert ds['map'].startswith('node keyframes') and 40 < row['n_map'] < 120
     assert row['n_revisit'] > 20 and OperatingPoint.from_dict(row['operating_point']).precision \
         == 1.0
+    # odometry 'none': the node without a pose topic, ground truth still from the poses
+    blind = evaluate_loop([bag], models=[('rawpix', RawPixels())], include_default=False,
+                          exclusion_s=30.0, out_dir=str(tmp_path / 'blind'), progress=False,
+                          verbose=False, topics=(None, GT_TOPIC, 'none'))
+    brow = blind['rows'][0]
+    assert blind['dataset']['node_pose_input'].startswith('none')
+    assert brow['n_map'] != row['n_map'] and brow['n_revisit'] > 0
+    aligned = {c[9] for frame in brow['frames'] for c in frame if c[9]}
+    assert 'distance' not in aligned and {c[9] for frame in row['frames'] for c in frame
+                                          if c[9]} <= {'distance'}
 
 
 def test_detector_fields_from_the_command_line_are_typed_by_their_defaults():

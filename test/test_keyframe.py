@@ -34,12 +34,23 @@ def test_first_then_distance_angle_interval() -> None:
 
 
 def test_without_pose_time_and_novelty() -> None:
-    pol = KeyframePolicy(novelty_threshold=0.85, max_interval_s=5.0)
+    pol = KeyframePolicy(novelty_threshold=0.85, max_interval_s=5.0, interval_no_pose_s=2.0)
     pol.accept(0, None)
     assert not pol.decide(S, None, 0.9).is_keyframe
     assert not pol.decide(S, None, None).is_keyframe
     assert pol.decide(S, None, 0.5).reason == 'novelty'
-    assert pol.decide(6 * S, None, 0.99).reason == 'interval'
+    # without a pose the shorter interval keeps the map dense in time (sequence alignment)
+    assert pol.decide(2 * S, None, 0.99).reason == 'interval'
+    assert KeyframePolicy(interval_no_pose_s=0).decide(0, None).reason == 'first'
+    no_short = KeyframePolicy(novelty_threshold=0.85, max_interval_s=5.0, interval_no_pose_s=0)
+    no_short.accept(0, None)
+    assert not no_short.decide(2 * S, None, 0.99).is_keyframe
+    assert no_short.decide(6 * S, None, 0.99).reason == 'interval'
+    # with a pose it is not used: a robot standing still adds one every max_interval_s
+    posed = KeyframePolicy(max_interval_s=5.0, interval_no_pose_s=2.0)
+    posed.accept(0, _pose(0))
+    assert not posed.decide(2 * S, _pose(2 * S)).is_keyframe
+    assert posed.decide(5 * S, _pose(5 * S)).reason == 'interval'
     # pose now but none at the last keyframe: distance unknown, novelty still works
     assert pol.decide(S, _pose(S, x=10.0), 0.5).reason == 'novelty'
 
@@ -88,6 +99,8 @@ def test_defaults_have_one_home_the_node_s() -> None:
                                 cfg.kf_novelty_threshold),
                                ('min_distance_m', pol.min_distance_m, cfg.kf_min_distance_m),
                                ('min_angle_deg', pol.min_angle_deg, cfg.kf_min_angle_deg),
-                               ('max_interval_s', pol.max_interval_s, cfg.kf_max_interval_s)):
+                               ('max_interval_s', pol.max_interval_s, cfg.kf_max_interval_s),
+                               ('interval_without_pose_s', pol.interval_no_pose_s,
+                                cfg.kf_interval_no_pose_s)):
         assert ours == config == shipped[f'keyframe_{name}'], name
     assert cfg.geometric_verification is shipped['geometric_verification'] is True

@@ -23,7 +23,8 @@ def add_loop_arguments(parser) -> None:
     g.add_argument('--loop-image-topic', help='image topic of --loop bags')
     g.add_argument('--loop-pose-topic', help='ground-truth pose topic of --loop bags')
     g.add_argument('--loop-odom-topic', help="the node's pose topic in --loop bags "
-                   '(keyframes, sequence alignment; default: --loop-pose-topic)')
+                   '(keyframes, sequence alignment; default: --loop-pose-topic; none: the '
+                   'node has no pose topic, the poses stay the ground truth)')
     g.add_argument('--exclusion-frames', type=int, default=None,
                    help="recent frames never matched, at --rate-hz (default: the node's "
                         'exclusion_window_s)')

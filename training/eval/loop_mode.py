@@ -286,7 +286,7 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     Replay the sequence through the node's detector for every model; return the report.
 
     `topics`: (image, ground-truth pose, odometry) topics of bags, None where the bag has one
-    of the kind. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
+    of the kind; odometry 'none' replays a node without a pose topic. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
     else the node's). `point`: decide `at_point` there instead of each model's own point.
     `sessions`: each input is a session of its own (the node restarted with `load_map`
     between them: yesterday's map, today's traverse), else one session. `overrides`:
@@ -298,7 +298,12 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
 
     from vpr_ros.training.eval.loop_replay import evidence_config, replay
     t0 = time.monotonic()
-    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, *(topics or (None,) * 3))
+    image_topic, pose_topic, odom_topic = (tuple(topics or ()) + (None,) * 3)[:3]
+    # odometry 'none': the node runs without a pose topic (time and novelty keyframes,
+    # sequences aligned by time); the poses remain the ground truth
+    blind = isinstance(odom_topic, str) and odom_topic.lower() == 'none'
+    seq = read_sequence(inputs, folder, gt_csv, out_dir, rate_hz, image_topic, pose_topic,
+                        None if blind else odom_topic)
     if exclusion_s is None and exclusion_frames is not None:
         exclusion_s = exclusion_frames / float(rate_hz or DEFAULT_RATE_HZ)
     base = replace(node_config(verify, top_k, gate, keyframes, exclusion_s), **(overrides or {}))
@@ -315,9 +320,10 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
             'exclusion': {'seconds': base.exclusion_s}, 'gate': gate,
             'map': 'node keyframes (KeyframePolicy defaults)' if keyframes else 'every frame',
             'sessions': 'one per input (load_map between)' if sessions else 'one',
+            **({'node_pose_input': 'none (keyframes by time and novelty)'} if blind else {}),
             'replay': 'vpr_ros.core.detector.LoopDetector (training/eval/loop_replay.py)'}
     stamps_ns = np.round(seq.stamps_s * 1e9).astype(np.int64)
-    odom = seq.odom if seq.odom is not None else seq.poses
+    odom = None if blind else seq.odom if seq.odom is not None else seq.poses
     rows, reps = [], []
     for name, src, enc in resolve_models(models, include_default, device, image_size):
         fp = str(getattr(enc, 'fingerprint', '') or '')

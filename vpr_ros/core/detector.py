@@ -98,7 +98,8 @@ class LoopDetector:
         c = self.config
         self.policy = KeyframePolicy(c.kf_min_distance_m, c.kf_min_angle_deg,
                                      c.kf_max_interval_s, c.kf_novelty_threshold,
-                                     reset_back_s=c.reset_back_s)
+                                     reset_back_s=c.reset_back_s,
+                                     interval_no_pose_s=c.kf_interval_no_pose_s)
         self.verifier = c.make_verifier() if c.geometric_verification else None
         self.gate = DegenerateGate() if c.degenerate_gate else None
         self.intrinsics: Intrinsics | None = None

@@ -26,6 +26,13 @@ REASON_NONE = 'none'
 DEFAULT_MIN_DISTANCE_M = 1.0
 DEFAULT_MIN_ANGLE_DEG = 15.0
 DEFAULT_MAX_INTERVAL_S = 5.0
+#: Without a pose, a keyframe at least this often. Sequence evidence aligns a pose-less history
+#: with the map by time, so the map's keyframes must lie close together in time: at 5 s (the
+#: interval with a pose) the nearest keyframe was often a metre or two from the place, and
+#: those near-misses set the time margin. Measured on the calibration garden's sessions replayed
+#: without poses and the corridor (vpr_ros/model/operating_point.py). It costs one keyframe a
+#: second while the camera stands still (no odometry says so).
+DEFAULT_INTERVAL_NO_POSE_S = 1.0
 #: Without a pose, a frame whose similarity to the last keyframe drops below this is new. 0.9,
 #: what the node has always shipped (the default encoder scores two views of one place > 0.9,
 #: see vpr_ros.core.detector); the policy's own default used to say 0.85.
@@ -49,6 +56,9 @@ class KeyframePolicy:
     """
     Distance / angle / interval / novelty keyframe criteria; any threshold ≤ 0 or None is off.
 
+    `interval_no_pose_s` is the interval while there is no pose to measure motion with
+    (`max_interval_s` still applies there too: the shorter one wins).
+
     Stamps going backwards: a jump back of more than `reset_back_s` (a bag restarting, sim time
     reset) starts a new sequence, so the frame is a keyframe with reason 'time_reset'. A smaller
     step back (jitter) counts as no time elapsed: the time criterion is not met, the others apply.
@@ -58,8 +68,10 @@ class KeyframePolicy:
                  min_angle_deg: float | None = DEFAULT_MIN_ANGLE_DEG,
                  max_interval_s: float | None = DEFAULT_MAX_INTERVAL_S,
                  novelty_threshold: float | None = DEFAULT_NOVELTY_THRESHOLD,
-                 reset_back_s: float = DEFAULT_RESET_BACK_S) -> None:
+                 reset_back_s: float = DEFAULT_RESET_BACK_S,
+                 interval_no_pose_s: float | None = DEFAULT_INTERVAL_NO_POSE_S) -> None:
         self.min_distance_m = min_distance_m
+        self.interval_no_pose_s = interval_no_pose_s
         self.min_angle_deg = min_angle_deg
         self.max_interval_s = max_interval_s
         self.novelty_threshold = novelty_threshold
@@ -102,6 +114,8 @@ class KeyframePolicy:
                 if math.degrees(rel.magnitude()) >= self.min_angle_deg:
                     return KeyframeDecision(True, REASON_ANGLE)
         if _enabled(self.max_interval_s) and dt_s >= self.max_interval_s:
+            return KeyframeDecision(True, REASON_INTERVAL)
+        if not with_pose and _enabled(self.interval_no_pose_s) and dt_s >= self.interval_no_pose_s:
             return KeyframeDecision(True, REASON_INTERVAL)
         if (not with_pose and _enabled(self.novelty_threshold)
                 and similarity_to_last is not None

@@ -13,6 +13,7 @@ import numpy as np
 from vpr_ros.core.decision import DecisionRule
 from vpr_ros.core.errors import VPRError
 from vpr_ros.core.keyframe import (
+    DEFAULT_INTERVAL_NO_POSE_S,
     DEFAULT_MAX_INTERVAL_S,
     DEFAULT_MIN_ANGLE_DEG,
     DEFAULT_MIN_DISTANCE_M,
@@ -97,6 +98,7 @@ class DetectorConfig:
     kf_min_angle_deg: float = DEFAULT_MIN_ANGLE_DEG
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
     kf_novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD
+    kf_interval_no_pose_s: float = DEFAULT_INTERVAL_NO_POSE_S
     reset_back_s: float = DEFAULT_RESET_BACK_S
 
     def validate(self) -> None:

@@ -147,6 +147,10 @@ SPECS: tuple[ParamSpec, ...] = (
           '... or turned this much (0: off).', 0.0, 180.0, read_only=False),
     _core('keyframe_max_interval_s', 'kf_max_interval_s',
           '... or this much time passed (0: off).', 0.0, 86400.0, read_only=False),
+    _core('keyframe_interval_without_pose_s', 'kf_interval_no_pose_s',
+          'Without a pose: a keyframe at least this often (0: off), so a history aligned '
+          'by time meets the map every second; also while the camera stands still.',
+          0.0, 86400.0, read_only=False),
     _core('keyframe_novelty_threshold', 'kf_novelty_threshold',
           'Without a pose: a keyframe when the similarity to the last keyframe drops '
           'below this (0: off).', 0.0, 1.0, read_only=False),

@@ -1,7 +1,8 @@
 """
 vpr-cross-session: map the garden by day, come back at dusk, at night, in fog, in winter.
 
-The cross-session benchmark (issue 22) through the node, over DDS: the day bag is played into a
+The cross-session benchmark (issue 22) through the node, over DDS (with odometry, or with
+`--no-pose` a camera alone): the day bag is played into a
 `vpr_node` with a fresh map_dir, which is stopped with SIGINT (the map is saved); then for each
 session a node starts on that map_dir with `load_map:=true` (a copy per session, so every
 session meets the day map alone) and the session's bag is played into it. Each session is
@@ -101,6 +102,7 @@ def run_node(args: argparse.Namespace, bag: str, map_dir: str, load_map: bool,
     from vpr_ros.ros.bag_player import play
 
     node_args = demo.parse_args(['--exclusion-s', str(args.exclusion_s), '--model', args.model]
+                                + (['--pose-type', 'none'] if args.no_pose else [])
                                 + [f'--param={p}' for p in args.param])
     node_args.param.append(f'load_map:={str(load_map).lower()}')   # last: it wins
     node, node_log = demo.start_node(node_args, map_dir, os.environ.copy(), log_path)
@@ -111,7 +113,7 @@ def run_node(args: argparse.Namespace, bag: str, map_dir: str, load_map: bool,
                       pace_topic='/vpr/status', pace_msgtype='std_msgs/msg/Float64MultiArray',
                       paced_topic=node_args.image_topic, pace_timeout_s=30.0,
                       wait_subscriber_s=180.0, start_delay_s=1.0,
-                      wait_topics=[node_args.pose_topic])
+                      wait_topics=[] if args.no_pose else [node_args.pose_topic])
         frames = played['counts'].get(node_args.image_topic, 0)
         demo.wait_for_statuses(collector, frames)
     finally:
@@ -180,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     day_map = os.path.join(args.out, 'map_day')
     shutil.rmtree(day_map, ignore_errors=True)
     summary = {'set': paths.root, 'garden_seed': args.seed, 'node_params': list(args.param),
+               'pose_input': 'none' if args.no_pose else 'odometry',
                'model': args.model or 'built-in', 'exclusion_s': args.exclusion_s,
                'sessions': {}, 'render_s': round(t_render, 1)}
     rclpy.init(args=[])
@@ -245,6 +248,8 @@ def plot_summary(path: str, summary: dict) -> str:
     ax.set_ylim(0, 1.2)
     ax.set_ylabel('fraction')
     params = ' '.join(summary['node_params']) or 'node defaults'
+    if summary.get('pose_input') == 'none':
+        params += ', no pose topic'
     ax.set_title(f"day map, sessions against it: {summary['model']}, {params}", fontsize=9)
     ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
     fig.tight_layout()
@@ -267,6 +272,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'operating point (another garden, same route and sessions)')
     p.add_argument('--model', default='', help='model file or shipped name (default: built-in)')
     p.add_argument('--exclusion-s', type=float, default=30.0)
+    p.add_argument('--no-pose', action='store_true',
+                   help='nodes without a pose topic (a camera alone: keyframes by time and '
+                        'novelty, sequences aligned by time); the bags keep the ground truth')
     p.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
                    help='vpr_node parameter for every node (repeatable)')
     p.add_argument('--out', default='cross_session_out')
