@@ -136,7 +136,8 @@ def test_geometric_verification(encoder, seq):
 
 
 def test_without_poses_novelty_keyframes(encoder, seq):
-    det = _detector(encoder)
+    # frames 1 s apart: the pose-less interval (1 s) would key every one; novelty alone here
+    det = _detector(encoder, kf_interval_no_pose_s=0.0)
     results = _run(det, seq, poses=False)
     kf = [r for r in results if r.is_keyframe]
     reasons = {r.keyframe_reason for r in kf}
@@ -149,6 +150,10 @@ def test_without_poses_novelty_keyframes(encoder, seq):
     for i, r in enumerate(results):
         assert i in seq.revisits or not r.candidates
         assert all(c.match_pose is None for c in r.candidates)
+    # at the default every second is a keyframe without a pose (sequence alignment by time)
+    every = [r for r in _run(_detector(encoder), seq, poses=False) if r.is_keyframe]
+    assert len(every) == len(seq) and {r.keyframe_reason for r in every} <= {'first', 'interval',
+                                                                              'novelty'}
 
 
 def test_stamps_going_backwards(encoder, seq):
