@@ -286,8 +286,9 @@ def evaluate_loop(inputs: Sequence[str] = (), folder: Optional[str] = None,
     Replay the sequence through the node's detector for every model; return the report.
 
     `topics`: (image, ground-truth pose, odometry) topics of bags, None where the bag has one
-    of the kind; odometry 'none' replays a node without a pose topic. `exclusion_frames`: the window in frames at `rate_hz` (else `exclusion_s`,
-    else the node's). `point`: decide `at_point` there instead of each model's own point.
+    of the kind; odometry 'none' replays a node without a pose topic. `exclusion_frames`: the
+    window in frames at `rate_hz` (else `exclusion_s`, else the node's). `point`: decide
+    `at_point` there instead of each model's own point.
     `sessions`: each input is a session of its own (the node restarted with `load_map`
     between them: yesterday's map, today's traverse), else one session. `overrides`:
     DetectorConfig fields set as a node parameter would set them (e.g. kf_novelty_threshold).
