@@ -137,11 +137,14 @@ def test_export_stores_the_calibrated_operating_point(tmp_path):
     # validation loop: the val map traverse, then the val query traverse over the same places
     assert export_main([out, '--out', path, '--calibrate-loop', idx['val_map'],
                         idx['val_query'], '--calibrate-exclusion-frames', '10',
-                        '--calibrate-verify']) == 0
+                        '--calibrate-verify', '--calibrate-loop-no-pose-too']) == 0
     _, prov = load_model(path)
     point = OperatingPoint.from_dict(prov[PROVENANCE_KEY])
     assert point.precision == 1.0 and point.target_precision == 1.0
     assert point.data['sets'][0]['n_frames'] > 100 and point.data['verification'] == 'orb'
+    # the loop replayed twice: with its poses, and as a node without a pose topic
+    assert len(point.data['sets']) == 2 and 'node_pose_input' not in point.data['sets'][0]
+    assert point.data['sets'][1]['node_pose_input'].startswith('none')
     got, why = model_operating_point(path)
     assert why == '' and got == point or (not point.usable and got is None)
     assert model_operating_point(path, (32, 32))[0] is None  # fitted at another input size

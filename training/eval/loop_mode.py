@@ -369,7 +369,8 @@ def calibrate_jointly(reports: Sequence[dict], row: int = 0, target_precision: f
     parts = [(from_json(rep['rows'][row]['frames']),
               np.asarray(rep['rows'][row]['can_close'], bool)) for rep in reports]
     sets = [{k: rep['dataset'][k] for k in ('name', 'source', 'n_frames', 'ground_truth',
-                                            'exclusion')} for rep in reports]
+                                            'exclusion', 'node_pose_input')
+             if k in rep['dataset']} for rep in reports]
     first = reports[0]['rows'][row]
     verification = OperatingPoint.from_dict(first['operating_point']).min_inliers is not None
     point = calibrate_candidates(

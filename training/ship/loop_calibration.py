@@ -30,6 +30,16 @@ def add_calibration_arguments(parser) -> None:
                    help='fit without verification (a node with geometric_verification false)')
     g.add_argument('--calibrate-no-sequence', action='store_true',
                    help='fit the single-frame rule only (no confidence_threshold)')
+    g.add_argument('--calibrate-loop-image-topic', help='image topic of --calibrate-loop bags')
+    g.add_argument('--calibrate-loop-pose-topic',
+                   help='ground-truth pose topic of --calibrate-loop bags')
+    g.add_argument('--calibrate-loop-odom-topic',
+                   help="the node's pose topic in --calibrate-loop bags (default: the pose "
+                        'topic; none: a node without a pose topic)')
+    g.add_argument('--calibrate-loop-no-pose-too', action='store_true',
+                   help='replay every --calibrate-loop a second time as a node without a pose '
+                        'topic, so the time margin holds for camera-only nodes too (the built-in '
+                        'point is fitted so)')
     g.add_argument('--calibrate-exclusion-frames', type=int, default=None)
     g.add_argument('--calibrate-exclusion-s', type=float, default=None)
     g.add_argument('--calibrate-rate-hz', type=float, default=None)
@@ -45,20 +55,33 @@ def calibration_from_args(args) -> Optional[dict]:
             'sequence': not args.calibrate_no_sequence,
             'exclusion_frames': args.calibrate_exclusion_frames,
             'exclusion_s': args.calibrate_exclusion_s, 'rate_hz': args.calibrate_rate_hz,
-            'target_precision': args.target_precision}
+            'target_precision': args.target_precision,
+            'topics': (args.calibrate_loop_image_topic, args.calibrate_loop_pose_topic,
+                       args.calibrate_loop_odom_topic),
+            'no_pose_too': args.calibrate_loop_no_pose_too}
 
 
 def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[str] = (),
                   verify: bool = True, exclusion_frames: Optional[int] = None,
                   exclusion_s: Optional[float] = None, rate_hz: Optional[float] = None,
                   target_precision: float = 1.0, device: str = 'cpu',
-                  work_dir: Optional[str] = None, sequence: bool = True) -> OperatingPoint:
-    """Run `net` (a copy: the export keeps its own) on every loop; return the joint point."""
+                  work_dir: Optional[str] = None, sequence: bool = True,
+                  topics: Optional[tuple] = None, no_pose_too: bool = False) -> OperatingPoint:
+    """
+    Run `net` (a copy: the export keeps its own) on every loop; return the joint point.
+
+    `topics`: (image, ground-truth pose, odometry) of bag loops (odometry 'none': a node
+    without a pose topic). `no_pose_too`: each loop is replayed again without a pose topic.
+    """
     from vpr_ros.model.encoder import Encoder
 
     enc = Encoder(copy.deepcopy(net), 'vpr-export (this network)', device=device)
     reports = []
-    runs = [dict(inputs=list(x)) for x in loops] + [dict(folder=f) for f in folders]
+    image, pose, odom = tuple(topics or (None, None, None))
+    runs = [dict(inputs=list(x), topics=(image, pose, odom)) for x in loops]
+    if no_pose_too:
+        runs += [dict(inputs=list(x), topics=(image, pose, 'none')) for x in loops]
+    runs += [dict(folder=f) for f in folders]
     if not runs:
         raise ValueError('calibration needs at least one loop or loop folder')
     for run in runs:
