@@ -77,10 +77,10 @@ def calibrate_net(net, loops: Sequence[Sequence[str]] = (), folders: Sequence[st
 
     enc = Encoder(copy.deepcopy(net), 'vpr-export (this network)', device=device)
     reports = []
-    image, pose, odom = tuple(topics or (None, None, None))
-    runs = [dict(inputs=list(x), topics=(image, pose, odom)) for x in loops]
+    topics = tuple(topics or (None, None, None))
+    runs = [dict(inputs=list(x), topics=topics) for x in loops]
     if no_pose_too:
-        runs += [dict(inputs=list(x), topics=(image, pose, 'none')) for x in loops]
+        runs += [dict(inputs=list(x), topics=topics[:2] + ('none',)) for x in loops]
     runs += [dict(folder=f) for f in folders]
     if not runs:
         raise ValueError('calibration needs at least one loop or loop folder')

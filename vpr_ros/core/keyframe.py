@@ -71,10 +71,10 @@ class KeyframePolicy:
                  reset_back_s: float = DEFAULT_RESET_BACK_S,
                  interval_no_pose_s: float | None = DEFAULT_INTERVAL_NO_POSE_S) -> None:
         self.min_distance_m = min_distance_m
-        self.interval_no_pose_s = interval_no_pose_s
         self.min_angle_deg = min_angle_deg
         self.max_interval_s = max_interval_s
         self.novelty_threshold = novelty_threshold
+        self.interval_no_pose_s = interval_no_pose_s
         self.reset_back_ns = int(max(reset_back_s, 0.0) * 1e9)
         self._last_stamp_ns: int | None = None
         self._last_pose: Pose | None = None
