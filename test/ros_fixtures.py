@@ -188,8 +188,8 @@ class GraphClient:
         self.status: dict[float, object] = {}
         self.status_topic = status_topic
         self._pubs: dict[str, object] = {}
-        self.node.create_subscription(Float64MultiArray, status_topic, self._on_status,
-                                      RELIABLE)
+        self.status_sub = self.node.create_subscription(Float64MultiArray, status_topic,
+                                                        self._on_status, RELIABLE)
 
     def start(self) -> None:
         """Spin in the background; call once every subscription is made."""
@@ -247,18 +247,25 @@ class Client(GraphClient):
         self.diags: list = []
         self.markers: list = []
         sub = self.node.create_subscription
-        sub(Float64MultiArray, node.topic('vpr/matches'), self._keep(self.matches), RELIABLE)
+        self.matches_sub = sub(Float64MultiArray, node.topic('vpr/matches'),
+                               self._keep(self.matches), RELIABLE)
         sub(Float64MultiArray, node.topic('vpr/loop_closure'), self._keep(self.loops), RELIABLE)
         sub(DiagnosticArray, node.topic('/diagnostics'), self._keep(self.diags), RELIABLE)
         sub(MarkerArray, node.topic('vpr/markers'), self._keep(self.markers), 10)
         self.start()
 
     def wait_connected(self, topics: list[tuple[object, str]], timeout: float = 60.0) -> None:
-        """Wait until the node subscribes to each input and publishes /vpr/status."""
+        """
+        Wait until the node subscribes to each input and our status and matches readers match.
+
+        Without the second, the rows the node publishes before discovery completes are lost.
+        """
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             subs_ok = all(self.publisher(t, n).get_subscription_count() > 0 for t, n in topics)
-            if subs_ok and self.node.count_publishers(self.target.topic('vpr/status')) > 0:
+            ours_ok = (self.status_sub.get_publisher_count() > 0
+                       and self.matches_sub.get_publisher_count() > 0)
+            if subs_ok and ours_ok:
                 time.sleep(0.5)  # graph seen; give the data path a moment too
                 return
             time.sleep(0.1)

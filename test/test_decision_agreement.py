@@ -100,6 +100,7 @@ def test_demo_loop_node_and_eval_agree(tmp_path) -> None:
     try:
         node.wait_ready()
         client = Client('client_agree_demo', node)
+        client.wait_connected([])  # our status reader matched before the first frame is played
         play = subprocess.run(
             [sys.executable, '-m', 'vpr_ros.ros.bag_player', bag, '--rate', '0',
              '--topics', '/camera/image_raw', ODOM_TOPIC, '--qos', 'reliable',
