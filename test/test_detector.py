@@ -156,6 +156,22 @@ def test_without_poses_novelty_keyframes(encoder, seq):
                                                                               'novelty'}
 
 
+def test_without_poses_a_still_camera_keys_at_the_long_interval(encoder, seq):
+    """One view for 21 s without odometry: a keyframe every 5 s, not every second."""
+    rng = np.random.default_rng(0)
+    frame = seq.frames[3].astype(np.float32)
+
+    def noisy() -> np.ndarray:  # a still camera: the same view under fresh sensor noise
+        return np.clip(frame + rng.normal(0.0, 2.0, frame.shape), 0, 255).astype(np.uint8)
+    det = _detector(encoder)
+    results = [det.process(noisy(), k * S, 'rgb8') for k in range(21)]
+    assert [k for k, r in enumerate(results) if r.is_keyframe] == [0, 5, 10, 15, 20]
+    assert {r.keyframe_reason for r in results if r.is_keyframe} == {'first', 'interval'}
+    # with the guard off the camera keys every second again
+    off = _detector(encoder, kf_still_similarity=0.0)
+    assert sum(off.process(noisy(), k * S, 'rgb8').is_keyframe for k in range(6)) == 6
+
+
 def test_stamps_going_backwards(encoder, seq):
     det = _detector(encoder, exclusion_s=5.0)
     f = seq.frames

@@ -40,7 +40,14 @@ def test_without_pose_time_and_novelty() -> None:
     assert not pol.decide(S, None, None).is_keyframe
     assert pol.decide(S, None, 0.5).reason == 'novelty'
     # without a pose the shorter interval keeps the map dense in time (sequence alignment)
-    assert pol.decide(2 * S, None, 0.99).reason == 'interval'
+    assert pol.decide(2 * S, None, 0.97).reason == 'interval'
+    # ... but not while the view stays the last keyframe's (standing still): the long interval
+    assert pol.still_similarity == 0.985
+    assert not pol.decide(2 * S, None, 0.99).is_keyframe
+    assert pol.decide(5 * S, None, 0.99).reason == 'interval'
+    unguarded = KeyframePolicy(max_interval_s=5.0, interval_no_pose_s=2.0, still_similarity=0)
+    unguarded.accept(0, None)
+    assert unguarded.decide(2 * S, None, 0.99).reason == 'interval'
     assert KeyframePolicy(interval_no_pose_s=0).decide(0, None).reason == 'first'
     no_short = KeyframePolicy(novelty_threshold=0.85, max_interval_s=5.0, interval_no_pose_s=0)
     no_short.accept(0, None)
@@ -101,6 +108,8 @@ def test_defaults_have_one_home_the_node_s() -> None:
                                ('min_angle_deg', pol.min_angle_deg, cfg.kf_min_angle_deg),
                                ('max_interval_s', pol.max_interval_s, cfg.kf_max_interval_s),
                                ('interval_without_pose_s', pol.interval_no_pose_s,
-                                cfg.kf_interval_no_pose_s)):
+                                cfg.kf_interval_no_pose_s),
+                               ('still_similarity', pol.still_similarity,
+                                cfg.kf_still_similarity)):
         assert ours == config == shipped[f'keyframe_{name}'], name
     assert cfg.geometric_verification is shipped['geometric_verification'] is True

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.core.decision import Candidate, decide, DecisionRule
+from vpr_ros.core.pace import Pace
 from vpr_ros.core.sequence import SequenceConfig, SequenceEvidence
 from vpr_ros.core.session_tracks import SessionTracks, turn_deg
 from vpr_ros.map.place_map import PlaceMap
@@ -192,3 +193,42 @@ def test_no_margin_through_a_turn_where_two_drives_disagree_on_distance(tmp_path
         seq.observe(night[i], (1000 + i) * S, pos, None)
     assert all(margins[i] is not None and margins[i] > 0 for i in (15, 20, 35, 45)), margins
     assert all(margins[i] is None for i in (26, 27)), margins  # the query just turned
+
+
+def test_pace_starts_at_the_maps_and_learns_another_from_frames() -> None:
+    p = Pace(prior=0.02, tau_s=15.0)
+    assert p.ratio == 1.0 and p.penalty() == pytest.approx([0.02, 0.0, 0.02])
+    for k in range(10):  # the history stretched by 0.8 keeps fitting best
+        p.update(np.array([0.30, 0.28, 0.25]), 1000.0 + k)
+    assert p.ratio == 0.8 and p.penalty() == pytest.approx([0.0, 0.02, 0.04])
+    p.update(np.array([0.25, 0.26, 0.31]), 1010.0)  # one frame does not turn it
+    assert p.ratio == 0.8
+    p.update(np.array([np.nan, 0.5, 0.1]), 1011.0)  # a ratio not aligned: no evidence
+    assert p.ratio == 0.8
+    p.reset()
+    assert p.ratio == 1.0
+
+
+def test_without_poses_the_pace_follows_a_slower_revisit(tmp_path) -> None:
+    """A map by time (a keyframe a second), revisited at 0.8 of its pace: found, and learnt."""
+    places = _places(80)
+    m = PlaceMap(D, 'test')
+    for i, d in enumerate(_session(places, np.zeros(D), 0.05, 1)):
+        m.add(d, i * S)
+    m.save(str(tmp_path / 'map'))
+    m.close()
+    m = PlaceMap.load(str(tmp_path / 'map'), 'test', D)
+    seq = SequenceEvidence(m, SequenceConfig(length_s=15.0))
+    q = _session(places, 2.0 * _places(1, 7)[0], 0.6, 4)  # another light, noisy
+    hits = total = 0
+    for i in range(90):
+        place = int(round(0.8 * i))
+        t = (1000 + i) * S
+        if i >= 20:
+            raw = [int(k) for k in np.argsort(-(m_desc(m) @ q[place]))[:5]]
+            _, best = seq.evaluate(q[place], t, None, raw, 30.0, lambda v, k: _search(m, v, k))
+            total += 1
+            hits += best is not None and abs(best.kid - place) <= 1
+        seq.observe(q[place], t, None, None)
+    assert seq._pace.ratio == 0.8
+    assert hits >= 0.9 * total, (hits, total)

@@ -77,9 +77,8 @@ class DecisionRule:
     confidence_threshold: float | None = None
     # ... for a history aligned by time (no poses): frames spaced by time are weaker evidence
     # of the place than frames spaced by distance (a speed change shifts them), so it gets a
-    # margin of its own (the built-in point: 0.267, set by a near-miss of the calibration
-    # garden's winter session without poses; 0.116 with poses). None: no sequence rule
-    # without poses.
+    # margin of its own (the built-in point: 0.191, set by a look-alike stretch of the real
+    # corridor; 0.116 with poses). None: no sequence rule without poses.
     confidence_threshold_time: float | None = None
 
     @property

@@ -99,7 +99,8 @@ class LoopDetector:
         self.policy = KeyframePolicy(c.kf_min_distance_m, c.kf_min_angle_deg,
                                      c.kf_max_interval_s, c.kf_novelty_threshold,
                                      reset_back_s=c.reset_back_s,
-                                     interval_no_pose_s=c.kf_interval_no_pose_s)
+                                     interval_no_pose_s=c.kf_interval_no_pose_s,
+                                     still_similarity=c.kf_still_similarity)
         self.verifier = c.make_verifier() if c.geometric_verification else None
         self.gate = DegenerateGate() if c.degenerate_gate else None
         self.intrinsics: Intrinsics | None = None

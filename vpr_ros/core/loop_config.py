@@ -19,6 +19,7 @@ from vpr_ros.core.keyframe import (
     DEFAULT_MIN_DISTANCE_M,
     DEFAULT_NOVELTY_THRESHOLD,
     DEFAULT_RESET_BACK_S,
+    DEFAULT_STILL_SIMILARITY,
 )
 from vpr_ros.core.verification import GeometricVerifier
 
@@ -99,6 +100,7 @@ class DetectorConfig:
     kf_max_interval_s: float = DEFAULT_MAX_INTERVAL_S
     kf_novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD
     kf_interval_no_pose_s: float = DEFAULT_INTERVAL_NO_POSE_S
+    kf_still_similarity: float = DEFAULT_STILL_SIMILARITY
     reset_back_s: float = DEFAULT_RESET_BACK_S
 
     def validate(self) -> None:

@@ -17,6 +17,10 @@ time needs a few). The sequence score is the mean similarity over the frames ali
 they cover at least `coverage` of the history: a candidate at the start of a track, where only
 the last metre aligns, is no sequence.
 
+Pace. A pose-less history is aligned at the speed ratio the recent frames have fitted best
+(vpr_ros/core/pace.py), the others must fit better by `speed_prior` to win: taking the best
+of the ratios frame by frame made near-misses. Measured with the built-in model (README).
+
 Centring. Light, fog and season shift every descriptor of a session the same way, which drags
 the cosine of a night frame to all day keyframes together. Sequence similarities are therefore
 taken between descriptors centred on their own session's mean: the current session's running
@@ -48,10 +52,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vpr_ros.core.pace import Pace, SPEEDS_TIME
 from vpr_ros.core.session_tracks import SessionTracks, turn_deg, xy_of
 
 SPEEDS_DISTANCE = (1.0,)
-SPEEDS_TIME = (0.8, 1.0, 1.25)
 # The current session is centred once its running mean has this many frames behind it.
 MIN_MEAN_FRAMES = 10
 # Frames of history kept at most (10 m at 1 m/s and 30 Hz), whatever the frame rate.
@@ -65,6 +69,7 @@ class SequenceConfig:
     length_m: float = 10.0           # history with poses ...
     length_s: float = 15.0           # ... and without
     coverage: float = 0.6            # aligned frames must reach this share of the history
+    speed_prior: float = 0.02        # similarity another speed ratio must gain (pace.py)
     max_samples: int = 24            # history frames compared (evenly spaced), for the cost
     min_samples: int = 4
     tolerance_m: float = 1.0         # a history frame needs a map keyframe this close ...
@@ -107,6 +112,7 @@ class SequenceEvidence:
         self._history: deque = deque(maxlen=HISTORY_FRAMES)  # (desc, time, distance, xy)
         self._carried: list[tuple[int, float]] = []  # (keyframe id, query coordinate then)
         self._odo: tuple[np.ndarray | None, float] = (None, 0.0)  # last position, metres
+        self._pace = Pace(self.config.speed_prior, self.config.length_s)
 
     # -------------------------------------------------------------- bookkeeping
     def reset(self) -> None:
@@ -118,11 +124,13 @@ class SequenceEvidence:
         self._run_sum, self._run_n = None, 0
         self._history.clear()
         self._carried = []
+        self._pace.reset()
 
     def new_sequence(self) -> None:
-        """Stamps jumped back: the history and the carried candidates end here."""
+        """Stamps jumped back: the history, the carried candidates and the pace end here."""
         self._history.clear()
         self._carried = []
+        self._pace.reset()
         self._odo = (None, 0.0)
 
     def _here(self, stamp_ns: int, position: np.ndarray | None) -> tuple[float, float]:
@@ -266,9 +274,13 @@ class SequenceEvidence:
 
     def _scores(self, kids: Sequence[int], descs: np.ndarray, offsets: np.ndarray,
                 metric: bool, allowed: Callable[[np.ndarray], np.ndarray]
-                ) -> list[float | None]:
+                ) -> tuple[list[float | None], np.ndarray | None]:
         """
-        Sequence score per candidate: mean centred similarity of the aligned frames.
+        Sequence score per candidate, and the best one's similarity per speed ratio.
+
+        The score is the mean centred similarity of the aligned frames at the ratio that
+        scores best after the pace's penalty; the per-ratio similarities of the best
+        candidate (NaN: not aligned) are the pace's evidence.
 
         Vectorised: every (candidate, speed, history frame) alignment is one entry of an id
         array; the map keyframes they name are read and centred once, compared with the
@@ -280,7 +292,7 @@ class SequenceEvidence:
         uniq = np.unique(ids[ids >= 0])
         uniq = uniq[allowed(uniq)]
         if not len(uniq):
-            return [None] * len(kids)
+            return [None] * len(kids), None
         sims = self._similarities(descs, uniq)  # (H, n)
         col = np.searchsorted(uniq, np.maximum(ids, 0))
         valid = (ids >= 0) & (uniq[np.minimum(col, len(uniq) - 1)] == ids)
@@ -290,8 +302,12 @@ class SequenceEvidence:
         reach = np.where(valid, offsets[None, None, :], -1.0).max(-1)
         mean = vals.sum(-1) / np.maximum(count, 1)
         ok = (count >= c.min_samples) & (reach >= c.coverage * length)
-        best = np.where(ok, mean, -np.inf).max(-1)
-        return [float(b) if np.isfinite(b) else None for b in best]
+        fitted = np.where(ok, mean - (0.0 if metric else self._pace.penalty()), -np.inf)
+        best = fitted.max(-1)
+        top = int(np.argmax(best))
+        per_speed = None if metric or not np.isfinite(best[top]) else np.where(ok[top], mean[top],
+                                                                                 np.nan)
+        return [float(b) if np.isfinite(b) else None for b in best], per_speed
 
     def _similarities(self, descs: np.ndarray, kids) -> np.ndarray:
         """
@@ -409,7 +425,9 @@ class SequenceEvidence:
         def allowed(ids) -> np.ndarray:
             return self._allowed(ids, session, t_now, exclusion_s)
         kids = [k for k, ok in zip(kids, allowed(kids)) if ok]
-        seq = self._scores(kids, descs, offsets, metric, allowed)
+        seq, per_speed = self._scores(kids, descs, offsets, metric, allowed)
+        if per_speed is not None:
+            self._pace.update(per_speed, now)
         scored = [Scored(k, s) for k, s in zip(kids, seq)]
         have = [x for x in scored if x.sequence is not None]
         self._carried = [(x.kid, now) for x in sorted(have, key=lambda x: -x.sequence)

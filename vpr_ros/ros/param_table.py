@@ -149,8 +149,12 @@ SPECS: tuple[ParamSpec, ...] = (
           '... or this much time passed (0: off).', 0.0, 86400.0, read_only=False),
     _core('keyframe_interval_without_pose_s', 'kf_interval_no_pose_s',
           'Without a pose: a keyframe at least this often (0: off), so a history aligned '
-          'by time meets the map every second; also while the camera stands still.',
-          0.0, 86400.0, read_only=False),
+          'by time meets the map every second (not while the camera stands still: '
+          'keyframe_still_similarity).', 0.0, 86400.0, read_only=False),
+    _core('keyframe_still_similarity', 'kf_still_similarity',
+          'Without a pose: a frame at least this similar to the last keyframe shows the same '
+          'view (the camera stands still) and waits for keyframe_max_interval_s instead of '
+          'keyframe_interval_without_pose_s (0: off).', 0.0, 1.0, read_only=False),
     _core('keyframe_novelty_threshold', 'kf_novelty_threshold',
           'Without a pose: a keyframe when the similarity to the last keyframe drops '
           'below this (0: off).', 0.0, 1.0, read_only=False),
