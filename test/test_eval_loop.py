@@ -1,4 +1,5 @@
 """vpr-eval loop mode: a sequence queried against its own past, calibrated operating point."""
+from dataclasses import replace
 import json
 import os
 import subprocess
@@ -164,9 +165,13 @@ def test_the_replay_keeps_the_node_keyframes(tmp_path):
     rep = replay(paths, stamps, _line_poses(np.arange(20) * 0.25), RawPixels(), config,
                  progress=False)
     assert np.flatnonzero(rep.keyframes).tolist() == [0, 4, 8, 12, 16]
-    # no poses, one image again and again: the interval without a pose only (1 s, at 4 Hz)
+    # no poses, one image again and again (4 Hz): a camera standing still keys at the 5 s
+    # interval only; without that guard, at the interval without a pose (1 s)
     rep = replay(paths, (np.arange(20) * 0.25e9).astype(np.int64), None, RawPixels(), config,
                  progress=False)
+    assert np.flatnonzero(rep.keyframes).tolist() == [0]
+    rep = replay(paths, (np.arange(20) * 0.25e9).astype(np.int64), None, RawPixels(),
+                 replace(config, kf_still_similarity=0.0), progress=False)
     assert np.flatnonzero(rep.keyframes).tolist() == [0, 4, 8, 12, 16]
     other = make_sequence().frames[-1]  # a novel view becomes a keyframe at once
     cv2.imwrite(paths[7], cv2.cvtColor(other, cv2.COLOR_RGB2BGR))
