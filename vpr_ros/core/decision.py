@@ -77,7 +77,7 @@ class DecisionRule:
     confidence_threshold: float | None = None
     # ... for a history aligned by time (no poses): frames spaced by time are weaker evidence
     # of the place than frames spaced by distance (a speed change shifts them), so it gets a
-    # margin of its own (the built-in point: 0.191, set by a look-alike stretch of the real
+    # margin of its own (the built-in point: 0.177, set by a look-alike stretch of the real
     # corridor; 0.116 with poses). None: no sequence rule without poses.
     confidence_threshold_time: float | None = None
 

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vpr_ros.core.pace import Pace, SPEEDS_TIME
-from vpr_ros.core.session_tracks import SessionTracks, turn_deg, xy_of
+from vpr_ros.core.session_tracks import seconds, SessionTracks, turn_deg, xy_of
 
 SPEEDS_DISTANCE = (1.0,)
 # The current session is centred once its running mean has this many frames behind it.
@@ -137,10 +137,10 @@ class SequenceEvidence:
         """(time, distance driven) of a query frame: the query's own odometer, not the map's."""
         last, driven = self._odo
         if position is None:
-            return stamp_ns * 1e-9, np.nan
+            return seconds(stamp_ns), np.nan
         if last is None:
-            return stamp_ns * 1e-9, driven
-        return stamp_ns * 1e-9, driven + float(np.hypot(position[0] - last[0],
+            return seconds(stamp_ns), driven
+        return seconds(stamp_ns), driven + float(np.hypot(position[0] - last[0],
                                                         position[1] - last[1]))
 
     def observe(self, desc: np.ndarray, stamp_ns: int, position: np.ndarray | None,

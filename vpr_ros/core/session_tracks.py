@@ -58,6 +58,18 @@ class _Track:
         return self._arrays
 
 
+def seconds(stamp_ns: int) -> float:
+    """
+    Return a stamp in seconds, exact for whole seconds whatever the epoch.
+
+    `stamp_ns * 1e-9` rounds differently at 1.7e9 s than at 0, and aligning by time breaks
+    ties (a keyframe half-way between two targets) on such last bits: a node on wall-clock
+    stamps and a replay counting from 0 then part ways.
+    """
+    sec, ns = divmod(int(stamp_ns), 1_000_000_000)
+    return sec + ns / 1e9
+
+
 class SessionTracks:
     """The map's keyframes per session in travel order; grows with every keyframe added."""
 
@@ -71,7 +83,7 @@ class SessionTracks:
         xy = xy_of(position)
         t, dist = self.coordinates(int(session), stamp_ns, position)
         if tr.ids and t < tr.time[-1] - 1.0:  # a new stretch (bag restarted): never aligned
-            tr.offset = tr.time[-1] + _GAP - stamp_ns * 1e-9
+            tr.offset = tr.time[-1] + _GAP - seconds(stamp_ns)
             t, dist = tr.time[-1] + _GAP, tr.dist[-1] + _GAP
         self._where[int(kid)] = (int(session), len(tr.ids))
         tr.ids.append(int(kid))
@@ -83,7 +95,7 @@ class SessionTracks:
                     ) -> tuple[float, float]:
         """(time, distance) a frame of `session` at this stamp and position would have."""
         tr = self._tracks.get(int(session))
-        t = stamp_ns * 1e-9 + (tr.offset if tr is not None else 0.0)
+        t = seconds(stamp_ns) + (tr.offset if tr is not None else 0.0)
         if tr is None or not tr.ids:
             return t, (0.0 if position is not None else np.nan)
         prev = np.array(tr.xy[-1])
