@@ -119,11 +119,13 @@ def test_temporal_consistency_suppresses_isolated_match(encoder, glitch_seq):
 
 def test_geometric_verification(encoder, seq):
     # A threshold of 0 lets every top-k keyframe through retrieval; verification must then
-    # reject the wrong places and keep the revisit.
-    loose = _run(_detector(encoder, score_threshold=0.0), seq)
+    # reject the wrong places and keep the revisit (every candidate listed and verified, not
+    # only the best: gv_first_only off).
+    loose = _run(_detector(encoder, score_threshold=0.0, gv_first_only=False), seq)
     wrong = sum(not _same_place(seq, i, c) for i, r in enumerate(loose) for c in r.candidates)
     assert wrong > 50
-    det = _detector(encoder, score_threshold=0.0, geometric_verification=True)
+    det = _detector(encoder, score_threshold=0.0, geometric_verification=True,
+                    gv_first_only=False)
     results = _run(det, seq)
     _check_revisit_found(seq, results)
     for r in results:

@@ -39,8 +39,10 @@ def test_exclusion_boundary_is_the_maps(encoder, seq) -> None:
 
 def test_garbage_feature_blob_skips_that_candidate(encoder, seq) -> None:
     m = PlaceMap(encoder.dim, encoder.fingerprint)
+    # every candidate verified (not only until the first accepted), so each bad blob is read
     det = LoopDetector(encoder, m, DetectorConfig(score_threshold=0.0, exclusion_s=1.0,
-                                                  geometric_verification=True))
+                                                  geometric_verification=True,
+                                                  gv_first_only=False))
     good = det.verifier.extract(seq.frames[0], 'rgb8').to_bytes()
     desc = encoder.embed_one(seq.frames[0], 'rgb8')
     for k, blob in enumerate([b'\x00garbage', good[:len(good) // 3], good, None,

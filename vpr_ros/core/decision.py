@@ -80,6 +80,9 @@ class DecisionRule:
     # margin of its own (the built-in point: 0.177, set by a look-alike stretch of the real
     # corridor; 0.116 with poses). None: no sequence rule without poses.
     confidence_threshold_time: float | None = None
+    # Only the best candidate the single-frame rule accepts (`gv_first_only`, the default): the
+    # one a back-end needs, and a frame then verifies candidates only until one is accepted.
+    best_only: bool = False
 
     @property
     def sequence_on(self) -> bool:
@@ -119,7 +122,8 @@ def decide(candidates, rule: DecisionRule) -> list[Candidate]:
     """
     Return the accepted candidates, best first, each marked with the rule that accepted it.
 
-    The single-frame rule first (what the node has always accepted keeps being accepted);
+    The single-frame rule first (what the node has always accepted keeps being accepted;
+    with `best_only` only the best-scoring of them);
     when it accepts none, the sequence rule: the best-supported candidate with a margin of at
     least `confidence_threshold`, unless verification vetoes it (it saw enough matches and
     they disagree). Where verification cannot see (night, blur: too few matches) the sequence
@@ -127,6 +131,6 @@ def decide(candidates, rule: DecisionRule) -> list[Candidate]:
     """
     frame = [replace(c, accepted_by='frame') for c in candidates if accepts(c, rule)]
     if frame:
-        return sorted(frame, key=lambda c: -c.score)
+        return sorted(frame, key=lambda c: -c.score)[:1 if rule.best_only else None]
     return [replace(c, accepted_by='sequence') for c in candidates
             if sequence_supported(c, rule) and not c.veto]

@@ -272,8 +272,9 @@ class LoopDetector:
         if feats is None:
             return cands, None
         framed = False
-        # the single-frame rule's candidates first; the sequence rule's only if it is asked
-        for i in sorted(worth, key=lambda i: not frame_worth(cands[i], rule)):
+        # the single-frame rule's candidates first, best score first (own map and prior maps
+        # together: the first accepted is the best one); the sequence rule's only if asked
+        for i in sorted(worth, key=lambda i: (not frame_worth(cands[i], rule), -cands[i].score)):
             if framed and not c.record_evidence and not frame_worth(cands[i], rule):
                 continue  # the single-frame rule accepted one: the sequence rule is not asked
             cands[i] = self._verify(feats, cands[i])

@@ -76,9 +76,13 @@ class DetectorConfig:
     # Local contrast equalised (CLAHE clip limit; 0: off) before features are found: dusk, fog
     # and snow frames verify where they did not (measured in verification.py's class doc).
     gv_clahe_clip: float = 0.0
-    # Verify candidates best first and stop at the first accepted (only the best is used,
-    # e.g. /vpr/loop_closure); off: every candidate above the threshold is verified.
-    gv_first_only: bool = False
+    # Verify candidates best first and stop at the first accepted: /vpr/matches carries the best
+    # accepted candidate only (the rule's `best_only`). On a revisiting route every frame has
+    # about four candidates above the threshold, and verifying them all cost a revisiting
+    # frame 1.88x the bare forward against 1.47x (bench/bench_core.py --passes 2); the best
+    # row is the same either way. Off: every candidate above the threshold is verified and
+    # listed (more loop factors per frame, most of them lower-ranked near-misses).
+    gv_first_only: bool = True
     # Sequence evidence and distinctiveness (vpr_ros/core/sequence.py): when the single-frame
     # rule accepts nothing, the best-supported of `sequence_candidates` searched keyframes is
     # accepted at a margin of at least `confidence_threshold` (calibrated; its history aligned
@@ -137,7 +141,8 @@ class DetectorConfig:
         return DecisionRule(float(self.score_threshold),
                             int(self.gv_min_inliers) if self.geometric_verification else None,
                             margin(self.confidence_threshold),
-                            margin(self.confidence_threshold_time))
+                            margin(self.confidence_threshold_time),
+                            best_only=bool(self.gv_first_only))
 
     def make_verifier(self) -> GeometricVerifier:
         """
