@@ -25,6 +25,8 @@ Writes bench/results/bench_core.json.
     python bench/bench_core.py --threads 1          # load-independent CPU-time ratio
     python bench/bench_core.py --passes 2           # drive the loop twice: the second pass
                                                     # revisits every place (issue 22)
+    python bench/bench_core.py --passes 2 --detector gv_first_only=false
+                                                    # every candidate verified (the old default)
 
 With `--passes 2` the second pass starts after the exclusion window, so every frame of it
 revisits a stored place: candidates are verified on most frames and the sequence evidence has
@@ -67,6 +69,7 @@ from vpr_ros.core.preprocess import preprocess_batch  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
 from vpr_ros.model.encoder import build_encoder  # noqa: E402
 from vpr_ros.model.operating_point import model_operating_point  # noqa: E402
+from training.eval.loop_cli import detector_overrides  # noqa: E402
 
 GOAL = 1.3
 S = 1_000_000_000
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
     enc = build_encoder('', device='cpu')
     spec = enc.spec
     # the node's default: DetectorConfig() at the built-in model's calibrated operating point
-    cfg = calibrated_config(DetectorConfig(), model_operating_point('')[0])
+    cfg = calibrated_config(DetectorConfig(**detector_overrides(args.detector)),
+                            model_operating_point('')[0])
     place_map = PlaceMap(enc.dim, enc.fingerprint)
     _prefill(place_map, args.map_size, enc.dim)
     det = LoopDetector(enc, place_map, cfg)
@@ -182,7 +186,7 @@ def summarise(r: dict, args: argparse.Namespace, load_before) -> dict:
                    'sequence_evidence': cfg.sequence_evidence,
                    'confidence_threshold': cfg.confidence_threshold,
                    'confidence_threshold_time': cfg.confidence_threshold_time},
-        'passes': args.passes, 'by_pass': by_pass(r),
+        'passes': args.passes, 'by_pass': by_pass(r), 'detector_overrides': args.detector,
         'map_size_start': args.map_size, 'map_size_end': len(r['map']),
         'frames_processed': len(res), 'keyframes_added': len(kf),
         'frames_with_candidates': sum(1 for x in res if x.candidates),
@@ -234,6 +238,10 @@ def main() -> None:
                         help='1: one thread everywhere, CPU-time ratio meaningful')
     parser.add_argument('--passes', type=int, default=1,
                         help='drive the loop this many times (2: revisiting frames)')
+    parser.add_argument('--detector', action='append', default=[], metavar='FIELD=VALUE',
+                        help='a DetectorConfig field away from the default (repeatable), e.g. '
+                             'gv_first_only=false: the previous default, every candidate '
+                             'verified')
     parser.add_argument('--out', default=None,
                         help='default bench/results/bench_core.json (bench_core_revisit.json '
                              'with --passes > 1)')
