@@ -43,7 +43,14 @@ import time
 
 
 def _early_threads() -> None:
-    """BLAS/OpenMP read their thread counts at import: set them before numpy comes in."""
+    """
+    BLAS/OpenMP read their thread counts at import: set them before numpy comes in.
+
+    OpenMP workers sleep when idle, as in the node (vpr_ros/core/cpu_threads.py).
+    """
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from vpr_ros.core.cpu_threads import prefer_passive_omp  # numpy-free: safe this early
+    prefer_passive_omp()
     if '--threads' in sys.argv[:-1]:
         n = sys.argv[sys.argv.index('--threads') + 1]
         for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
@@ -63,13 +70,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench_verify import load_loop  # noqa: E402
 
 from vpr_ros.core.calibration import calibrated_config  # noqa: E402
+from vpr_ros.core.cpu_threads import blas_threads, limit_blas_threads  # noqa: E402
 from vpr_ros.core.detector import DetectorConfig, LoopDetector  # noqa: E402
 from vpr_ros.core.pose_buffer import Pose  # noqa: E402
 from vpr_ros.core.preprocess import preprocess_batch  # noqa: E402
 from vpr_ros.map.place_map import PlaceMap  # noqa: E402
 from vpr_ros.model.encoder import build_encoder  # noqa: E402
 from vpr_ros.model.operating_point import model_operating_point  # noqa: E402
-from training.eval.loop_cli import detector_overrides  # noqa: E402
+from vpr_ros.training.eval.loop_cli import detector_overrides  # noqa: E402
 
 GOAL = 1.3
 S = 1_000_000_000
@@ -107,6 +115,8 @@ def run(args: argparse.Namespace) -> dict:
                             model_operating_point('')[0])
     place_map = PlaceMap(enc.dim, enc.fingerprint)
     _prefill(place_map, args.map_size, enc.dim)
+    if args.blas_threads > 0:  # the node's blas_threads parameter (default 1)
+        limit_blas_threads(args.blas_threads)
     det = LoopDetector(enc, place_map, cfg)
     x = preprocess_batch([frames[0]], spec.image_size, 'rgb8', spec.mean, spec.std)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -178,6 +188,8 @@ def summarise(r: dict, args: argparse.Namespace, load_before) -> dict:
         'benchmark': 'detector per-frame total (node default config) vs bare encoder forward',
         'model': r['enc'].spec.tag(), 'device': 'cpu', 'batch': 1,
         'torch_threads': torch.get_num_threads(), 'frame_wh': list(r['size']),
+        'blas_threads': sorted(set(blas_threads().values())),
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
         'frames': f'sim day_loop {r["size"][0]}x{r["size"][1]}, one pass with poses',
         'config': {'geometric_verification': cfg.geometric_verification,
                    'gv_feature': cfg.gv_feature, 'gv_n_features': cfg.gv_n_features,
@@ -238,6 +250,9 @@ def main() -> None:
                         help='1: one thread everywhere, CPU-time ratio meaningful')
     parser.add_argument('--passes', type=int, default=1,
                         help='drive the loop this many times (2: revisiting frames)')
+    parser.add_argument('--blas-threads', type=int, default=1,
+                        help="numpy BLAS threads, as the node's blas_threads parameter (default "
+                             "1, the node's; 0: the library default)")
     parser.add_argument('--detector', action='append', default=[], metavar='FIELD=VALUE',
                         help='a DetectorConfig field away from the default (repeatable), e.g. '
                              'gv_first_only=false: the previous default, every candidate '

@@ -40,6 +40,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from vpr_ros.core.cpu_threads import limit_blas_threads, prefer_passive_omp
 from vpr_ros.core.errors import ImageError, MapError, ModelFileError, VPRError
 from vpr_ros.core.msg_convert import pose_from_msg, stamp_ns
 from vpr_ros.ros import messages, topics
@@ -177,6 +178,8 @@ class VprNode(MapControl, Node):
         if getattr(self._map, 'moved_aside', None):
             self._log.warning(f'load_map is false: the saved map was moved aside to '
                               f'{self._map.moved_aside}; this is a new map')
+        if p.blas_threads > 0:  # after the map: FAISS brings an OpenBLAS of its own
+            limit_blas_threads(p.blas_threads)
         self._log.info(self._running.note())
         self._core_lock = threading.Lock()
 
@@ -403,10 +406,8 @@ def main(args=None, node_type: type | None = None) -> int:
     2: a bad parameter, model or map at start-up; after a stop: 0 when the map was saved (or
     none is kept), 1 when the shutdown save failed (the map on disk is the last good save).
     """
-    # OpenMP threads that busy-wait after each inference took the CPU from the processes beside
-    # the node (measured: a client on the same 2 cores ran at half speed); torch is imported
-    # later (encoder), so this still applies. A value the user set wins.
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # torch is imported later (encoder), so this still applies (vpr_ros/core/cpu_threads.py)
+    prefer_passive_omp()
     stop = StopSignals()
     stop.install()  # before the model loads: a Ctrl-C then is an orderly stop too
     try:

@@ -139,6 +139,12 @@ SPECS: tuple[ParamSpec, ...] = (
               'waits (no gain from batches on the CPU, measured by '
               'bench/bench_node.py --max-batch; on a GPU a batch costs little more than one '
               'frame: bench/bench_gpu.py).', 1, 32, read_only=False),
+    ParamSpec('blas_threads', 1, "Threads of numpy's BLAS (OpenBLAS) in the node. 1: its idle "
+              "workers no longer spin on the cores the network's forward needs (measured by "
+              'bench/bench_core.py: a revisiting 640x480 frame 26-29 ms instead of 30-39 ms on '
+              '2 cores); 0: the library default (a thread per core), which searches a large '
+              'flat map faster (100k keyframes: 20 instead of 35 ms). OPENBLAS_NUM_THREADS, '
+              'when set, wins.', 0, 256),
     # ---- keyframes
     _core('keyframe_min_distance_m', 'kf_min_distance_m',
           'A frame is a keyframe once the robot moved this far (0: off).', 0.0, 1000.0,
