@@ -78,10 +78,10 @@ class DetectorConfig:
     gv_clahe_clip: float = 0.0
     # Verify candidates best first and stop at the first accepted: /vpr/matches carries the best
     # accepted candidate only (the rule's `best_only`). On a revisiting route every frame has
-    # about four candidates above the threshold, and verifying them all cost a revisiting
-    # frame 1.88x the bare forward against 1.47x (bench/bench_core.py --passes 2); the best
-    # row is the same either way. Off: every candidate above the threshold is verified and
-    # listed (more loop factors per frame, most of them lower-ranked near-misses).
+    # about four candidates above the threshold; verifying them all took features and
+    # verification from 5.0 to 12.8 ms a frame at one thread (bench/bench_core.py --passes 2);
+    # the best row is the same either way. Off: every candidate above the threshold is
+    # verified and listed (more loop factors per frame, most of them lower-ranked near-misses).
     gv_first_only: bool = True
     # Sequence evidence and distinctiveness (vpr_ros/core/sequence.py): when the single-frame
     # rule accepts nothing, the best-supported of `sequence_candidates` searched keyframes is
