@@ -91,6 +91,27 @@ def _search(m: PlaceMap, v: np.ndarray, k: int) -> list[int]:
     return [int(x.id) for x in m.search(_unit(v), k)]
 
 
+def test_a_frame_that_lost_its_pose_leaves_the_history_aligned_by_distance(tmp_path) -> None:
+    # The node can process a frame before its odometry arrives (no pose): that frame is left
+    # out of a posed history instead of turning the next 30 s over to the time alignment.
+    places = _places(30)
+    m = _map_with_day(places, tmp_path / 'map')
+    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
+    q = _session(places, np.zeros(D), 0.05, 3)
+    for i in range(15):
+        seq.observe(q[i], (500 + i) * S, None if i == 11 else np.array([float(i), 0, 0]), None)
+    _, best = seq.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
+                           lambda v, k: _search(m, v, k))
+    assert best is not None and best.kid == 15 and best.aligned_by == 'distance'
+    # posed frames covering too little of the history (poses just started): aligned by time
+    late = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
+    for i in range(15):
+        late.observe(q[i], (500 + i) * S, np.array([float(i), 0, 0]) if i >= 13 else None, None)
+    _, best = late.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
+                            lambda v, k: _search(m, v, k))
+    assert best is None or best.aligned_by == 'time'
+
+
 def test_no_sequence_without_history_covering_it_and_a_margin_over_rivals(tmp_path) -> None:
     places = _places(30)
     m = _map_with_day(places, tmp_path / 'map')
@@ -108,7 +129,7 @@ def test_no_sequence_without_history_covering_it_and_a_margin_over_rivals(tmp_pa
                                 lambda v, k: _search(m, v, k))
     assert best is not None and best.kid == 15 and best.margin > 0.2
     # the keyframes next to the best are the same place, not its rivals
-    assert seq.same_place(15, 14, True) and not seq.same_place(15, 3, True)
+    assert list(seq.same_place_as(15, [14, 3], True)) == [True, False]
 
 
 def test_decide_takes_the_single_frame_rule_first_and_lets_verification_veto() -> None:
@@ -152,8 +173,7 @@ def test_centred_similarities_from_raw_rows_equal_centring_each_row(tmp_path) ->
     session = seq.tracks.locate(3)[0]
     explicit = rows @ seq._centred(np.stack([m.descriptor(k) for k in kids]), session).T
     np.testing.assert_allclose(seq._similarities(rows, kids), explicit, atol=1e-5)
-    assert seq.same_place_as(15, [14, 3, 16], True).tolist() == [
-        seq.same_place(15, k, True) for k in (14, 3, 16)]
+    assert seq.same_place_as(15, [14, 3, 16], True).tolist() == [True, False, True]
 
 
 def _l_path(n: int, corner: int, step: float = 1.0) -> np.ndarray:

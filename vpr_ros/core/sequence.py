@@ -226,7 +226,11 @@ class SequenceEvidence:
         c = self.config
         t, dist = self._here(stamp_ns, position)
         frames = [(np.asarray(desc, np.float32), t, dist, xy_of(position))] + list(self._history)
-        metric = bool(np.isfinite(dist)) and all(np.isfinite(h[2]) for h in frames)
+        # frames that lost their pose are left out, unless too few have one (then: by time)
+        posed = [h for h in frames if np.isfinite(h[2])]
+        metric = bool(np.isfinite(dist)) and (len(posed) == len(frames) or
+                                              dist - posed[-1][2] >= c.coverage * c.length_m)
+        frames = posed if metric else frames
         now, length = (dist, c.length_m) if metric else (t, c.length_s)
         offs = np.array([now - (h[2] if metric else h[1]) for h in frames])
         keep = np.flatnonzero((offs >= 0) & (offs <= length))
@@ -341,12 +345,8 @@ class SequenceEvidence:
             return {}
         return dict(zip(kids, (float(v) for v in self._similarities(query[None], kids)[0])))
 
-    def same_place(self, a: int, b: int, metric: bool) -> bool:
-        """Whether two map keyframes are one place (same session, near on track or plane)."""
-        return bool(self.same_place_as(a, [b], metric)[0])
-
     def same_place_as(self, a: int, kids, metric: bool) -> np.ndarray:
-        """`same_place(a, k)` for every k of `kids`, as a boolean array."""
+        """Per keyframe of `kids`: one place with `a` (same session, near on track or plane)."""
         out = np.zeros(len(kids), bool)
         wa = self.tracks.locate(a)
         if wa is None or not len(kids):
