@@ -210,7 +210,12 @@ class GraphClient:
                 self.status[round(float(r[0]), 6)] = r
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
+        # The spin thread must have left the executor before the node and context go: one
+        # left spinning over a destroyed node was seen (CI, test_slam_backend) to loop hot on
+        # the GIL and starve the test's own thread for good.
+        self.executor.shutdown(timeout_sec=10.0)
+        self._spin.join(timeout=30.0)
+        assert not self._spin.is_alive(), 'the client executor did not stop spinning'
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
