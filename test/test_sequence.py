@@ -91,42 +91,51 @@ def _search(m: PlaceMap, v: np.ndarray, k: int) -> list[int]:
     return [int(x.id) for x in m.search(_unit(v), k)]
 
 
+def _day_map_and_query(tmp_path):
+    """Build a day map of 30 places on a line and a query session over them."""
+    places = _places(30)
+    m = _map_with_day(places, tmp_path / 'map')
+    return m, _session(places, np.zeros(D), 0.05, 3)
+
+
+def _evidence(m: PlaceMap) -> SequenceEvidence:
+    return SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
+
+
+def _evaluate(seq: SequenceEvidence, m: PlaceMap, q: np.ndarray, i: int, ids: list[int]):
+    """Evaluate query frame `i` at metre `i` of the line, second 500 + i."""
+    return seq.evaluate(q[i], (500 + i) * S, np.array([float(i), 0, 0]), ids, 30.0,
+                        lambda v, k: _search(m, v, k))
+
+
 def test_a_frame_that_lost_its_pose_leaves_the_history_aligned_by_distance(tmp_path) -> None:
     # The node can process a frame before its odometry arrives (no pose): that frame is left
     # out of a posed history instead of turning the next 30 s over to the time alignment.
-    places = _places(30)
-    m = _map_with_day(places, tmp_path / 'map')
-    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
-    q = _session(places, np.zeros(D), 0.05, 3)
+    m, q = _day_map_and_query(tmp_path)
+    seq = _evidence(m)
     for i in range(15):
         seq.observe(q[i], (500 + i) * S, None if i == 11 else np.array([float(i), 0, 0]), None)
-    _, best = seq.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
-                           lambda v, k: _search(m, v, k))
+    _, best = _evaluate(seq, m, q, 15, [15, 3])
     assert best is not None and best.kid == 15 and best.aligned_by == 'distance'
     # posed frames covering too little of the history (poses just started): aligned by time
-    late = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
+    late = _evidence(m)
     for i in range(15):
         late.observe(q[i], (500 + i) * S, np.array([float(i), 0, 0]) if i >= 13 else None, None)
-    _, best = late.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
-                            lambda v, k: _search(m, v, k))
+    _, best = _evaluate(late, m, q, 15, [15, 3])
     assert best is None or best.aligned_by == 'time'
 
 
 def test_no_sequence_without_history_covering_it_and_a_margin_over_rivals(tmp_path) -> None:
-    places = _places(30)
-    m = _map_with_day(places, tmp_path / 'map')
-    seq = SequenceEvidence(m, SequenceConfig(length_m=10.0, coverage=0.6))
-    q = _session(places, np.zeros(D), 0.05, 3)
+    m, q = _day_map_and_query(tmp_path)
+    seq = _evidence(m)
     # only 3 m of history: no sequence score yet, whatever the single frame says
     for i in range(3):
         seq.observe(q[i], i * S + 500 * S, np.array([float(i), 0.0, 0.0]), None)
-    _, best = seq.evaluate(q[3], 503 * S, np.array([3.0, 0, 0]), [3], 30.0,
-                           lambda v, k: _search(m, v, k))
+    _, best = _evaluate(seq, m, q, 3, [3])
     assert best is None
     for i in range(3, 15):
         seq.observe(q[i], (500 + i) * S, np.array([float(i), 0.0, 0.0]), None)
-    scored, best = seq.evaluate(q[15], 515 * S, np.array([15.0, 0, 0]), [15, 3], 30.0,
-                                lambda v, k: _search(m, v, k))
+    scored, best = _evaluate(seq, m, q, 15, [15, 3])
     assert best is not None and best.kid == 15 and best.margin > 0.2
     # the keyframes next to the best are the same place, not its rivals
     assert list(seq.same_place_as(15, [14, 3], True)) == [True, False]
