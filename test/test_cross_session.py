@@ -95,3 +95,25 @@ def test_without_a_pose_topic_over_dds(tmp_path):
     assert fog['map_keyframes_at_start'] == day['keyframes']
     assert fog['best_to_day_map'] > 0 and fog['n_best_correct'] > 0
     assert 'poses none on' in (out / 'vpr_node_fog.log').read_text()  # no pose subscription
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_cumulative_sessions_continue_the_map_night_after_night(tmp_path):
+    """--cumulative: the second night starts on the day map plus the first night's keyframes."""
+    out = tmp_path / 'cs'
+    cmd = [sys.executable, '-m', 'vpr_ros.tools.cross_session', '--sessions', 'night',
+           'night,name=night2', '--max-frames', '40', '--cumulative', '--out', str(out)]
+    proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / 'cross_session_summary.json').read_text())
+    day = summary['day_map']
+    night, night2 = summary['sessions']['night'], summary['sessions']['night,name=night2']
+    assert summary['cumulative'] is True
+    assert night['map_keyframes_at_start'] == day['keyframes']
+    assert night['keyframes_added'] > 0
+    assert night2['map_keyframes_at_start'] == day['keyframes'] + night['keyframes_added']
+    # at the shipped defaults: the second night finds the first night's places
+    assert night2['best_to_day_map'] > 0 and night2['n_best_correct'] > 0
+    assert 'against the day map and earlier sessions' in proc.stdout

@@ -5,11 +5,13 @@ The cross-session benchmark (issue 22) through the node, over DDS (with odometry
 `--no-pose` a camera alone): the day bag is played into a
 `vpr_node` with a fresh map_dir, which is stopped with SIGINT (the map is saved); then for each
 session a node starts on that map_dir with `load_map:=true` (a copy per session, so every
-session meets the day map alone) and the session's bag is played into it. Each session is
+session meets the day map alone) and the session's bag is played into it. `--cumulative` plays the
+sessions as a robot lives them, night after night: each starts on the map the session before it
+left (the day map and every earlier session's keyframes). Each session is
 scored as `make demo` scores its loop (tools/loop_eval.py): precision of the best candidate of
 every query with an accepted loop closure, recall of the session frames that could close one
-(a ground-truth FoV overlap ψ > 0.5 with a keyframe of the day map, or with an earlier frame of
-the session outside the exclusion window). Writes cross_session_summary.json,
+(a ground-truth FoV overlap ψ > 0.5 with a keyframe of the map it started on, or with an
+earlier frame of the session outside the exclusion window). Writes cross_session_summary.json,
 cross_session.png and one report PNG per session.
 
 The sets are rendered once and cached (`vpr_ros.sim.dataset.cross_session_dataset`), in a
@@ -125,22 +127,24 @@ def run_node(args: argparse.Namespace, bag: str, map_dir: str, load_map: bool,
             'map_keyframes_at_start': int(loaded[0]) if loaded else -1}
 
 
-def score_session(day_gt, day_keyframes_ns: np.ndarray, bag: str, result: dict,
+def score_session(map_gt, map_keyframes_ns: np.ndarray, bag: str, result: dict,
                   exclusion_s: float, png: str, title: str) -> dict:
     """
     Score one session's node run against ground truth (loop_eval's precision and recall).
 
-    The earlier frames a session frame may close a loop with are the day map's keyframes and
-    the session's own frames: one ground truth holds both (the day keyframes' stamps lie a day
-    or more before the session's), so loop_eval scores it as it scores the demo's loop.
+    The earlier frames a session frame may close a loop with are the keyframes of the map it
+    started on (`map_gt`: the ground truth of the traverses that made them) and the session's
+    own frames: one ground truth holds both (the map's stamps lie a day or more before the
+    session's), so loop_eval scores it as it scores the demo's loop. `best_to_day_map` counts
+    the best rows into that map (the day map, and with --cumulative the earlier sessions).
     """
     from vpr_ros.sim.writers import GT_TOPIC, read_bag_poses
     from vpr_ros.tools.loop_eval import evaluate_loops, GroundTruth, plot_report, possible_loops
 
     stamps, poses = read_bag_poses(bag, GT_TOPIC)
-    kf_poses = day_gt.at(day_keyframes_ns)
+    kf_poses = map_gt.at(map_keyframes_ns)
     known = ~np.isnan(kf_poses).any(axis=1)
-    gt = GroundTruth(np.concatenate([day_keyframes_ns[known], stamps]),
+    gt = GroundTruth(np.concatenate([map_keyframes_ns[known], stamps]),
                      np.concatenate([kf_poses[known], poses]))
     status, rows = result['status'], result['rows']
     query_ns = np.round(status[:, 0] * 1e9).astype(np.int64)
@@ -161,6 +165,12 @@ def score_session(day_gt, day_keyframes_ns: np.ndarray, bag: str, result: dict,
             'keyframes_added': int((status[:, 2] > 0).sum()) if len(status) else 0,
             'latency_core_ms_p50_p95': demo._p50_p95(status[:, 4] if len(status) else status),
             'node_exit_code': result['exit_code'], 'report_png': png}
+
+
+def _keyframe_stamps(result: dict) -> np.ndarray:
+    """Stamps (ns) of the frames a node run made keyframes (its /vpr/status rows)."""
+    status = result['status']
+    return np.round(status[status[:, 2] > 0, 0] * 1e9).astype(np.int64)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -191,22 +201,31 @@ def run(args: argparse.Namespace) -> dict:
               f'(domain {env["ROS_DOMAIN_ID"]})')
         day = run_node(args, bags[CROSS_SESSION_MAP], day_map, False,
                        os.path.join(args.out, 'vpr_node_day.log'))
-        day_gt = GroundTruth(*read_bag_poses(bags[CROSS_SESSION_MAP], GT_TOPIC))
-        day_kf = np.round(day['status'][day['status'][:, 2] > 0, 0] * 1e9).astype(np.int64)
+        # the ground truth of the traverses that made the map, and its keyframes' stamps
+        gt_parts = [read_bag_poses(bags[CROSS_SESSION_MAP], GT_TOPIC)]
+        map_kf = _keyframe_stamps(day)
         summary['day_map'] = {'frames_processed': int(len(day['status'])),
-                              'keyframes': int(len(day_kf)), 'node_exit_code': day['exit_code']}
+                              'keyframes': int(len(map_kf)), 'node_exit_code': day['exit_code']}
+        summary['cumulative'] = bool(args.cumulative)
+        start_map = day_map
         for session in args.sessions:
             name = session_name(session)
             map_dir = os.path.join(args.out, f'map_{name}')
             shutil.rmtree(map_dir, ignore_errors=True)
-            shutil.copytree(day_map, map_dir)   # every session meets the day map alone
-            print(f'vpr-cross-session: session {session} against the day map')
+            shutil.copytree(start_map, map_dir)   # without --cumulative: the day map alone
+            against = 'day map' if start_map == day_map else 'day map and earlier sessions'
+            print(f'vpr-cross-session: session {session} against the {against}')
             result = run_node(args, bags[name], map_dir, True,
                               os.path.join(args.out, f'vpr_node_{name}.log'))
+            map_gt = GroundTruth(*(np.concatenate(v) for v in zip(*gt_parts)))
             summary['sessions'][session] = score_session(
-                day_gt, day_kf, bags[name], result, args.exclusion_s,
+                map_gt, map_kf, bags[name], result, args.exclusion_s,
                 os.path.join(args.out, f'cross_session_{name}.png'),
-                f'day map, {session} session ({demo_compare.model_label(args.model)})')
+                f'{against}, {session} session ({demo_compare.model_label(args.model)})')
+            if args.cumulative:  # the next session starts on the map this one left
+                start_map = map_dir
+                gt_parts.append(read_bag_poses(bags[name], GT_TOPIC))
+                map_kf = np.concatenate([map_kf, _keyframe_stamps(result)])
     finally:
         rclpy.shutdown()
     summary['seconds'] = round(time.monotonic() - t0, 1)
@@ -277,6 +296,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'novelty, sequences aligned by time); the bags keep the ground truth')
     p.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
                    help='vpr_node parameter for every node (repeatable)')
+    p.add_argument('--cumulative', action='store_true',
+                   help='each session continues the map the session before it left (the day '
+                        'map and every earlier session), as a robot does night after night; '
+                        'default: every session meets the day map alone')
     p.add_argument('--out', default='cross_session_out')
     p.add_argument('--render-only', action='store_true',
                    help="render (or find) the set, print its paths and vpr-eval's commands")
