@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
                        os.path.join(args.out, 'vpr_node_day.log'))
         # the ground truth of the traverses that made the map, and its keyframes' stamps
         gt_parts = [read_bag_poses(bags[CROSS_SESSION_MAP], GT_TOPIC)]
-        map_kf = _keyframe_stamps(day)
+        map_gt, map_kf = GroundTruth(*gt_parts[0]), _keyframe_stamps(day)
         summary['day_map'] = {'frames_processed': int(len(day['status'])),
                               'keyframes': int(len(map_kf)), 'node_exit_code': day['exit_code']}
         summary['cumulative'] = bool(args.cumulative)
@@ -217,7 +217,6 @@ def run(args: argparse.Namespace) -> dict:
             print(f'vpr-cross-session: session {session} against the {against}')
             result = run_node(args, bags[name], map_dir, True,
                               os.path.join(args.out, f'vpr_node_{name}.log'))
-            map_gt = GroundTruth(*(np.concatenate(v) for v in zip(*gt_parts)))
             summary['sessions'][session] = score_session(
                 map_gt, map_kf, bags[name], result, args.exclusion_s,
                 os.path.join(args.out, f'cross_session_{name}.png'),
@@ -225,6 +224,7 @@ def run(args: argparse.Namespace) -> dict:
             if args.cumulative:  # the next session starts on the map this one left
                 start_map = map_dir
                 gt_parts.append(read_bag_poses(bags[name], GT_TOPIC))
+                map_gt = GroundTruth(*(np.concatenate(v) for v in zip(*gt_parts)))
                 map_kf = np.concatenate([map_kf, _keyframe_stamps(result)])
     finally:
         rclpy.shutdown()
