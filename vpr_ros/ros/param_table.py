@@ -106,10 +106,10 @@ SPECS: tuple[ParamSpec, ...] = (
               'between (the image gets no pose).', 0.0, 60.0),
     ParamSpec('pose_wait_s', 0.2, 'How long the worker waits for a pose newer than an image '
               'before processing it (poses often arrive a little after the image; a frame '
-              'without its pose is keyed by time and breaks the distance alignment of the '
-              "sequence evidence for the next metres). At 0.05 s, 7 of 658 frames of make demo's "
-              'SLAM route lost their pose on a loaded 2-core machine; a pose on time ends the '
-              'wait at once.', 0.0, 1.0, read_only=False),
+              'without its pose is processed as by a camera alone and left out of the '
+              "sequence evidence's distance history). At 0.05 s, 7 of 658 frames of make "
+              "demo's SLAM route lost their pose on a loaded 2-core machine; a pose on time "
+              'ends the wait at once.', 0.0, 1.0, read_only=False),
     ParamSpec('pose_timeout_s', 2.0, 'A pose topic silent this long counts as stopped '
               '(warning, diagnostics WARN).', 0.1, 3600.0, read_only=False),
     # A 629-byte JPEG can declare 16000x16000 (768 MB decoded): the declared size is checked
